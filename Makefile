@@ -1,0 +1,40 @@
+# Two commands matter (see README): `make run` and `make test`. Both build the venv from
+# nothing on first use. torch is pinned and installed first so that no later dependency
+# range can pull a several-GB CUDA build; elsewhere, point TORCH_INDEX at the CPU wheels:
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+CUSTOMER ?= C001
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p:/=)[test]')
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/loyaltylens run $(CUSTOMER)
+
+# The whole suite, slow tests included. pytest exits 5 when it collects nothing.
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info plugins/*/src/*.egg-info

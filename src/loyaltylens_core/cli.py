@@ -1,0 +1,263 @@
+"""The ``loyaltylens`` command.
+
+Only typer is imported at module level: ``loyaltylens --help`` must stay fast, so each
+command imports what it needs. Every ``LoyaltyLensError`` becomes one line on stderr and
+its exit code; anything else is a bug, shown as one line unless ``--debug`` asks for the
+traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+app = typer.Typer(
+    name="loyaltylens",
+    help="Turn a loyalty customer id into a personalised offer. Every stage is a plugin.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+class State:
+    config: Optional[str] = None
+    use: list[str] = []
+    debug: bool = False
+    quiet: bool = False
+
+
+state = State()
+
+
+@app.callback()
+def _global(
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="Path to loyaltylens.toml (default: ./loyaltylens.toml or $LOYALTYLENS_CONFIG)."
+    ),
+    use: list[str] = typer.Option(
+        [], "--use", "-u", help="Select a plugin for a stage, e.g. --use retriever=weaviate (repeatable)."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    state.config = config
+    state.use = list(use)
+    state.debug = debug or bool(os.environ.get("LOYALTYLENS_DEBUG"))
+    state.quiet = quiet
+
+
+def _pipeline(needed: tuple[str, ...] | None = None) -> "Pipeline":
+    from .pipeline import RUN_STAGES, Pipeline
+    from .progress import Progress
+
+    return Pipeline.from_config(
+        state.config,
+        use=state.use,
+        progress=Progress(quiet=state.quiet),
+        needed=needed if needed is not None else RUN_STAGES,
+    )
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def run(
+    customer_id: str = typer.Argument(..., help="Loyalty customer id, e.g. C001."),
+    as_json: bool = typer.Option(False, "--json", help="Print the PipelineResult as JSON."),
+) -> None:
+    """Score one customer, pick the best-fitting offer and write its copy."""
+    from .pipeline import validate_customer_id
+
+    validate_customer_id(customer_id)
+    pipeline = _pipeline()
+    pipeline.prepare()
+    result = pipeline.run(customer_id)
+    if as_json:
+        _print_json(result.to_json_dict())
+        return
+    from .render import result_panel
+
+    from rich.console import Console
+
+    Console().print(result_panel(result))
+
+
+@app.command()
+def plugins(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List installed plugins: stage, name, distribution, version, status."""
+    from .config import load_config
+    from .plugins import load_registry
+
+    registry = load_registry()
+    try:
+        selected = load_config(state.config, use=state.use).stages
+    except Exception:  # noqa: BLE001 - a bad config must not hide the plugin list
+        from .config import DEFAULT_STAGES
+
+        selected = dict(DEFAULT_STAGES)
+    rows = []
+    for stage, impls in registry.implementations.items():
+        for impl in impls.values():
+            active = selected.get(stage) is not None and registry.find(stage, selected[stage]) is impl
+            rows.append({
+                "stage": stage,
+                "name": impl.name,
+                "distribution": impl.distribution,
+                "version": impl.version,
+                "status": "active" if active else "installed",
+                "description": impl.description,
+            })
+    for broken in registry.broken:
+        rows.append({
+            "stage": "?",
+            "name": broken.plugin,
+            "distribution": broken.distribution,
+            "version": broken.version,
+            "status": f"broken: {broken.error}",
+            "description": "",
+        })
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="loyaltylens plugins")
+    for column in ("stage", "name", "distribution", "version", "status"):
+        table.add_column(column)
+    for row in rows:
+        style = "red" if row["status"].startswith("broken") else "green" if row["status"] == "active" else None
+        table.add_row(row["stage"], row["name"], row["distribution"] or "-", row["version"] or "-",
+                      row["status"], style=style)
+    Console().print(table)
+
+
+@config_app.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Print the resolved configuration, where each value came from, secrets masked."""
+    from .config import load_config
+    from .plugins import load_registry
+
+    config = load_config(state.config, use=state.use)
+    registry = load_registry()
+    config.validate_against(registry, needed=())
+    described = config.describe(registry)
+    if as_json:
+        _print_json(described)
+        return
+    from .render import config_tree
+
+    from rich.console import Console
+
+    Console().print(config_tree(described))
+
+
+@app.command()
+def seed(
+    customers: int = typer.Option(5000, min=10, max=1_000_000, help="How many demo customers."),
+) -> None:
+    """(Re)build the synthetic demo data and the feature store from it."""
+    from .demo import ensure_demo_data
+    from .progress import Progress
+
+    pipeline = _pipeline(needed=("feature_store",))
+    demo = ensure_demo_data(
+        pipeline.config.core.data_dir / "demo",
+        seed=pipeline.config.core.seed,
+        customers=customers,
+        progress=Progress(quiet=state.quiet),
+        rebuild=True,
+    )
+    store = pipeline.component("feature_store")
+    materialize = getattr(store, "materialize", None)
+    rows = materialize(rebuild=True) if callable(materialize) else None
+    typer.echo(f"demo data: {demo.customers} customers in {demo.directory}"
+               + (f"; feature store: {rows} rows" if rows is not None else ""))
+
+
+@app.command()
+def train(as_json: bool = typer.Option(False, "--json", help="Print the model card as JSON.")) -> None:
+    """Train a new version of the propensity model and print its metrics."""
+    pipeline = _pipeline(needed=("feature_store", "propensity"))
+    model = pipeline.component("propensity")
+    trainer = getattr(model, "train", None)
+    if not callable(trainer):
+        from .errors import UsageError
+
+        raise UsageError(
+            f"propensity plugin {pipeline.config.stages['propensity']!r} cannot be trained here",
+            "train it with its own tooling",
+        )
+    card = trainer()
+    if as_json:
+        _print_json(card)
+        return
+    metrics = card.get("metrics", {}).get("test", {})
+    typer.echo(
+        f"trained {card.get('model_version')}: "
+        + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    )
+
+
+@app.command()
+def index() -> None:
+    """(Re)index the offer catalogue in the selected retriever."""
+    pipeline = _pipeline(needed=("retriever",))
+    retriever = pipeline.component("retriever")
+    indexer = getattr(retriever, "index", None)
+    if not callable(indexer):
+        from .errors import UsageError
+
+        raise UsageError(
+            f"retriever plugin {pipeline.config.stages['retriever']!r} has no index step",
+            "it indexes on its own",
+        )
+    count = indexer(rebuild=True)
+    typer.echo(f"indexed {count} offers with retriever {pipeline.config.stages['retriever']!r}")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turn errors into one line and an exit code.
+
+    Typer handles usage errors, ``--help`` and exit codes itself (standalone mode);
+    everything a command raises comes out here.
+    """
+    from .errors import LoyaltyLensError
+
+    try:
+        app(prog_name="loyaltylens")
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except LoyaltyLensError as exc:
+        if state.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - last line of defence
+        if state.debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(
+            f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

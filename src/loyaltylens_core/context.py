@@ -1,0 +1,36 @@
+"""What a stage factory gets besides its settings: where to keep files, the seed,
+progress bars, and lazy access to other stages (a retriever asks for the embedder)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from .progress import Progress
+
+
+@dataclasses.dataclass
+class StageContext:
+    stage: str
+    name: str
+    data_dir: Path
+    seed: int
+    progress: Progress
+    _component: Callable[[str], Any]
+
+    def component(self, stage: str) -> Any:
+        """Another stage's component, built on first use (e.g. the embedder)."""
+        return self._component(stage)
+
+    def plugin_dir(self) -> Path:
+        """A directory this implementation owns inside the data dir."""
+        path = self.data_dir / f"{self.stage}-{self.name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def demo_data(self, rebuild: bool = False) -> "Any":
+        """The synthetic demo dataset, built on first use (see ``loyaltylens_core.demo``)."""
+        from .demo import ensure_demo_data
+
+        return ensure_demo_data(self.data_dir / "demo", seed=self.seed, progress=self.progress, rebuild=rebuild)

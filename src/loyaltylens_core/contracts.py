@@ -1,0 +1,212 @@
+"""The typed contracts that flow between stages, and one Protocol per stage.
+
+Field names here are a public API: plugins written by users depend on them.
+Add fields freely; never rename one without bumping ``CONTRACT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONTRACT_VERSION = "1"
+
+CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Channel = Literal["in-store", "mobile", "web"]
+Tier = Literal["bronze", "silver", "gold", "platinum"]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+UnitInterval = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+CHANNELS: tuple[str, ...] = ("in-store", "mobile", "web")
+TIERS: tuple[str, ...] = ("bronze", "silver", "gold", "platinum")
+
+
+class Contract(BaseModel):
+    """Base for every contract: immutable, unknown fields are a bug, not noise, and an
+    instance a plugin hands over is validated again (``model_construct`` skips checks)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", revalidate_instances="always")
+
+
+class CustomerFeatures(Contract):
+    customer_id: CustomerId
+    recency_days: NonNegative
+    frequency_30d: Annotated[int, Field(ge=0)]
+    monetary_90d: NonNegative
+    offer_redemption_rate: UnitInterval
+    channel_preference: Channel
+    engagement_score: UnitInterval
+    tier: Tier
+    as_of: dt.date
+    feature_version: str
+
+
+class PropensityScore(Contract):
+    customer_id: CustomerId
+    score: UnitInterval
+    label: Literal[0, 1]
+    model_version: str
+
+
+class Offer(Contract):
+    offer_id: str
+    title: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    category: str
+    min_propensity_threshold: UnitInterval
+    # Catalogue fields beyond the four the pipeline needs.
+    tiers: tuple[Tier, ...] = TIERS  # type: ignore[assignment]
+    channels: tuple[Channel, ...] = CHANNELS  # type: ignore[assignment]
+    value: NonNegative = 0.0
+    valid_days: Annotated[int, Field(gt=0)] = 30
+
+
+class OfferCandidate(Contract):
+    offer: Offer
+    similarity: Finite
+    rank: Annotated[int, Field(ge=1)]
+
+
+class RetrievalQuery(Contract):
+    """What the retriever is asked: a natural-language text plus a threshold filter.
+
+    ``max_threshold`` keeps only offers whose ``min_propensity_threshold`` is at or
+    below it; ``None`` means no filter (the pipeline's fallback path).
+    """
+
+    customer_id: CustomerId
+    text: str = Field(min_length=1)
+    k: Annotated[int, Field(ge=1, le=200)] = 3
+    max_threshold: UnitInterval | None = None
+
+
+class GeneratedCopy(Contract):
+    headline: str = Field(min_length=1)
+    body: str = Field(min_length=1)
+    cta: str = Field(min_length=1)
+    prompt_version: str
+
+
+class PluginRef(Contract):
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+class PipelineResult(Contract):
+    run_id: str
+    created_at: dt.datetime
+    customer_id: CustomerId
+    features: CustomerFeatures
+    propensity: PropensityScore
+    candidates: tuple[OfferCandidate, ...]
+    top_offer: Offer | None
+    copy_: GeneratedCopy | None = Field(default=None, alias="copy")
+    fallbacks: tuple[str, ...] = ()
+    plugins: dict[str, PluginRef]
+    latency_ms: dict[str, float]
+    contract_version: str = CONTRACT_VERSION
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, revalidate_instances="always"
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON shape users see: ``copy`` rather than the Python-safe ``copy_``."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class TrainingSet(Contract):
+    """Point-in-time features with a label observed strictly after ``as_of``."""
+
+    features: tuple[CustomerFeatures, ...]
+    labels: tuple[Literal[0, 1], ...]
+    horizon_days: int
+    data_hash: str
+
+
+# --- One Protocol per stage -------------------------------------------------------
+# Components are checked against these when built. Optional capabilities (prepare,
+# batched methods, training) are separate protocols so a minimal plugin stays small.
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    def read_latest(self, customer_id: str, as_of: dt.date | None = None) -> CustomerFeatures: ...
+
+
+@runtime_checkable
+class BatchFeatureStore(Protocol):
+    def read_many(
+        self, customer_ids: Sequence[str], as_of: dt.date | None = None
+    ) -> list[CustomerFeatures]: ...
+
+
+@runtime_checkable
+class PropensityModel(Protocol):
+    def predict(self, features: CustomerFeatures) -> PropensityScore: ...
+
+
+@runtime_checkable
+class BatchPropensityModel(Protocol):
+    def predict_many(self, features: Sequence[CustomerFeatures]) -> list[PropensityScore]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Texts in, one L2-normalised float32 row per text out (a numpy array)."""
+
+    def embed(self, texts: Sequence[str]) -> Any: ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]: ...
+
+
+@runtime_checkable
+class BatchRetriever(Protocol):
+    def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    prompt_version: str
+
+    def generate(self, variables: dict[str, Any]) -> GeneratedCopy: ...
+
+
+@runtime_checkable
+class DeployTarget(Protocol):
+    def package(self, out_dir: Any) -> Any: ...
+
+    def up(self) -> dict[str, Any]: ...
+
+    def invoke(self, features: CustomerFeatures) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def down(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """A component with one-off work before first use (build data, train, index).
+
+    ``prepare`` must be idempotent and cheap when the work is already done.
+    """
+
+    def prepare(self) -> None: ...
+
+
+STAGE_PROTOCOLS: dict[str, type] = {
+    "feature_store": FeatureStore,
+    "propensity": PropensityModel,
+    "embedder": Embedder,
+    "retriever": Retriever,
+    "generator": Generator,
+    "deploy_target": DeployTarget,
+}

@@ -1,0 +1,202 @@
+"""Deterministic synthetic loyalty data: customers, transactions, offer events, catalogue.
+
+It stands in for a retailer's data so that ``loyaltylens run C001`` works on a fresh
+machine. Behaviour is driven by hidden traits (activity, churn, responsiveness) that the
+features only partly reveal, and the training label is a *future* event, so a model
+trained on it has something real, and not trivially easy, to learn.
+
+Files are written into a temporary directory and renamed into place at the end: an
+interrupted build never leaves a half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..progress import QUIET, Progress
+from .catalogue import build_catalogue
+
+DATA_VERSION = "1"
+START_DATE = dt.date(2026, 1, 1)
+DAYS = 180
+DEFAULT_CUSTOMERS = 5000
+OFFER_EVERY_DAYS = 14
+
+TIERS = ["bronze", "silver", "gold", "platinum"]
+TIER_P = [0.5, 0.3, 0.15, 0.05]
+TIER_ACTIVITY = [0.7, 1.0, 1.4, 2.0]
+CHANNELS = ["in-store", "mobile", "web"]
+CHANNEL_P = [0.4, 0.35, 0.25]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoData:
+    """Where the demo dataset lives and what period it covers."""
+
+    directory: Path
+    seed: int
+    start_date: dt.date
+    end_date: dt.date
+    customers: int
+    content_hash: str
+
+    @property
+    def customers_csv(self) -> Path:
+        return self.directory / "customers.csv"
+
+    @property
+    def transactions_csv(self) -> Path:
+        return self.directory / "transactions.csv"
+
+    @property
+    def offer_events_csv(self) -> Path:
+        return self.directory / "offer_events.csv"
+
+    @property
+    def offers_json(self) -> Path:
+        return self.directory / "offers.json"
+
+
+def customer_id(n: int) -> str:
+    """1 -> C001, 5000 -> C5000: the ids the README uses."""
+    return f"C{n:03d}"
+
+
+def load_offers(demo: DemoData) -> list[dict]:
+    return json.loads(demo.offers_json.read_text())
+
+
+def ensure_demo_data(
+    directory: Path,
+    *,
+    seed: int = 42,
+    customers: int = DEFAULT_CUSTOMERS,
+    progress: Progress = QUIET,
+    rebuild: bool = False,
+) -> DemoData:
+    """The dataset in ``directory``, built first if missing, stale or ``rebuild``."""
+    manifest_path = directory / "manifest.json"
+    if manifest_path.is_file() and not rebuild:
+        manifest = json.loads(manifest_path.read_text())
+        if (
+            manifest.get("version") == DATA_VERSION
+            and manifest.get("seed") == seed
+            and manifest.get("customers") == customers
+        ):
+            return _from_manifest(directory, manifest)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=directory.parent))
+    try:
+        manifest = _generate(staging, seed=seed, n_customers=customers, progress=progress)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return _from_manifest(directory, manifest)
+
+
+def _from_manifest(directory: Path, manifest: dict) -> DemoData:
+    return DemoData(
+        directory=directory,
+        seed=manifest["seed"],
+        start_date=dt.date.fromisoformat(manifest["start_date"]),
+        end_date=dt.date.fromisoformat(manifest["end_date"]),
+        customers=manifest["customers"],
+        content_hash=manifest["content_hash"],
+    )
+
+
+def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with progress.task("Building demo data", total=4) as advance:
+        ids = [customer_id(i + 1) for i in range(n_customers)]
+        tier_idx = rng.choice(len(TIERS), size=n_customers, p=TIER_P)
+        channel_idx = rng.choice(len(CHANNELS), size=n_customers, p=CHANNEL_P)
+        signup = rng.integers(-720, 0, size=n_customers)
+
+        # Hidden traits: how often they shop, whether they drift away, how they respond.
+        activity = rng.gamma(2.0, 0.06, size=n_customers) * np.take(TIER_ACTIVITY, tier_idx)
+        churning = rng.random(n_customers) < 0.3
+        churn_speed = np.where(churning, rng.uniform(1.0, 4.0, n_customers), rng.uniform(-0.3, 0.3, n_customers))
+        responsiveness = np.clip(
+            rng.beta(2.0, 4.0, size=n_customers) + np.where(channel_idx == 1, 0.08, 0.0), 0.02, 0.95
+        )
+        base_logit = np.log(responsiveness / (1 - responsiveness)) - 0.8
+        basket = rng.lognormal(3.3, 0.4, size=n_customers)
+
+        days = np.arange(DAYS)
+        rate = activity[:, None] * np.exp(-churn_speed[:, None] * days[None, :] / DAYS)
+        counts = rng.poisson(rate)
+        _write_customers(out / "customers.csv", ids, tier_idx, channel_idx, signup)
+        advance(1)
+
+        cust_rows, day_rows = np.nonzero(counts)
+        reps = counts[cust_rows, day_rows]
+        cust_rows = np.repeat(cust_rows, reps)
+        day_rows = np.repeat(day_rows, reps)
+        amounts = np.round(basket[cust_rows] * rng.lognormal(0.0, 0.35, size=len(cust_rows)), 2)
+        # Mostly the preferred channel, sometimes another.
+        stray = rng.random(len(cust_rows)) < 0.25
+        tx_channel = np.where(stray, rng.integers(0, 3, len(cust_rows)), channel_idx[cust_rows])
+        with (out / "transactions.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["transaction_id", "customer_id", "tx_date", "amount", "channel"])
+            for t, (c, d, a, ch) in enumerate(zip(cust_rows, day_rows, amounts, tx_channel)):
+                writer.writerow([t + 1, ids[c], START_DATE + dt.timedelta(days=int(d)), f"{a:.2f}", CHANNELS[ch]])
+        advance(1)
+
+        catalogue = build_catalogue(seed)
+        phase = rng.integers(0, OFFER_EVERY_DAYS, size=n_customers)
+        with (out / "offer_events.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["customer_id", "offer_id", "sent_date", "redeemed", "redeemed_date"])
+            for c in range(n_customers):
+                for sent in range(int(phase[c]), DAYS, OFFER_EVERY_DAYS):
+                    recent = counts[c, max(0, sent - 14) : sent + 1].sum()
+                    p = 1 / (1 + np.exp(-(base_logit[c] + 0.6 * min(int(recent), 3))))
+                    offer = catalogue[int(rng.integers(0, len(catalogue)))]
+                    redeemed = rng.random() < p
+                    redeemed_on = sent + int(rng.integers(0, 8)) if redeemed else None
+                    writer.writerow([
+                        ids[c], offer["offer_id"], START_DATE + dt.timedelta(days=sent),
+                        int(redeemed),
+                        (START_DATE + dt.timedelta(days=redeemed_on)) if redeemed_on is not None else "",
+                    ])
+        advance(1)
+
+        (out / "offers.json").write_text(json.dumps(catalogue, indent=1))
+        digest = hashlib.sha256()
+        for name in ("customers.csv", "transactions.csv", "offer_events.csv", "offers.json"):
+            digest.update((out / name).read_bytes())
+        manifest = {
+            "version": DATA_VERSION,
+            "seed": seed,
+            "customers": n_customers,
+            "transactions": int(len(cust_rows)),
+            "start_date": START_DATE.isoformat(),
+            "end_date": (START_DATE + dt.timedelta(days=DAYS - 1)).isoformat(),
+            "content_hash": digest.hexdigest()[:16],
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        advance(1)
+    return manifest
+
+
+def _write_customers(path: Path, ids: list[str], tier_idx, channel_idx, signup) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["customer_id", "tier", "declared_channel", "signup_date"])
+        for cid, t, ch, s in zip(ids, tier_idx, channel_idx, signup):
+            writer.writerow([cid, TIERS[t], CHANNELS[ch], START_DATE + dt.timedelta(days=int(s))])

@@ -1,0 +1,51 @@
+"""Errors a user can act on.
+
+Every error the CLI shows is a ``LoyaltyLensError``: one line saying what was wrong
+and what to do. Anything else is a bug and gets a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class LoyaltyLensError(Exception):
+    """An error with a message fit for one line of terminal output."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}. {self.hint}" if self.hint else self.message
+
+
+class UsageError(LoyaltyLensError):
+    """Bad input from the user: an id, a flag, a file."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """The configuration names something that does not exist or does not validate."""
+
+
+class CustomerNotFound(UsageError):
+    """The feature store has no row for this customer id."""
+
+
+class PluginError(LoyaltyLensError):
+    """A plugin failed to load, to build, or broke its stage contract."""
+
+    exit_code = 3
+
+
+class ContractViolation(PluginError):
+    """A component returned something that does not match its stage contract."""
+
+
+class StageError(LoyaltyLensError):
+    """A stage failed at run time (backend down, model missing, ...)."""
+
+    exit_code = 4

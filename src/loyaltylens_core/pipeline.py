@@ -1,0 +1,306 @@
+"""Run the stages for one customer or many.
+
+The pipeline builds each stage's component on first use from the configured plugin,
+checks it against its stage Protocol, validates every output against the contracts,
+times each stage, and applies the propensity-threshold fallback the same way whatever
+retriever is selected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import Any, Sequence, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from . import adapters
+from .config import Config, load_config
+from .context import StageContext
+from .contracts import (
+    STAGE_PROTOCOLS,
+    BatchFeatureStore,
+    BatchPropensityModel,
+    BatchRetriever,
+    CustomerFeatures,
+    GeneratedCopy,
+    OfferCandidate,
+    PipelineResult,
+    PluginRef,
+    Preparable,
+    PropensityScore,
+    RetrievalQuery,
+)
+from .errors import ContractViolation, LoyaltyLensError, PluginError, UsageError
+from .plugins import Implementation, Registry, StageEvent, check_protocol, load_registry
+from .progress import QUIET, Progress
+
+# The stages a run needs; embedder is pulled in by retrievers that want it.
+RUN_STAGES: tuple[str, ...] = ("feature_store", "propensity", "retriever", "generator")
+
+FALLBACK_THRESHOLD = "threshold_filtered_all"
+FALLBACK_NO_OFFER = "no_offer"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Pipeline:
+    """The configured stages, built lazily, plus the logic that joins them."""
+
+    def __init__(self, config: Config, registry: Registry, progress: Progress = QUIET) -> None:
+        self.config = config
+        self.registry = registry
+        self.progress = progress
+        self._components: dict[str, Any] = {}
+        self._building: set[str] = set()
+        self._hooks = registry.plugin_manager.hook
+
+    @classmethod
+    def from_config(
+        cls,
+        config_path: str | None = None,
+        *,
+        use: list[str] | None = None,
+        extra_plugins: Sequence[object] = (),
+        entry_points: bool = True,
+        progress: Progress = QUIET,
+        needed: tuple[str, ...] = RUN_STAGES,
+    ) -> "Pipeline":
+        config = load_config(config_path, use=use)
+        registry = load_registry(extra_plugins, entry_points=entry_points)
+        config.validate_against(registry, needed)
+        return cls(config, registry, progress)
+
+    # --- components -----------------------------------------------------------------
+
+    def implementation(self, stage: str) -> Implementation:
+        return self.registry.get(stage, self.config.stages[stage])
+
+    def plugin_ref(self, stage: str) -> PluginRef:
+        impl = self.implementation(stage)
+        return PluginRef(name=impl.name, distribution=impl.distribution, version=impl.version)
+
+    def component(self, stage: str) -> Any:
+        """The stage's component, built (and prepared) on first use."""
+        found = self._components.get(stage)
+        if found is not None:
+            return found
+        if stage in self._building:
+            raise PluginError(f"stage {stage!r} depends on itself while being built", "check the plugins")
+        impl = self.implementation(stage)
+        settings = self.config.settings_for(impl)
+        context = StageContext(
+            stage=stage,
+            name=impl.name,
+            data_dir=self.config.core.data_dir,
+            seed=self.config.core.seed,
+            progress=self.progress,
+            _component=self.component,
+        )
+        self._building.add(stage)
+        try:
+            component = impl.factory(settings, context)
+            check_protocol(component, impl, STAGE_PROTOCOLS[stage])
+            if isinstance(component, Preparable):
+                component.prepare()
+        except LoyaltyLensError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{stage} plugin {impl.name!r} failed to start: {type(exc).__name__}: {exc}",
+                "rerun with --debug for the traceback",
+            ) from exc
+        finally:
+            self._building.discard(stage)
+        self._components[stage] = component
+        return component
+
+    def prepare(self, stages: Sequence[str] = RUN_STAGES) -> None:
+        """Build every stage now (first-use data, training, indexing) rather than lazily."""
+        for stage in stages:
+            self.component(stage)
+
+    # --- validation -----------------------------------------------------------------
+
+    def _expect(self, stage: str, value: Any, model: type[M]) -> M:
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:
+            raise self._violation(stage, model, exc) from None
+
+    def _expect_list(self, stage: str, values: Any, model: type[M]) -> list[M]:
+        if not isinstance(values, (list, tuple)):
+            impl = self.implementation(stage)
+            raise ContractViolation(
+                f"{stage} plugin {impl.name!r} returned {type(values).__name__}, "
+                f"expected a list of {model.__name__}",
+                "fix the plugin",
+            )
+        return [self._expect(stage, v, model) for v in values]
+
+    def _violation(self, stage: str, model: type[BaseModel], exc: ValidationError) -> ContractViolation:
+        impl = self.implementation(stage)
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(whole value)"
+        return ContractViolation(
+            f"{stage} plugin {impl.name!r} ({impl.distribution or impl.plugin}) broke the "
+            f"{model.__name__} contract: field {field!r}: {err['msg']}",
+            "fix the plugin or select another with --use",
+        )
+
+    # --- one customer ---------------------------------------------------------------
+
+    def run(self, customer_id: str, *, as_of: dt.date | None = None) -> PipelineResult:
+        validate_customer_id(customer_id)
+        run_id = uuid.uuid4().hex
+        latency: dict[str, float] = {}
+        fallbacks: list[str] = []
+        started = time.perf_counter()
+
+        t = time.perf_counter()
+        features = self._expect(
+            "feature_store",
+            self.component("feature_store").read_latest(customer_id, as_of),
+            CustomerFeatures,
+        )
+        self._after_stage(run_id, customer_id, "feature_store", latency, t)
+
+        t = time.perf_counter()
+        propensity = self._expect(
+            "propensity", self.component("propensity").predict(features), PropensityScore
+        )
+        self._after_stage(run_id, customer_id, "propensity", latency, t)
+
+        t = time.perf_counter()
+        candidates = self._retrieve_one(features, propensity, fallbacks)
+        self._after_stage(run_id, customer_id, "retriever", latency, t)
+
+        t = time.perf_counter()
+        copy = self._generate(features, propensity, candidates, fallbacks)
+        self._after_stage(run_id, customer_id, "generator", latency, t)
+
+        latency["total"] = (time.perf_counter() - started) * 1000
+        result = PipelineResult(
+            run_id=run_id,
+            created_at=dt.datetime.now(dt.timezone.utc),
+            customer_id=customer_id,
+            features=features,
+            propensity=propensity,
+            candidates=tuple(candidates),
+            top_offer=candidates[0].offer if candidates else None,
+            copy=copy,
+            fallbacks=tuple(fallbacks),
+            plugins={stage: self.plugin_ref(stage) for stage in RUN_STAGES},
+            latency_ms=latency,
+        )
+        self._after_run(result)
+        return result
+
+    def _retrieve_one(
+        self, features: CustomerFeatures, propensity: PropensityScore, fallbacks: list[str]
+    ) -> list[OfferCandidate]:
+        retriever = self.component("retriever")
+        k = self.config.core.top_k
+        query = adapters.retrieval_query(features, propensity, k)
+        candidates = self._expect_list("retriever", retriever.retrieve(query), OfferCandidate)
+        if not candidates:
+            # Every offer needs more propensity than this customer has: keep the
+            # reference behaviour (offer the best match anyway) and say so.
+            fallbacks.append(FALLBACK_THRESHOLD)
+            unfiltered = query.model_copy(update={"max_threshold": None})
+            candidates = self._expect_list("retriever", retriever.retrieve(unfiltered), OfferCandidate)
+        return candidates
+
+    def _generate(
+        self,
+        features: CustomerFeatures,
+        propensity: PropensityScore,
+        candidates: Sequence[OfferCandidate],
+        fallbacks: list[str],
+    ) -> GeneratedCopy | None:
+        if not candidates:
+            fallbacks.append(FALLBACK_NO_OFFER)
+            return None
+        generator = self.component("generator")
+        variables = adapters.template_variables(features, propensity, candidates[0].offer)
+        copy = self._expect("generator", generator.generate(variables), GeneratedCopy)
+        fallbacks.extend(getattr(generator, "last_fallbacks", ()) or ())
+        return copy
+
+    # --- many customers (batched stage methods where a plugin has them) -------------
+
+    def read_many(self, customer_ids: Sequence[str], as_of: dt.date | None = None) -> list[CustomerFeatures]:
+        store = self.component("feature_store")
+        if isinstance(store, BatchFeatureStore):
+            out = store.read_many(customer_ids, as_of)
+        else:
+            out = [store.read_latest(c, as_of) for c in customer_ids]
+        return self._expect_list("feature_store", out, CustomerFeatures)
+
+    def predict_many(self, features: Sequence[CustomerFeatures]) -> list[PropensityScore]:
+        model = self.component("propensity")
+        if isinstance(model, BatchPropensityModel):
+            out = model.predict_many(features)
+        else:
+            out = [model.predict(f) for f in features]
+        return self._expect_list("propensity", out, PropensityScore)
+
+    def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
+        retriever = self.component("retriever")
+        if isinstance(retriever, BatchRetriever):
+            out = retriever.retrieve_many(queries)
+        else:
+            out = [retriever.retrieve(q) for q in queries]
+        if not isinstance(out, list) or len(out) != len(queries):
+            raise ContractViolation(
+                f"retriever plugin {self.implementation('retriever').name!r} returned "
+                f"{len(out) if isinstance(out, list) else type(out).__name__} results for "
+                f"{len(queries)} queries",
+                "fix the plugin",
+            )
+        return [self._expect_list("retriever", cands, OfferCandidate) for cands in out]
+
+    # --- events ---------------------------------------------------------------------
+
+    def _after_stage(
+        self, run_id: str, customer_id: str, stage: str, latency: dict[str, float], started: float
+    ) -> None:
+        elapsed = (time.perf_counter() - started) * 1000
+        latency[stage] = elapsed
+        if self._hooks.loyaltylens_after_stage.get_hookimpls():
+            event = StageEvent(run_id, customer_id, stage, self.config.stages[stage], elapsed)
+            self._broadcast("loyaltylens_after_stage", event=event)
+
+    def _after_run(self, result: PipelineResult) -> None:
+        if self._hooks.loyaltylens_after_run.get_hookimpls():
+            self._broadcast("loyaltylens_after_run", result=result)
+
+    def _broadcast(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every listener; one that raises is reported and skipped, never fatal."""
+        caller = getattr(self._hooks, hook_name)
+        for impl in caller.get_hookimpls():
+            try:
+                impl.function(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - an observer must not break a run
+                import sys
+
+                print(
+                    f"warning: {hook_name} in plugin {impl.plugin_name!r} raised "
+                    f"{type(exc).__name__}: {exc}",
+                    file=sys.stderr,
+                )
+
+
+def validate_customer_id(customer_id: str) -> None:
+    """Reject malformed ids before any stage sees them."""
+    import re
+
+    if not isinstance(customer_id, str) or not customer_id.strip():
+        raise UsageError("customer id is empty", "pass an id such as C001")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", customer_id):
+        shown = customer_id if len(customer_id) <= 40 else customer_id[:40] + "..."
+        raise UsageError(
+            f"customer id {shown!r} is malformed",
+            "ids are 1-64 letters, digits, '.', '_' or '-', e.g. C001",
+        )

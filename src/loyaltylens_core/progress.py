@@ -1,0 +1,41 @@
+"""Progress bars for long one-off work (demo data, training, indexing).
+
+Bars go to stderr so ``--json`` output on stdout stays parseable; ``quiet`` turns them
+off for tests and for library use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+Advance = Callable[[float], None]
+
+
+class Progress:
+    """Hands out progress tasks; a quiet instance hands out no-ops."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[Advance]:
+        if self.quiet:
+            yield lambda _n=1: None
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with RichProgress(*columns, console=Console(stderr=True), transient=False) as bar:
+            task_id = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task_id, n)
+
+
+QUIET = Progress(quiet=True)

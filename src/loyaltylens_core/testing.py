@@ -1,0 +1,244 @@
+"""Fake stage plugins and pytest fixtures for testing the core and your own plugins.
+
+Installed as a pytest plugin (entry point ``pytest11``), so any project with loyaltylens
+installed gets the ``loyaltylens_pipeline`` fixture:
+
+    def test_my_generator(loyaltylens_pipeline):
+        pipeline = loyaltylens_pipeline(extra_plugins=[my_plugin], use=["generator=mine"])
+        assert pipeline.run("C001").copy.headline
+
+Every stage is set to ``fake`` unless ``use`` says otherwise; no entry points are loaded,
+so the test sees exactly the plugins it passes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pytest
+
+from .adapters import check_template, render
+from .contracts import (
+    CustomerFeatures,
+    GeneratedCopy,
+    Offer,
+    OfferCandidate,
+    PropensityScore,
+    RetrievalQuery,
+)
+from .errors import CustomerNotFound
+from .hookspecs import STAGES, hookimpl
+
+AS_OF = dt.date(2026, 6, 29)
+
+
+def make_features(customer_id: str = "C001", **overrides: Any) -> CustomerFeatures:
+    values: dict[str, Any] = dict(
+        customer_id=customer_id,
+        recency_days=3.0,
+        frequency_30d=4,
+        monetary_90d=320.5,
+        offer_redemption_rate=0.4,
+        channel_preference="mobile",
+        engagement_score=0.7,
+        tier="gold",
+        as_of=AS_OF,
+        feature_version="fake-v1",
+    )
+    values.update(overrides)
+    return CustomerFeatures(**values)
+
+
+FAKE_OFFERS: tuple[Offer, ...] = (
+    Offer(offer_id="F1", title="Free coffee", description="A free coffee on your next visit.",
+          category="free_item", min_propensity_threshold=0.1),
+    Offer(offer_id="F2", title="3x points on groceries", description="Triple points on groceries.",
+          category="points_multiplier", min_propensity_threshold=0.5),
+    Offer(offer_id="F3", title="Fast track to platinum", description="Upgrade your tier.",
+          category="tier_upgrade", min_propensity_threshold=0.9),
+)
+
+
+class FakeFeatureStore:
+    def __init__(self, customers: dict[str, CustomerFeatures] | None = None) -> None:
+        self.customers = customers or {c: make_features(c) for c in ("C001", "C002", "C003")}
+
+    def read_latest(self, customer_id: str, as_of: dt.date | None = None) -> CustomerFeatures:
+        try:
+            return self.customers[customer_id]
+        except KeyError:
+            raise CustomerNotFound(f"customer {customer_id!r} not found", "try C001") from None
+
+    def read_many(self, customer_ids: Sequence[str], as_of: dt.date | None = None) -> list[CustomerFeatures]:
+        return [self.read_latest(c, as_of) for c in customer_ids]
+
+
+class FakePropensity:
+    """Scores from a fixed number or a function of the features."""
+
+    version = "fake-propensity-1"
+
+    def __init__(self, score: float | Callable[[CustomerFeatures], float] = 0.6) -> None:
+        self.score = score
+
+    def predict(self, features: CustomerFeatures) -> PropensityScore:
+        score = self.score(features) if callable(self.score) else self.score
+        return PropensityScore(
+            customer_id=features.customer_id, score=score, label=int(score >= 0.5), model_version=self.version
+        )
+
+    def predict_many(self, features: Sequence[CustomerFeatures]) -> list[PropensityScore]:
+        return [self.predict(f) for f in features]
+
+
+class FakeEmbedder:
+    """Deterministic bag-of-words hashing: similar words, similar vectors."""
+
+    dimension = 64
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().split():
+                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimension] += 1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)
+
+
+class FakeRetriever:
+    """Ranks a small catalogue by the order given, honouring the threshold filter."""
+
+    def __init__(self, offers: Sequence[Offer] = FAKE_OFFERS) -> None:
+        self.offers = list(offers)
+        self.queries: list[RetrievalQuery] = []
+
+    def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]:
+        self.queries.append(query)
+        kept = [
+            o for o in self.offers
+            if query.max_threshold is None or o.min_propensity_threshold <= query.max_threshold
+        ]
+        return [
+            OfferCandidate(offer=o, similarity=1.0 - 0.1 * i, rank=i + 1)
+            for i, o in enumerate(kept[: query.k])
+        ]
+
+
+class FakeGenerator:
+    prompt_version = "fake-template-1"
+    HEADLINE = "{tier_title} member: {offer_title}"
+
+    def __init__(self) -> None:
+        check_template(self.HEADLINE, "fake headline")
+
+    def generate(self, variables: dict[str, Any]) -> GeneratedCopy:
+        return GeneratedCopy(
+            headline=render(self.HEADLINE, variables),
+            body=variables["offer_description"],
+            cta=f"Shop {variables['channel_phrase']}",
+            prompt_version=self.prompt_version,
+        )
+
+
+class FakeDeployTarget:
+    def __init__(self) -> None:
+        self.state = "absent"
+
+    def package(self, out_dir: Any) -> Any:
+        path = Path(out_dir) / "fake-model.tar.gz"
+        path.write_bytes(b"fake")
+        return path
+
+    def up(self) -> dict[str, Any]:
+        self.state = "InService"
+        return {"status": self.state}
+
+    def invoke(self, features: CustomerFeatures) -> dict[str, Any]:
+        return {"propensity_score": 0.5, "model_version": "fake"}
+
+    def status(self) -> dict[str, Any]:
+        return {"status": self.state}
+
+    def down(self) -> dict[str, Any]:
+        self.state = "absent"
+        return {"status": self.state}
+
+
+class FakePlugin:
+    """A pluggy plugin registering ``fake`` for every stage; pass instances to control them."""
+
+    def __init__(self, **components: Any) -> None:
+        self.components = {
+            "feature_store": FakeFeatureStore(),
+            "propensity": FakePropensity(),
+            "embedder": FakeEmbedder(),
+            "retriever": FakeRetriever(),
+            "generator": FakeGenerator(),
+            "deploy_target": FakeDeployTarget(),
+        }
+        unknown = set(components) - set(self.components)
+        if unknown:
+            raise TypeError(f"no such stage: {sorted(unknown)}")
+        self.components.update(components)
+
+    def _factory(self, stage: str) -> Callable[[Any, Any], Any]:
+        return lambda settings, context: self.components[stage]
+
+    @hookimpl
+    def register_feature_stores(self, register: Any) -> None:
+        register("fake", self._factory("feature_store"))
+
+    @hookimpl
+    def register_propensity_models(self, register: Any) -> None:
+        register("fake", self._factory("propensity"))
+
+    @hookimpl
+    def register_embedders(self, register: Any) -> None:
+        register("fake", self._factory("embedder"))
+
+    @hookimpl
+    def register_retrievers(self, register: Any) -> None:
+        register("fake", self._factory("retriever"))
+
+    @hookimpl
+    def register_generators(self, register: Any) -> None:
+        register("fake", self._factory("generator"))
+
+    @hookimpl
+    def register_deploy_targets(self, register: Any) -> None:
+        register("fake", self._factory("deploy_target"))
+
+
+ALL_FAKE = [f"{stage}=fake" for stage in STAGES]
+
+
+@pytest.fixture
+def loyaltylens_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Build a Pipeline from fake plugins (and any you pass), isolated from the user's
+    config, environment and installed plugins."""
+    from .pipeline import Pipeline
+
+    for var in list(__import__("os").environ):
+        if var.startswith("LOYALTYLENS_") or var == "DEPLOY_TARGET":
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("LOYALTYLENS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+
+    def build(
+        *,
+        fake: FakePlugin | None = None,
+        extra_plugins: Sequence[object] = (),
+        use: Sequence[str] = (),
+        config_path: str | None = None,
+    ) -> Pipeline:
+        plugins = [fake or FakePlugin(), *extra_plugins]
+        return Pipeline.from_config(
+            config_path, use=[*ALL_FAKE, *use], extra_plugins=plugins, entry_points=False
+        )
+
+    return build

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+
+from loyaltylens_core import adapters
+from loyaltylens_core.errors import ConfigError
+from loyaltylens_core.testing import FAKE_OFFERS, FakePropensity, make_features
+
+
+def test_adapter_maps_offer_title_and_channel_preference():
+    features = make_features(channel_preference="web")
+    variables = adapters.template_variables(features, FakePropensity(0.7).predict(features), FAKE_OFFERS[0])
+    assert variables["offer_title"] == "Free coffee"
+    assert variables["channel"] == "web"
+    assert variables["channel_phrase"] == "online"
+
+
+def test_unknown_placeholder_fails_at_load_time():
+    with pytest.raises(ConfigError, match=r"uses \{offer_name\}, which the adapter cannot fill"):
+        adapters.check_template("Hi {tier}, try {offer_name}", "headline v1")
+
+
+def test_positional_and_malformed_placeholders_fail():
+    with pytest.raises(ConfigError, match="positional"):
+        adapters.check_template("Hi {}", "x")
+    with pytest.raises(ConfigError, match="malformed"):
+        adapters.check_template("Hi {tier", "x")
+
+
+def test_known_placeholders_with_format_specs_pass():
+    adapters.check_template("{offer_title!s:>10} for {tier_title}", "ok")
+
+
+def test_query_text_reads_like_a_sentence():
+    text = adapters.query_text(make_features(recency_days=60, frequency_30d=0, tier="bronze"))
+    assert text.startswith("A bronze tier loyalty member")
+    assert "60 days ago" in text and "no purchases" in text

@@ -1,0 +1,164 @@
+"""The pipeline over fake plugins: results, fallbacks, contract checks, events."""
+
+from __future__ import annotations
+
+import pytest
+
+from loyaltylens_core.contracts import GeneratedCopy
+from loyaltylens_core.errors import ContractViolation, CustomerNotFound, UsageError
+from loyaltylens_core.hookspecs import hookimpl
+from loyaltylens_core.pipeline import FALLBACK_THRESHOLD
+from loyaltylens_core.testing import FakePlugin, FakePropensity, FakeRetriever, make_features
+
+
+def test_run_returns_a_full_result(loyaltylens_pipeline):
+    result = loyaltylens_pipeline().run("C001")
+    assert result.customer_id == "C001"
+    assert result.propensity.score == 0.6
+    # score 0.6 admits offers with threshold <= 0.6: F1 (0.1) and F2 (0.5), not F3 (0.9)
+    assert [c.offer.offer_id for c in result.candidates] == ["F1", "F2"]
+    assert result.top_offer.offer_id == "F1"
+    assert result.copy_.headline == "Gold member: Free coffee"
+    assert result.copy_.cta == "Shop in the app"  # channel_preference=mobile through the adapter
+    assert result.fallbacks == ()
+    assert set(result.latency_ms) == {"feature_store", "propensity", "retriever", "generator", "total"}
+    assert result.latency_ms["total"] >= result.latency_ms["retriever"]
+    assert result.plugins["retriever"].name == "fake"
+
+
+def test_threshold_fallback_is_recorded_when_every_offer_is_filtered(loyaltylens_pipeline):
+    retriever = FakeRetriever()
+    fake = FakePlugin(propensity=FakePropensity(0.05), retriever=retriever)
+    result = loyaltylens_pipeline(fake=fake).run("C001")
+    assert result.fallbacks == (FALLBACK_THRESHOLD,)
+    assert result.top_offer.offer_id == "F1"
+    assert [q.max_threshold for q in retriever.queries] == [0.05, None]
+
+
+def test_query_is_natural_language_from_the_features(loyaltylens_pipeline):
+    retriever = FakeRetriever()
+    loyaltylens_pipeline(fake=FakePlugin(retriever=retriever)).run("C001")
+    text = retriever.queries[0].text
+    assert "gold tier" in text and "in the app" in text and "=" not in text
+
+
+def test_json_shape_uses_copy_not_copy_(loyaltylens_pipeline):
+    data = loyaltylens_pipeline().run("C001").to_json_dict()
+    assert data["copy"]["headline"] and "copy_" not in data
+
+
+def test_unknown_customer(loyaltylens_pipeline):
+    with pytest.raises(CustomerNotFound):
+        loyaltylens_pipeline().run("C999")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "C 001", "C001;DROP", "../etc", "x" * 65])
+def test_malformed_ids_never_reach_a_stage(loyaltylens_pipeline, bad):
+    with pytest.raises(UsageError):
+        loyaltylens_pipeline().run(bad)
+
+
+def test_wrong_output_shape_names_plugin_stage_and_field(loyaltylens_pipeline):
+    class BadPropensity:
+        def predict(self, features):
+            return {"customer_id": features.customer_id, "score": 1.7, "label": 1, "model_version": "x"}
+
+    with pytest.raises(ContractViolation) as info:
+        loyaltylens_pipeline(fake=FakePlugin(propensity=BadPropensity())).run("C001")
+    message = str(info.value)
+    assert "propensity plugin 'fake'" in message
+    assert "PropensityScore" in message and "'score'" in message
+
+
+def test_wrong_type_instead_of_a_list(loyaltylens_pipeline):
+    class BadRetriever:
+        def retrieve(self, query):
+            return "OFF001"
+
+    with pytest.raises(ContractViolation, match="returned str, expected a list of OfferCandidate"):
+        loyaltylens_pipeline(fake=FakePlugin(retriever=BadRetriever())).run("C001")
+
+
+def test_nan_features_are_a_contract_violation(loyaltylens_pipeline):
+    class NanStore:
+        def read_latest(self, customer_id, as_of=None):
+            data = make_features(customer_id).model_dump()
+            data["monetary_90d"] = float("nan")
+            return data
+
+    with pytest.raises(ContractViolation, match="'monetary_90d'"):
+        loyaltylens_pipeline(fake=FakePlugin(feature_store=NanStore())).run("C001")
+
+
+def test_generator_with_empty_headline_is_caught(loyaltylens_pipeline):
+    class EmptyGenerator:
+        prompt_version = "x"
+
+        def generate(self, variables):
+            return GeneratedCopy.model_construct(headline="", body="b", cta="c", prompt_version="x")
+
+    with pytest.raises(ContractViolation, match="'headline'"):
+        loyaltylens_pipeline(fake=FakePlugin(generator=EmptyGenerator())).run("C001")
+
+
+def test_event_hooks_are_broadcast_to_every_plugin(loyaltylens_pipeline):
+    seen: list[tuple[str, str]] = []
+
+    class Tracer:
+        @hookimpl
+        def loyaltylens_after_stage(self, event):
+            seen.append(("stage", event.stage))
+
+        @hookimpl
+        def loyaltylens_after_run(self, result):
+            seen.append(("run", result.customer_id))
+
+    class Audit:
+        @hookimpl
+        def loyaltylens_after_run(self, result):
+            seen.append(("audit", result.top_offer.offer_id))
+
+    loyaltylens_pipeline(extra_plugins=[Tracer(), Audit()]).run("C002")
+    assert [s for kind, s in seen if kind == "stage"] == ["feature_store", "propensity", "retriever", "generator"]
+    assert ("run", "C002") in seen and ("audit", "F1") in seen
+
+
+def test_a_failing_event_listener_does_not_fail_the_run(loyaltylens_pipeline, capsys):
+    class Broken:
+        @hookimpl
+        def loyaltylens_after_run(self, result):
+            raise RuntimeError("metrics backend down")
+
+    result = loyaltylens_pipeline(extra_plugins=[Broken()]).run("C001")
+    assert result.top_offer is not None
+    assert "metrics backend down" in capsys.readouterr().err
+
+
+def test_components_are_built_lazily_and_once(loyaltylens_pipeline):
+    built: list[str] = []
+
+    class Counting:
+        @hookimpl
+        def register_generators(self, register):
+            def factory(settings, context):
+                built.append(context.name)
+                return FakePlugin().components["generator"]
+
+            register("counting", factory)
+
+    pipeline = loyaltylens_pipeline(extra_plugins=[Counting()], use=["generator=counting"])
+    assert built == []
+    pipeline.run("C001")
+    pipeline.run("C002")
+    assert built == ["counting"]
+
+
+def test_batched_methods_fall_back_to_loops(loyaltylens_pipeline):
+    class SingleOnlyStore:
+        def read_latest(self, customer_id, as_of=None):
+            return make_features(customer_id)
+
+    pipeline = loyaltylens_pipeline(fake=FakePlugin(feature_store=SingleOnlyStore()))
+    features = pipeline.read_many(["C1", "C2"])
+    assert [f.customer_id for f in features] == ["C1", "C2"]
+    assert [p.customer_id for p in pipeline.predict_many(features)] == ["C1", "C2"]
