@@ -97,9 +97,11 @@ def render(template: str, variables: dict[str, Any]) -> str:
 def _frequency_phrase(n: int) -> str:
     if n == 0:
         return "has made no purchases in the last month"
-    if n == 1:
-        return "made one purchase in the last month"
-    return f"made {n} purchases in the last month"
+    if n <= 2:
+        return "made one or two purchases in the last month"
+    if n <= 5:
+        return "made several purchases in the last month"
+    return "shops very often"
 
 
 def _recency_phrase(days: float) -> str:
@@ -107,7 +109,9 @@ def _recency_phrase(days: float) -> str:
         return "shopped this week"
     if days <= 30:
         return "shopped this month"
-    return f"last shopped {round(days)} days ago and may be drifting away"
+    if days <= 90:
+        return "has not shopped for over a month and may be drifting away"
+    return "has not shopped for months and is at risk of lapsing"
 
 
 def _engagement_phrase(score: float) -> str:
@@ -130,7 +134,9 @@ def query_text(features: CustomerFeatures) -> str:
     """A natural-language description of the customer for a sentence encoder.
 
     The reference sent ``key=value`` pairs, which mean little to an encoder trained on
-    sentences; this says the same facts in words the offer descriptions also use.
+    sentences; this says the same facts in words the offer descriptions also use. Facts
+    are bucketed into phrases on purpose: customers alike get the same text, so an
+    embedder can cache it and a batch embeds a few thousand texts, not one per customer.
     """
     spend = features.monetary_90d
     spend_phrase = (
@@ -155,4 +161,5 @@ def retrieval_query(
         text=query_text(features),
         k=k,
         max_threshold=propensity.score if filtered else None,
+        tier=features.tier,
     )

@@ -141,7 +141,10 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
         style = "red" if row["status"].startswith("broken") else "green" if row["status"] == "active" else None
         table.add_row(row["stage"], row["name"], row["distribution"] or "-", row["version"] or "-",
                       row["status"], style=style)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped output: never truncate names
+    console.print(table)
 
 
 @config_app.command("show")
@@ -166,7 +169,9 @@ def config_show(as_json: bool = typer.Option(False, "--json", help="Print as JSO
 
 @app.command()
 def seed(
-    customers: int = typer.Option(5000, min=10, max=1_000_000, help="How many demo customers."),
+    customers: Optional[int] = typer.Option(
+        None, min=10, max=2_000_000, help="How many demo customers (default: demo_customers setting)."
+    ),
 ) -> None:
     """(Re)build the synthetic demo data and the feature store from it."""
     from .demo import ensure_demo_data
@@ -176,7 +181,7 @@ def seed(
     demo = ensure_demo_data(
         pipeline.config.core.data_dir / "demo",
         seed=pipeline.config.core.seed,
-        customers=customers,
+        customers=customers or pipeline.config.core.demo_customers,
         progress=Progress(quiet=state.quiet),
         rebuild=True,
     )

@@ -56,6 +56,7 @@ class CoreSettings(BaseModel):
     data_dir: Path = Field(default_factory=default_data_dir)
     seed: int = 42
     top_k: int = Field(3, ge=1, le=50)
+    demo_customers: int = Field(5000, ge=10, le=2_000_000)
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ class StageContext:
     data_dir: Path
     seed: int
     progress: Progress
+    demo_customers: int
     _component: Callable[[str], Any]
 
     def component(self, stage: str) -> Any:
@@ -33,4 +34,10 @@ class StageContext:
         """The synthetic demo dataset, built on first use (see ``loyaltylens_core.demo``)."""
         from .demo import ensure_demo_data
 
-        return ensure_demo_data(self.data_dir / "demo", seed=self.seed, progress=self.progress, rebuild=rebuild)
+        return ensure_demo_data(
+            self.data_dir / "demo",
+            seed=self.seed,
+            customers=self.demo_customers,
+            progress=self.progress,
+            rebuild=rebuild,
+        )

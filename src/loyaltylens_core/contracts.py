@@ -74,13 +74,15 @@ class RetrievalQuery(Contract):
     """What the retriever is asked: a natural-language text plus a threshold filter.
 
     ``max_threshold`` keeps only offers whose ``min_propensity_threshold`` is at or
-    below it; ``None`` means no filter (the pipeline's fallback path).
+    below it; ``None`` means no filter (the pipeline's fallback path). ``tier``, when
+    set, keeps only offers that tier is eligible for.
     """
 
     customer_id: CustomerId
     text: str = Field(min_length=1)
     k: Annotated[int, Field(ge=1, le=200)] = 3
     max_threshold: UnitInterval | None = None
+    tier: Tier | None = None
 
 
 class GeneratedCopy(Contract):

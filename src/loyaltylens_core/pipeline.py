@@ -96,6 +96,7 @@ class Pipeline:
             data_dir=self.config.core.data_dir,
             seed=self.config.core.seed,
             progress=self.progress,
+            demo_customers=self.config.core.demo_customers,
             _component=self.component,
         )
         self._building.add(stage)

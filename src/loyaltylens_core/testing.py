@@ -121,7 +121,8 @@ class FakeRetriever:
         self.queries.append(query)
         kept = [
             o for o in self.offers
-            if query.max_threshold is None or o.min_propensity_threshold <= query.max_threshold
+            if (query.max_threshold is None or o.min_propensity_threshold <= query.max_threshold)
+            and (query.tier is None or query.tier in o.tiers)
         ]
         return [
             OfferCandidate(offer=o, similarity=1.0 - 0.1 * i, rank=i + 1)

@@ -34,4 +34,10 @@ def test_known_placeholders_with_format_specs_pass():
 def test_query_text_reads_like_a_sentence():
     text = adapters.query_text(make_features(recency_days=60, frequency_30d=0, tier="bronze"))
     assert text.startswith("A bronze tier loyalty member")
-    assert "60 days ago" in text and "no purchases" in text
+    assert "drifting away" in text and "no purchases" in text
+
+
+def test_similar_customers_share_one_query_text():
+    a = adapters.query_text(make_features("C1", recency_days=40, monetary_90d=120))
+    b = adapters.query_text(make_features("C2", recency_days=55, monetary_90d=180))
+    assert a == b

@@ -1,0 +1,42 @@
+"""Propensity model plugin (the default ``propensity``): a tabular transformer in PyTorch.
+
+Entry-point module: registers the plugin without importing torch. torch loads when the
+stage is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loyaltylens_core import hookimpl
+
+
+class TorchPropensitySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: Path | None = Field(None, description="Where versioned models live; default <data_dir>/models")
+    version: str | None = Field(None, description="Pin a model version, e.g. propensity_v2; default: latest")
+    horizon_days: int = Field(30, ge=1, le=180, description="Label: a redemption within this many days")
+    epochs: int = Field(8, ge=1, le=500)
+    batch_size: int = Field(256, ge=8, le=65536)
+    learning_rate: float = Field(2e-3, gt=0, lt=1)
+    d_model: int = Field(32, ge=8, le=512)
+    heads: int = Field(4, ge=1, le=16)
+    layers: int = Field(2, ge=1, le=12)
+    threshold: float = Field(0.5, ge=0, le=1, description="Score at or above which label is 1")
+    threads: int = Field(1, ge=1, le=64, description="torch intra-op threads for serving")
+
+
+def build(settings: TorchPropensitySettings, context: Any) -> Any:
+    from .model import TorchPropensityModel
+
+    return TorchPropensityModel(settings, context)
+
+
+@hookimpl
+def register_propensity_models(register: Any) -> None:
+    register("torch", build, settings=TorchPropensitySettings,
+             description="Tabular transformer (per-feature embeddings, encoder, MLP)")

@@ -1,0 +1,257 @@
+"""Train, version, load and serve the propensity model.
+
+Each trained model is a directory ``propensity_vN`` holding ``weights.pt`` (a plain
+state dict, loaded with ``weights_only=True``: a checkpoint can never run code) and
+``card.json`` (metrics, features, scaler, label definition, training data hash). It is
+written to a temporary directory and renamed into place, so a crash mid-training never
+leaves a half-written version that later loads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, TrainingSet
+from loyaltylens_core.errors import StageError
+
+from .network import (
+    CATEGORICAL_FEATURES,
+    NUMERIC_FEATURES,
+    TabularTransformer,
+    categorical,
+    classification_metrics,
+    raw_numeric,
+)
+
+VERSION_PATTERN = re.compile(r"^propensity_v(\d+)$")
+LABEL_DEFINITION = "redeemed any offer in the {horizon} days after as_of"
+
+
+def split_of(customer_id: str) -> str:
+    """Stable train/val/test assignment by customer, so no customer leaks across splits."""
+    bucket = int(hashlib.sha256(customer_id.encode()).hexdigest()[:8], 16) % 100
+    return "test" if bucket < 15 else "val" if bucket < 30 else "train"
+
+
+class TorchPropensityModel:
+    def __init__(self, settings: Any, context: Any) -> None:
+        self.settings = settings
+        self.context = context
+        self.model_dir = Path(settings.model_dir or context.data_dir / "models")
+        self.network: TabularTransformer | None = None
+        self.card: dict[str, Any] = {}
+        self.version = ""
+        self._mean = np.zeros(len(NUMERIC_FEATURES))
+        self._std = np.ones(len(NUMERIC_FEATURES))
+
+    # --- versions -------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        if not self.model_dir.is_dir():
+            return []
+        found = [
+            (int(m.group(1)), p.name)
+            for p in self.model_dir.iterdir()
+            if (m := VERSION_PATTERN.match(p.name)) and (p / "card.json").is_file()
+        ]
+        return [name for _, name in sorted(found)]
+
+    def _next_version(self) -> str:
+        existing = self.versions()
+        last = int(VERSION_PATTERN.match(existing[-1]).group(1)) if existing else 0
+        return f"propensity_v{last + 1}"
+
+    def prepare(self) -> None:
+        if self.network is not None:
+            return
+        if self.settings.version:
+            self.load(self.settings.version)
+        elif self.versions():
+            self.load(self.versions()[-1])
+        else:
+            self.train()
+
+    def load(self, version: str) -> None:
+        directory = self.model_dir / version
+        card_path, weights_path = directory / "card.json", directory / "weights.pt"
+        if not card_path.is_file() or not weights_path.is_file():
+            available = ", ".join(self.versions()) or "none"
+            raise StageError(
+                f"propensity model {version!r} not found in {self.model_dir}",
+                f"available: {available}; run `loyaltylens train` to make one",
+            )
+        try:
+            card = json.loads(card_path.read_text())
+            hp = card["hyperparameters"]
+            network = TabularTransformer(hp["d_model"], hp["heads"], hp["layers"])
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        except pickle.UnpicklingError:
+            raise StageError(
+                f"refused to load {weights_path}: it holds pickled objects, not plain weights",
+                "only weights_only checkpoints are loaded; retrain with `loyaltylens train`",
+            ) from None
+        except (OSError, RuntimeError, KeyError, ValueError, EOFError) as exc:
+            raise StageError(
+                f"propensity model {weights_path} is corrupt ({type(exc).__name__})",
+                "delete it and run `loyaltylens train`",
+            ) from None
+        network.eval()
+        torch.set_num_threads(self.settings.threads)
+        self.network = network
+        self.card = card
+        self.version = card["model_version"]
+        self._mean = np.array(card["scaler"]["mean"])
+        self._std = np.array(card["scaler"]["std"])
+
+    # --- training -------------------------------------------------------------------
+
+    def _training_set(self) -> TrainingSet:
+        store = self.context.component("feature_store")
+        examples = getattr(store, "training_examples", None)
+        if not callable(examples):
+            raise StageError(
+                "the selected feature store cannot provide training examples",
+                "train with a feature store that has training_examples(), e.g. duckdb",
+            )
+        return examples(self.settings.horizon_days)
+
+    def _tensors(self, features: Sequence[CustomerFeatures]) -> tuple[torch.Tensor, torch.Tensor]:
+        numeric = (raw_numeric(features) - self._mean) / self._std
+        return torch.from_numpy(numeric.astype(np.float32)), torch.from_numpy(categorical(features))
+
+    def train(self) -> dict[str, Any]:
+        """Train a new version from the feature store's point-in-time examples."""
+        s = self.settings
+        data = self._training_set()
+        splits = np.array([split_of(f.customer_id) for f in data.features])
+        labels = np.array(data.labels, dtype=np.float32)
+        idx = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+        if min(len(v) for v in idx.values()) == 0:
+            raise StageError(f"too few training examples ({len(labels)}) to split", "use more customers")
+        raw = raw_numeric(data.features)
+        self._mean = raw[idx["train"]].mean(axis=0)
+        self._std = raw[idx["train"]].std(axis=0) + 1e-6
+        numeric = torch.from_numpy(((raw - self._mean) / self._std).astype(np.float32))
+        cats = torch.from_numpy(categorical(data.features))
+        target = torch.from_numpy(labels)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(threads, os.cpu_count() or 1))
+        torch.manual_seed(self.context.seed)
+        network = TabularTransformer(s.d_model, s.heads, s.layers)
+        optimiser = torch.optim.AdamW(network.parameters(), lr=s.learning_rate, weight_decay=1e-4)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        generator = torch.Generator().manual_seed(self.context.seed)
+        best_auc, best_state = -1.0, None
+        history = []
+        try:
+            with self.context.progress.task("Training propensity model", total=s.epochs) as advance:
+                for epoch in range(s.epochs):
+                    network.train()
+                    order = idx["train"][torch.randperm(len(idx["train"]), generator=generator).numpy()]
+                    total = 0.0
+                    for start in range(0, len(order), s.batch_size):
+                        batch = order[start : start + s.batch_size]
+                        optimiser.zero_grad()
+                        loss = loss_fn(network(numeric[batch], cats[batch]), target[batch])
+                        loss.backward()
+                        optimiser.step()
+                        total += float(loss.detach()) * len(batch)
+                    val = self._evaluate(network, numeric, cats, labels, idx["val"])
+                    history.append({"epoch": epoch + 1, "train_loss": total / len(order), "val_auc": val["auc"]})
+                    if val["auc"] > best_auc:
+                        best_auc = val["auc"]
+                        best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                    advance(1)
+        finally:
+            torch.set_num_threads(threads)
+        assert best_state is not None
+        network.load_state_dict(best_state)
+        metrics = {
+            name: self._evaluate(network, numeric, cats, labels, idx[name]) for name in ("train", "val", "test")
+        }
+        version = self._next_version()
+        card = {
+            "model_version": version,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "architecture": "tabular-transformer",
+            "numeric_features": list(NUMERIC_FEATURES),
+            "categorical_features": {k: list(v) for k, v in CATEGORICAL_FEATURES.items()},
+            "feature_version": data.features[0].feature_version,
+            "label": LABEL_DEFINITION.format(horizon=data.horizon_days),
+            "horizon_days": data.horizon_days,
+            "training_data_hash": data.data_hash,
+            "split": {name: int(len(v)) for name, v in idx.items()},
+            "metrics": metrics,
+            "history": history,
+            "threshold": s.threshold,
+            "hyperparameters": {
+                "d_model": s.d_model, "heads": s.heads, "layers": s.layers, "epochs": s.epochs,
+                "batch_size": s.batch_size, "learning_rate": s.learning_rate, "seed": self.context.seed,
+            },
+            "scaler": {"mean": self._mean.tolist(), "std": self._std.tolist()},
+            "weights_format": "torch state_dict, load with weights_only=True",
+            "torch_version": torch.__version__,
+        }
+        self._save(version, network, card)
+        self.load(version)
+        return card
+
+    def _evaluate(self, network, numeric, cats, labels, rows) -> dict[str, float]:
+        network.eval()
+        with torch.inference_mode():
+            scores = torch.sigmoid(network(numeric[rows], cats[rows])).numpy()
+        return classification_metrics(labels[rows], scores, self.settings.threshold)
+
+    def _save(self, version: str, network: TabularTransformer, card: dict[str, Any]) -> None:
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.model_dir))
+        try:
+            torch.save(network.state_dict(), staging / "weights.pt")
+            (staging / "card.json").write_text(json.dumps(card, indent=2))
+            os.replace(staging, self.model_dir / version)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # --- serving --------------------------------------------------------------------
+
+    def _scores(self, features: Sequence[CustomerFeatures]) -> np.ndarray:
+        if self.network is None:
+            self.prepare()
+        numeric, cats = self._tensors(features)
+        with torch.inference_mode():
+            return torch.sigmoid(self.network(numeric, cats)).numpy()
+
+    def predict(self, features: CustomerFeatures) -> PropensityScore:
+        score = float(self._scores([features])[0])
+        return PropensityScore(
+            customer_id=features.customer_id,
+            score=score,
+            label=int(score >= self.settings.threshold),
+            model_version=self.version,
+        )
+
+    def predict_many(self, features: Sequence[CustomerFeatures], chunk: int = 8192) -> list[PropensityScore]:
+        out: list[PropensityScore] = []
+        threshold = self.settings.threshold
+        for start in range(0, len(features), chunk):
+            part = features[start : start + chunk]
+            for f, score in zip(part, self._scores(part).tolist()):
+                out.append(PropensityScore(
+                    customer_id=f.customer_id, score=score, label=int(score >= threshold),
+                    model_version=self.version,
+                ))
+        return out

@@ -1,0 +1,33 @@
+"""Embedded retriever (the default ``retriever``): vectors in DuckDB, search in numpy.
+
+Entry-point module; duckdb and the embedder load when the stage is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loyaltylens_core import hookimpl
+
+
+class DuckDBRetrieverSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | None = Field(None, description="DuckDB file; default <data_dir>/loyaltylens.duckdb")
+    catalogue: Path | None = Field(None, description="Offers as a JSON list; default: the demo catalogue")
+    table: str = Field("offer_vectors", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def build(settings: DuckDBRetrieverSettings, context: Any) -> Any:
+    from .retriever import DuckDBRetriever
+
+    return DuckDBRetriever(settings, context)
+
+
+@hookimpl
+def register_retrievers(register: Any) -> None:
+    register("duckdb", build, settings=DuckDBRetrieverSettings,
+             description="Exact cosine top-k over offer vectors stored in DuckDB")
