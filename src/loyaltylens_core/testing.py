@@ -243,3 +243,33 @@ def loyaltylens_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cal
         )
 
     return build
+
+
+def make_context(
+    data_dir: Path,
+    stage: str = "test",
+    name: str = "test",
+    *,
+    components: dict[str, Any] | None = None,
+    seed: int = 42,
+    demo_customers: int = 300,
+) -> Any:
+    """A StageContext for building one plugin's component directly in its own tests.
+
+    ``components`` stands in for other stages (e.g. ``{"embedder": FakeEmbedder()}``),
+    so a plugin's tests never import another plugin.
+    """
+    from .context import StageContext
+    from .progress import QUIET
+
+    others = dict(components or {})
+
+    def component(other: str) -> Any:
+        if other not in others:
+            raise LookupError(f"test context has no {other!r} component; pass it in components=")
+        return others[other]
+
+    return StageContext(
+        stage=stage, name=name, data_dir=Path(data_dir), seed=seed, progress=QUIET,
+        demo_customers=demo_customers, _component=component,
+    )

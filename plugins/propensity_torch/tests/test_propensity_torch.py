@@ -1,0 +1,137 @@
+"""Real training of the tabular transformer on small synthetic data (seconds)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from loyaltylens_core.contracts import TrainingSet
+from loyaltylens_core.errors import StageError
+from loyaltylens_core.testing import make_context, make_features
+from loyaltylens_propensity_torch import TorchPropensitySettings, build
+
+
+class ExampleStore:
+    """Training examples whose label follows the features (learnable) or not (noise)."""
+
+    def __init__(self, learnable: bool = True, n: int = 1500) -> None:
+        rng = random.Random(0)
+        feats, labels = [], []
+        for i in range(n):
+            rate = rng.random()
+            recency = rng.uniform(0, 120)
+            f = make_features(
+                f"C{i:04d}", offer_redemption_rate=rate, recency_days=recency,
+                engagement_score=rng.random(), frequency_30d=rng.randint(0, 10),
+                tier=rng.choice(["bronze", "silver", "gold", "platinum"]),
+                channel_preference=rng.choice(["in-store", "mobile", "web"]),
+                as_of=dt.date(2026, 5, 1),
+            )
+            signal = 3 * rate - recency / 40
+            label = int(signal + rng.gauss(0, 0.5) > 0) if learnable else rng.randint(0, 1)
+            feats.append(f)
+            labels.append(label)
+        self.data = TrainingSet(features=tuple(feats), labels=tuple(labels), horizon_days=30, data_hash="test")
+
+    def training_examples(self, horizon_days: int = 30) -> TrainingSet:
+        return self.data
+
+
+def model_for(tmp_path, store=None, **settings):
+    context = make_context(tmp_path, "propensity", "torch", components={"feature_store": store or ExampleStore()})
+    return build(TorchPropensitySettings(**{"epochs": 6, **settings}), context)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model = model_for(tmp_path_factory.mktemp("models"))
+    model.prepare()
+    return model
+
+
+def test_first_prepare_trains_a_versioned_model_with_a_card(trained):
+    assert trained.version == "propensity_v1"
+    card = json.loads((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    assert card["numeric_features"][0] == "recency_days"
+    assert card["label"].startswith("redeemed any offer in the 30 days after as_of")
+    assert card["training_data_hash"] == "test"
+    assert set(card["metrics"]) == {"train", "val", "test"}
+    assert {"auc", "precision", "recall"} <= set(card["metrics"]["test"])
+    assert sum(card["split"].values()) == 1500
+
+
+def test_model_learns_a_learnable_signal(trained):
+    assert trained.card["metrics"]["test"]["auc"] > 0.8
+
+
+def test_noise_labels_give_chance_auc(tmp_path):
+    model = model_for(tmp_path, ExampleStore(learnable=False))
+    model.prepare()
+    assert 0.35 < model.card["metrics"]["test"]["auc"] < 0.65
+
+
+def test_predict_agrees_with_predict_many(trained):
+    feats = [make_features(f"C{i}", offer_redemption_rate=i / 10, recency_days=60) for i in range(10)]
+    one = [trained.predict(f).score for f in feats]
+    many = [p.score for p in trained.predict_many(feats)]
+    assert one == pytest.approx(many, abs=1e-6)
+    assert one[9] > one[0]  # a higher redemption rate scores higher
+    p = trained.predict(feats[0])
+    assert p.model_version == "propensity_v1" and p.label == int(p.score >= 0.5)
+
+
+def test_retraining_adds_a_version_and_pinning_loads_the_old_one(tmp_path):
+    model = model_for(tmp_path, epochs=1)
+    model.prepare()
+    card = model.train()
+    assert card["model_version"] == "propensity_v2"
+    assert model.versions() == ["propensity_v1", "propensity_v2"]
+    pinned = model_for(tmp_path, version="propensity_v1")
+    pinned.prepare()
+    assert pinned.version == "propensity_v1"
+
+
+def test_missing_pinned_version_is_a_clear_error(tmp_path):
+    with pytest.raises(StageError, match="'propensity_v9' not found.*available: none"):
+        model_for(tmp_path, version="propensity_v9").prepare()
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path, trained):
+    target = tmp_path / "models" / "propensity_v1"
+    target.mkdir(parents=True)
+    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    torch.save({"weights": Evil()}, target / "weights.pt")
+    with pytest.raises(StageError, match="holds pickled objects"):
+        model_for(tmp_path).prepare()
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, trained):
+    target = tmp_path / "models" / "propensity_v1"
+    target.mkdir(parents=True)
+    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    (target / "weights.pt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(StageError, match="corrupt"):
+        model_for(tmp_path).prepare()
+
+
+def test_store_without_training_examples(tmp_path):
+    with pytest.raises(StageError, match="cannot provide training examples"):
+        model_for(tmp_path, store=object()).prepare()
+
+
+def test_roc_auc_matches_definition():
+    from loyaltylens_propensity_torch.network import roc_auc
+
+    labels = np.array([0, 0, 1, 1])
+    assert roc_auc(labels, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert roc_auc(labels, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)

@@ -1,0 +1,110 @@
+"""The DuckDB retriever: real DuckDB file, real numpy search; a bag-of-words embedder
+from the core's testing module stands in for the embedding stage."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+
+from loyaltylens_core.contracts import RetrievalQuery
+from loyaltylens_core.errors import ConfigError
+from loyaltylens_core.testing import FakeEmbedder, make_context
+from loyaltylens_retriever_duckdb import DuckDBRetrieverSettings, build
+from loyaltylens_retriever_duckdb.retriever import top_k
+
+OFFERS = [
+    {"offer_id": "A", "title": "Birthday coffee", "description": "free coffee birthday treat",
+     "category": "birthday", "min_propensity_threshold": 0.1},
+    {"offer_id": "B", "title": "Triple points groceries", "description": "points groceries points",
+     "category": "points_multiplier", "min_propensity_threshold": 0.6},
+    {"offer_id": "C", "title": "Gold to platinum", "description": "upgrade gold tier platinum",
+     "category": "tier_upgrade", "min_propensity_threshold": 0.3, "tiers": ["gold"]},
+]
+
+
+class CountingEmbedder(FakeEmbedder):
+    name = "counting"
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed(self, texts):
+        self.calls += 1
+        return super().embed(texts)
+
+
+@pytest.fixture
+def catalogue(tmp_path):
+    path = tmp_path / "offers.json"
+    path.write_text(json.dumps(OFFERS))
+    return path
+
+
+def retriever_for(tmp_path, catalogue, embedder=None):
+    context = make_context(tmp_path, "retriever", "duckdb", components={"embedder": embedder or CountingEmbedder()})
+    r = build(DuckDBRetrieverSettings(catalogue=catalogue), context)
+    r.prepare()
+    return r
+
+
+def test_self_indexes_into_duckdb_on_first_use(tmp_path, catalogue):
+    r = retriever_for(tmp_path, catalogue)
+    con = duckdb.connect(str(tmp_path / "loyaltylens.duckdb"))
+    assert con.execute("SELECT count(*) FROM offer_vectors").fetchone()[0] == 3
+    assert r.vectors.shape == (3, 64)
+
+
+def test_exact_cosine_ranking_matches_brute_force(tmp_path, catalogue):
+    r = retriever_for(tmp_path, catalogue)
+    query = RetrievalQuery(customer_id="C1", text="free birthday coffee", k=3)
+    got = r.retrieve(query)
+    q = FakeEmbedder().embed([query.text])[0]
+    expected = sorted(range(3), key=lambda i: -float(r.vectors[i] @ q))
+    assert [c.offer.offer_id for c in got] == [r.offers[i].offer_id for i in expected]
+    assert got[0].offer.offer_id == "A" and got[0].rank == 1
+    assert got[0].similarity == pytest.approx(float(r.vectors[expected[0]] @ q), abs=1e-6)
+
+
+def test_threshold_and_tier_filters(tmp_path, catalogue):
+    r = retriever_for(tmp_path, catalogue)
+    ids = lambda **kw: [c.offer.offer_id for c in r.retrieve(RetrievalQuery(customer_id="C1", text="points", k=3, **kw))]
+    assert set(ids(max_threshold=0.5)) == {"A", "C"}
+    assert set(ids(max_threshold=0.5, tier="silver")) == {"A"}
+    assert ids(max_threshold=0.05) == []  # the pipeline records the fallback and retries unfiltered
+
+
+def test_second_start_reuses_the_index_and_a_changed_catalogue_reindexes(tmp_path, catalogue):
+    retriever_for(tmp_path, catalogue)
+    again = CountingEmbedder()
+    retriever_for(tmp_path, catalogue, again)
+    assert again.calls == 0
+    catalogue.write_text(json.dumps(OFFERS[:2]))
+    changed = retriever_for(tmp_path, catalogue, CountingEmbedder())
+    assert len(changed.offers) == 2
+
+
+def test_retrieve_many_equals_single_retrievals(tmp_path, catalogue):
+    r = retriever_for(tmp_path, catalogue)
+    queries = [RetrievalQuery(customer_id=f"C{i}", text=t, k=2, max_threshold=m)
+               for i, (t, m) in enumerate([("birthday coffee", 0.9), ("gold upgrade", 0.4), ("points", None)])]
+    assert r.retrieve_many(queries) == [r.retrieve(q) for q in queries]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"), ("{not json", "not valid JSON"), ("[]", "is empty"),
+    ('[{"offer_id": "X"}]', "field 'title'"),
+])
+def test_bad_catalogue_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "offers.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        retriever_for(tmp_path, path)
+
+
+def test_top_k_orders_best_first():
+    sims = np.array([0.1, 0.9, -np.inf, 0.5])
+    assert top_k(sims, 2).tolist() == [1, 3]

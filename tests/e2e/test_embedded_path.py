@@ -1,0 +1,100 @@
+"""End to end over the real default plugins, through the installed CLI, from an empty
+data directory: demo data, feature store, training and indexing happen on first run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+DEFAULT_DISTRIBUTIONS = {
+    "loyaltylens-feature-duckdb", "loyaltylens-propensity-torch",
+    "loyaltylens-embedder-sentence-transformers", "loyaltylens-retriever-duckdb",
+    "loyaltylens-generator-template",
+}
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("empty-data")
+    workdir = tmp_path_factory.mktemp("work")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") and k != "DEPLOY_TARGET"}
+    env["LOYALTYLENS_DATA_DIR"] = str(data_dir)
+    env["LOYALTYLENS_DEMO_CUSTOMERS"] = "1000"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loyaltylens_core.cli", *args],
+            capture_output=True, text=True, env=env, cwd=workdir, timeout=600,
+        )
+
+    run.data_dir = data_dir  # type: ignore[attr-defined]
+    return run
+
+
+def test_first_run_builds_everything_then_answers(cli):
+    assert not any(cli.data_dir.iterdir())
+    proc = cli("run", "C001", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["customer_id"] == "C001"
+    assert 0 <= result["propensity"]["score"] <= 1
+    assert result["propensity"]["model_version"] == "propensity_v1"
+    assert result["top_offer"]["offer_id"].startswith("OFF")
+    assert result["candidates"][0]["rank"] == 1
+    assert result["copy"]["headline"] and result["copy"]["prompt_version"] == "template-v1"
+    assert set(result["latency_ms"]) == {"feature_store", "propensity", "retriever", "generator", "total"}
+    assert {ref["distribution"] for ref in result["plugins"].values()} <= DEFAULT_DISTRIBUTIONS
+    # The progress bars went to stderr, the JSON alone to stdout.
+    assert "Training propensity model" in proc.stderr
+    card = json.loads((cli.data_dir / "models" / "propensity_v1" / "card.json").read_text())
+    assert card["metrics"]["test"]["auc"] > 0.6
+    assert (cli.data_dir / "loyaltylens.duckdb").is_file()
+
+
+def test_offers_respect_the_threshold_unless_the_fallback_says_so(cli):
+    for customer in ("C002", "C010", "C500"):
+        result = json.loads(cli("run", customer, "--json").stdout)
+        score = result["propensity"]["score"]
+        if "threshold_filtered_all" in result["fallbacks"]:
+            continue
+        assert all(c["offer"]["min_propensity_threshold"] <= score for c in result["candidates"])
+        assert all(result["features"]["tier"] in c["offer"]["tiers"] for c in result["candidates"])
+
+
+def test_second_run_reuses_data_and_model(cli):
+    proc = cli("run", "C002")
+    assert proc.returncode == 0, proc.stderr
+    assert "Training" not in proc.stderr and "Indexing" not in proc.stderr
+    for text in ("propensity", "model version", "propensity_v1", "template-v1", "top offer", "latency", "total"):
+        assert text in proc.stdout
+
+
+def test_unknown_customer_exits_2_with_one_line(cli):
+    proc = cli("run", "C999999")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: customer 'C999999' not found. the feature store holds 1000 customers (demo ids C001 to C1000)"
+    ]
+
+
+def test_plugins_lists_the_default_distributions(cli):
+    rows = json.loads(cli("plugins", "--json").stdout)
+    assert DEFAULT_DISTRIBUTIONS <= {r["distribution"] for r in rows}
+    assert all(r["status"] == "active" for r in rows if r["distribution"] in DEFAULT_DISTRIBUTIONS)
+
+
+def test_explicit_train_and_index_and_seed(cli):
+    train = cli("train", "--json")
+    assert train.returncode == 0, train.stderr
+    assert json.loads(train.stdout)["model_version"] == "propensity_v2"
+    index = cli("index")
+    assert index.returncode == 0 and "indexed 200 offers" in index.stdout
+    seed = cli("seed", "--customers", "1000")
+    assert seed.returncode == 0 and "1000 customers" in seed.stdout
+    assert json.loads(cli("run", "C001", "--json").stdout)["propensity"]["model_version"] == "propensity_v2"
