@@ -27,7 +27,7 @@ BUILTIN: dict[str, dict[str, dict[str, str]]] = {
             "cta": "Claim your treat {channel_phrase}",
         },
         "win_back": {
-            "headline": "We have missed you: {offer_title}",
+            "headline": "{offer_title}",
             "body": "{offer_description} It is waiting for you for {offer_valid_days} days.",
             "cta": "Come back {channel_phrase}",
         },
