@@ -233,6 +233,55 @@ def index() -> None:
     typer.echo(f"indexed {count} offers with retriever {pipeline.config.stages['retriever']!r}")
 
 
+@app.command()
+def batch(
+    out: str = typer.Option(..., "--out", "-o", help="Results file (.parquet)."),
+    all_customers: bool = typer.Option(False, "--all", help="Every customer in the feature store."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="File with one customer id per line."),
+    chunk_size: int = typer.Option(10_000, min=1, max=1_000_000, help="Customers per written chunk."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing result or unfinished batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run many customers through the batched stage methods; resumable after any interruption."""
+    from pathlib import Path
+
+    from .batch import read_ids_file, run_batch
+    from .errors import UsageError
+    from .progress import Progress
+
+    if all_customers == (ids is not None):
+        raise UsageError("pass exactly one of --all or --ids FILE", "e.g. loyaltylens batch --all --out r.parquet")
+    pipeline = _pipeline()
+    if ids is not None:
+        customer_ids = read_ids_file(Path(ids))
+        pipeline.prepare()
+    else:
+        pipeline.prepare()
+        lister = getattr(pipeline.component("feature_store"), "customer_ids", None)
+        if not callable(lister):
+            raise UsageError(
+                f"feature store {pipeline.config.stages['feature_store']!r} cannot list its customers",
+                "pass --ids FILE instead of --all",
+            )
+        customer_ids = list(lister())
+    summary = run_batch(
+        pipeline, customer_ids, Path(out), chunk_size=chunk_size, overwrite=overwrite,
+        progress=Progress(quiet=state.quiet),
+    )
+    data = {
+        "out": str(summary.out), "customers": summary.customers, "computed": summary.computed,
+        "resumed": summary.resumed, "seconds": round(summary.seconds, 3),
+        "customers_per_second": round(summary.per_second, 1),
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        typer.echo(
+            f"wrote {summary.customers} results to {summary.out} "
+            f"({summary.computed} computed at {summary.per_second:,.0f}/s, {summary.resumed} resumed)"
+        )
+
+
 def main() -> None:
     """Console-script entry point: run the app, turn errors into one line and an exit code.
 

@@ -25,10 +25,9 @@ TIERS: tuple[str, ...] = ("bronze", "silver", "gold", "platinum")
 
 
 class Contract(BaseModel):
-    """Base for every contract: immutable, unknown fields are a bug, not noise, and an
-    instance a plugin hands over is validated again (``model_construct`` skips checks)."""
+    """Base for every contract: immutable, and unknown fields are a bug, not noise."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", revalidate_instances="always")
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class CustomerFeatures(Contract):
@@ -112,9 +111,7 @@ class PipelineResult(Contract):
     latency_ms: dict[str, float]
     contract_version: str = CONTRACT_VERSION
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, revalidate_instances="always"
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON shape users see: ``copy`` rather than the Python-safe ``copy_``."""

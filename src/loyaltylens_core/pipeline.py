@@ -125,7 +125,13 @@ class Pipeline:
     # --- validation -----------------------------------------------------------------
 
     def _expect(self, stage: str, value: Any, model: type[M]) -> M:
+        """Validate a plugin's output. An instance is checked field by field again:
+        ``model_construct`` skips validation, and a plugin must not get past the contract
+        that way. Nested contract instances (an ``Offer`` inside a candidate) are trusted."""
         try:
+            # type() first: pydantic's isinstance goes through a slow hasattr.
+            if type(value) is model or isinstance(value, model):
+                return model.model_validate(value.__dict__)  # dict(model) would probe .keys (slow)
             return model.model_validate(value)
         except ValidationError as exc:
             raise self._violation(stage, model, exc) from None
@@ -261,6 +267,49 @@ class Pipeline:
                 "fix the plugin",
             )
         return [self._expect_list("retriever", cands, OfferCandidate) for cands in out]
+
+    def run_chunk(self, customer_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The pipeline for many customers through the batched stage methods.
+
+        Returns one flat row per customer (what ``loyaltylens batch`` writes), in input
+        order, with the same threshold fallback as ``run``.
+        """
+        for customer_id in customer_ids:
+            validate_customer_id(customer_id)
+        k = self.config.core.top_k
+        features = self.read_many(customer_ids)
+        scores = self.predict_many(features)
+        queries = [adapters.retrieval_query(f, p, k) for f, p in zip(features, scores)]
+        candidates = self.retrieve_many(queries)
+        fallbacks: list[list[str]] = [[] for _ in customer_ids]
+        empty = [i for i, c in enumerate(candidates) if not c]
+        if empty:
+            retried = self.retrieve_many([queries[i].model_copy(update={"max_threshold": None}) for i in empty])
+            for i, found in zip(empty, retried):
+                candidates[i] = found
+                fallbacks[i].append(FALLBACK_THRESHOLD)
+        generator = self.component("generator")
+        rows: list[dict[str, Any]] = []
+        for f, p, cands, notes in zip(features, scores, candidates, fallbacks):
+            copy = self._generate(f, p, cands, notes)
+            top = cands[0] if cands else None
+            rows.append({
+                "customer_id": f.customer_id,
+                "score": p.score,
+                "label": p.label,
+                "model_version": p.model_version,
+                "top_offer_id": top.offer.offer_id if top else None,
+                "top_offer_title": top.offer.title if top else None,
+                "top_offer_category": top.offer.category if top else None,
+                "similarity": top.similarity if top else None,
+                "candidate_offer_ids": [c.offer.offer_id for c in cands],
+                "headline": copy.headline if copy else None,
+                "body": copy.body if copy else None,
+                "cta": copy.cta if copy else None,
+                "prompt_version": copy.prompt_version if copy else getattr(generator, "prompt_version", None),
+                "fallbacks": list(notes),
+            })
+        return rows
 
     # --- events ---------------------------------------------------------------------
 

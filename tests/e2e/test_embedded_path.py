@@ -98,3 +98,19 @@ def test_explicit_train_and_index_and_seed(cli):
     seed = cli("seed", "--customers", "1000")
     assert seed.returncode == 0 and "1000 customers" in seed.stdout
     assert json.loads(cli("run", "C001", "--json").stdout)["propensity"]["model_version"] == "propensity_v2"
+
+
+def test_batch_all_writes_every_customer_once(cli, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "results.parquet"
+    proc = cli("batch", "--all", "--out", str(out), "--chunk-size", "300", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["customers"] == summary["computed"] == 1000
+    ids = pq.read_table(out).column("customer_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 1000
+    again = cli("batch", "--all", "--out", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    neither = cli("batch", "--out", str(out))
+    assert neither.returncode == 2 and "exactly one of --all or --ids" in neither.stderr

@@ -47,3 +47,14 @@ def test_model_loads_without_network(embedder, monkeypatch):
 def test_bad_model_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no sentence-transformers model"):
         build(SentenceTransformerSettings(model_path=tmp_path), None)
+
+
+def test_persistent_cache_serves_a_new_process_without_encoding(tmp_path):
+    from loyaltylens_core.testing import make_context
+
+    context = make_context(tmp_path, "embedder", "sentence-transformers")
+    first = build(SentenceTransformerSettings(), context)
+    vectors = first.embed(["a text worth keeping", "another one"])
+    second = build(SentenceTransformerSettings(), context)
+    second.model.encode = None  # any encode now would raise: the vectors must come from disk
+    assert np.array_equal(second.embed(["another one", "a text worth keeping"]), vectors[::-1])

@@ -23,12 +23,16 @@ class SentenceTransformerSettings(BaseModel):
     batch_size: int = Field(64, ge=1, le=4096)
     cache_size: int = Field(65536, ge=0, description="Texts whose embeddings are kept in memory")
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda")
+    persistent_cache: bool = Field(
+        True, description="Keep embeddings of texts seen before in <data_dir>/embedder-*/embeddings.sqlite"
+    )
 
 
 def build(settings: SentenceTransformerSettings, context: Any) -> Any:
     from .embedder import SentenceTransformerEmbedder
 
-    return SentenceTransformerEmbedder(settings)
+    cache_file = context.plugin_dir() / "embeddings.sqlite" if context and settings.persistent_cache else None
+    return SentenceTransformerEmbedder(settings, cache_file)
 
 
 @hookimpl

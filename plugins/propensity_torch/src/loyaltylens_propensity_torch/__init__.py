@@ -27,7 +27,6 @@ class TorchPropensitySettings(BaseModel):
     heads: int = Field(4, ge=1, le=16)
     layers: int = Field(2, ge=1, le=12)
     threshold: float = Field(0.5, ge=0, le=1, description="Score at or above which label is 1")
-    threads: int = Field(1, ge=1, le=64, description="torch intra-op threads for serving")
 
 
 def build(settings: TorchPropensitySettings, context: Any) -> Any:

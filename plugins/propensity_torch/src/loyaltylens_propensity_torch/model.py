@@ -109,7 +109,6 @@ class TorchPropensityModel:
                 "delete it and run `loyaltylens train`",
             ) from None
         network.eval()
-        torch.set_num_threads(self.settings.threads)
         self.network = network
         self.card = card
         self.version = card["model_version"]

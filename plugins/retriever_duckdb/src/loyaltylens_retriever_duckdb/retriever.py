@@ -176,8 +176,26 @@ class DuckDBRetriever:
         return self._candidates(self.vectors @ vector, self._eligible(query), query.k)
 
     def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
+        """All queries at once: one matmul, one mask, one partial sort."""
         if not queries:
             return []
         vectors = np.asarray(self.embedder.embed([q.text for q in queries]), dtype=np.float32)
         similarity = vectors @ self.vectors.T
-        return [self._candidates(similarity[i], self._eligible(q), q.k) for i, q in enumerate(queries)]
+        limits = np.array([np.inf if q.max_threshold is None else q.max_threshold for q in queries])
+        eligible = self.thresholds[None, :] <= limits[:, None]
+        tiers = [q.tier for q in queries]
+        if any(t is not None for t in tiers):
+            tier_rows = np.array([TIERS.index(t) if t is not None else -1 for t in tiers])
+            by_tier = np.vstack([self.tier_mask, np.ones((1, len(self.offers)), dtype=bool)])
+            eligible &= by_tier[tier_rows]
+        k_max = max(q.k for q in queries)
+        best = top_k(np.where(eligible, similarity, -np.inf), k_max)
+        counts = eligible.sum(axis=1)
+        out: list[list[OfferCandidate]] = []
+        for i, q in enumerate(queries):
+            take = min(q.k, int(counts[i]))
+            out.append([
+                OfferCandidate(offer=self.offers[j], similarity=float(similarity[i, j]), rank=r + 1)
+                for r, j in enumerate(best[i, :take].tolist())
+            ])
+        return out

@@ -1,0 +1,188 @@
+"""``loyaltylens batch``: many customers, written in chunks that survive ``kill -9``.
+
+Each chunk of results is written to ``<out>.parts/part-NNNNNN.parquet`` through a
+temporary file and an atomic rename, so a part exists whole or not at all. A rerun with
+the same ids finds the finished parts and computes only the rest; chunk boundaries come
+from the ids and the chunk size stored in ``job.json``, so no customer can land in two
+parts. When every part exists they are merged into ``<out>`` (again via rename) and the
+parts directory is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .errors import UsageError
+from .progress import QUIET, Progress
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+PART_PATTERN = re.compile(r"^part-(\d{6})\.parquet$")
+
+
+def schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("customer_id", pa.string()),
+        ("score", pa.float64()),
+        ("label", pa.int8()),
+        ("model_version", pa.string()),
+        ("top_offer_id", pa.string()),
+        ("top_offer_title", pa.string()),
+        ("top_offer_category", pa.string()),
+        ("similarity", pa.float64()),
+        ("candidate_offer_ids", pa.list_(pa.string())),
+        ("headline", pa.string()),
+        ("body", pa.string()),
+        ("cta", pa.string()),
+        ("prompt_version", pa.string()),
+        ("fallbacks", pa.list_(pa.string())),
+    ])
+
+
+@dataclasses.dataclass
+class BatchSummary:
+    out: Path
+    customers: int
+    computed: int
+    resumed: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def read_ids_file(path: Path) -> list[str]:
+    """One id per line; blank lines and ``#`` comments skipped; duplicates are an error."""
+    from .pipeline import validate_customer_id
+
+    if not path.is_file():
+        raise UsageError(f"ids file {path} does not exist", "pass a file with one customer id per line")
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        value = line.strip()
+        if not value or value.startswith("#"):
+            continue
+        try:
+            validate_customer_id(value)
+        except UsageError as exc:
+            raise UsageError(f"{path}:{number}: {exc.message}", exc.hint) from None
+        if value in seen:
+            raise UsageError(
+                f"{path}:{number}: customer {value!r} repeats line {seen[value]}",
+                "list each customer once",
+            )
+        seen[value] = number
+        ids.append(value)
+    if not ids:
+        raise UsageError(f"ids file {path} holds no customer ids", "add one id per line")
+    return ids
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=schema())
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def _job_fingerprint(ids: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for customer_id in ids:
+        digest.update(customer_id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def run_batch(
+    pipeline: "Pipeline",
+    ids: Sequence[str],
+    out: Path,
+    *,
+    chunk_size: int = 10_000,
+    overwrite: bool = False,
+    progress: Progress = QUIET,
+) -> BatchSummary:
+    if out.suffix != ".parquet":
+        raise UsageError(f"--out {out} must end in .parquet", "e.g. --out results.parquet")
+    if not ids:
+        raise UsageError("no customers to run", "pass --all or --ids FILE")
+    out = out.resolve()
+    parts = out.with_name(out.name + ".parts")
+    job_file = parts / "job.json"
+    fingerprint = _job_fingerprint(ids)
+
+    if parts.is_dir():
+        job = json.loads(job_file.read_text()) if job_file.is_file() else {}
+        if job.get("ids_sha256") != fingerprint:
+            if not overwrite:
+                raise UsageError(
+                    f"{parts} holds an unfinished batch over other customers",
+                    "rerun that batch to finish it, or pass --overwrite to start again",
+                )
+            shutil.rmtree(parts)
+    elif out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists", "pass --overwrite to replace it")
+
+    if not parts.is_dir():
+        parts.mkdir(parents=True)
+        job = {"ids_sha256": fingerprint, "customers": len(ids), "chunk_size": chunk_size}
+        _atomic_write_bytes(job_file, json.dumps(job).encode())
+    job = json.loads(job_file.read_text())
+    chunk_size = int(job["chunk_size"])
+
+    chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    done = {int(m.group(1)) for p in parts.iterdir() if (m := PART_PATTERN.match(p.name))}
+    resumed = sum(len(chunks[i]) for i in done if i < len(chunks))
+    started = time.perf_counter()
+    computed = 0
+    with progress.task(f"Batch → {out.name}", total=len(ids)) as advance:
+        advance(resumed)
+        for index, chunk in enumerate(chunks):
+            if index in done:
+                continue
+            rows = pipeline.run_chunk(chunk)
+            _write_parquet(parts / f"part-{index:06d}.parquet", rows)
+            computed += len(chunk)
+            advance(len(chunk))
+    seconds = time.perf_counter() - started
+    _merge(parts, out, len(chunks))
+    return BatchSummary(out=out, customers=len(ids), computed=computed, resumed=resumed, seconds=seconds)
+
+
+def _merge(parts: Path, out: Path, count: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(parts / f"part-{i:06d}.parquet") for i in range(count)]
+    merged = pa.concat_tables(tables) if tables else schema().empty_table()
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    pq.write_table(merged, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    shutil.rmtree(parts)
