@@ -27,6 +27,11 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+deploy_app = typer.Typer(
+    help="Package the propensity model and ship it to an endpoint (local, sagemaker, vertex).",
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
 
 
 class State:
@@ -280,6 +285,95 @@ def batch(
             f"wrote {summary.customers} results to {summary.out} "
             f"({summary.computed} computed at {summary.per_second:,.0f}/s, {summary.resumed} resumed)"
         )
+
+
+TARGET_OPTION = typer.Option(None, "--target", "-t", help="Deploy target plugin (default: deploy_target stage).")
+
+
+def _deploy_pipeline(target: Optional[str], needed: tuple[str, ...]) -> "Pipeline":
+    if target:
+        state.use = [*state.use, f"deploy_target={target}"]
+    return _pipeline(needed=needed)
+
+
+def _default_archive(pipeline: "Pipeline") -> Any:
+    return pipeline.config.core.data_dir / "deploy" / "model.tar.gz"
+
+
+def _emit(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(data)
+    else:
+        for key, value in data.items():
+            typer.echo(f"{key}: {value}")
+
+
+@deploy_app.command("package")
+def deploy_package(
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Archive path (default <data_dir>/deploy/model.tar.gz)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Export the trained propensity model (TorchScript + code/inference.py) into model.tar.gz."""
+    from pathlib import Path
+
+    from .archive import build_archive
+
+    pipeline = _pipeline(needed=("propensity",))
+    path = Path(out) if out else _default_archive(pipeline)
+    spec = build_archive(pipeline.component("propensity"), path)
+    _emit({"archive": str(path), "model_version": spec.get("model_version"), "bytes": path.stat().st_size}, as_json)
+
+
+@deploy_app.command("up")
+def deploy_up(
+    target: Optional[str] = TARGET_OPTION,
+    archive: Optional[str] = typer.Option(None, "--archive", help="Use this archive instead of packaging now."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Create (or update) the endpoint from the archive and wait until it serves."""
+    from pathlib import Path
+
+    from .archive import build_archive
+
+    if archive:
+        pipeline = _deploy_pipeline(target, ("deploy_target",))
+        path = Path(archive)
+    else:
+        pipeline = _deploy_pipeline(target, ("propensity", "deploy_target"))
+        path = _default_archive(pipeline)
+        build_archive(pipeline.component("propensity"), path)
+    _emit(pipeline.component("deploy_target").up(path), as_json)
+
+
+@deploy_app.command("invoke")
+def deploy_invoke(
+    customer_id: str = typer.Argument(..., help="Customer whose features are sent to the endpoint."),
+    target: Optional[str] = TARGET_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score one customer on the endpoint (and show the local predictor's score beside it)."""
+    from .pipeline import validate_customer_id
+
+    validate_customer_id(customer_id)
+    pipeline = _deploy_pipeline(target, ("feature_store", "deploy_target"))
+    features = pipeline.component("feature_store").read_latest(customer_id)
+    reply = dict(pipeline.component("deploy_target").invoke(features))
+    reply["customer_id"] = customer_id
+    _emit(reply, as_json)
+
+
+@deploy_app.command("status")
+def deploy_status(target: Optional[str] = TARGET_OPTION, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show the endpoint's state."""
+    pipeline = _deploy_pipeline(target, ("deploy_target",))
+    _emit(pipeline.component("deploy_target").status(), as_json)
+
+
+@deploy_app.command("down")
+def deploy_down(target: Optional[str] = TARGET_OPTION, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tear the endpoint down (and everything `up` created for it)."""
+    pipeline = _deploy_pipeline(target, ("deploy_target",))
+    _emit(pipeline.component("deploy_target").down(), as_json)
 
 
 def main() -> None:

@@ -180,9 +180,12 @@ class Generator(Protocol):
 
 @runtime_checkable
 class DeployTarget(Protocol):
-    def package(self, out_dir: Any) -> Any: ...
+    """Ships a model archive (see ``loyaltylens_core.archive``) to an endpoint.
 
-    def up(self) -> dict[str, Any]: ...
+    ``invoke`` returns at least ``{"propensity_score": float, "model_version": str}``.
+    """
+
+    def up(self, archive: Any) -> dict[str, Any]: ...
 
     def invoke(self, features: CustomerFeatures) -> dict[str, Any]: ...
 

@@ -150,12 +150,7 @@ class FakeDeployTarget:
     def __init__(self) -> None:
         self.state = "absent"
 
-    def package(self, out_dir: Any) -> Any:
-        path = Path(out_dir) / "fake-model.tar.gz"
-        path.write_bytes(b"fake")
-        return path
-
-    def up(self) -> dict[str, Any]:
+    def up(self, archive: Any) -> dict[str, Any]:
         self.state = "InService"
         return {"status": self.state}
 

@@ -29,6 +29,7 @@ from loyaltylens_core.errors import StageError
 from .network import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
+    ServingModule,
     TabularTransformer,
     categorical,
     classification_metrics,
@@ -254,3 +255,33 @@ class TorchPropensityModel:
                     model_version=self.version,
                 ))
         return out
+
+    # --- export (for deploy targets) ------------------------------------------------
+
+    def export(self, out_dir: Path) -> dict[str, Any]:
+        """Write ``model.pt`` (TorchScript: raw features in, probability out) and
+        ``spec.json`` (feature order, category maps, version) into ``out_dir``.
+
+        TorchScript because the SageMaker PyTorch container loads it with
+        ``torch.jit.load``; ``torch.jit`` is deprecated in torch 2.13 but still works.
+        """
+        if self.network is None:
+            self.prepare()
+        import warnings
+
+        serving = ServingModule(self.network, self._mean.tolist(), self._std.tolist()).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(serving)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        scripted.save(str(out_dir / "model.pt"))
+        spec = {
+            "model_version": self.version,
+            "numeric_features": list(NUMERIC_FEATURES),
+            "categorical_features": {k: list(v) for k, v in CATEGORICAL_FEATURES.items()},
+            "threshold": self.settings.threshold,
+            "format": "torchscript",
+        }
+        (out_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+        return spec

@@ -103,3 +103,20 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
         "positive_rate": float(labels.mean()),
         "n": float(len(labels)),
     }
+
+
+class ServingModule(nn.Module):
+    """Raw features in, probability out: log1p, scaling and sigmoid baked in, so a
+    serving container needs only this file and the feature order in spec.json."""
+
+    def __init__(self, network: TabularTransformer, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
+        self.register_buffer("log_mask", torch.from_numpy(_LOG_MASK.copy()))
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        x = torch.where(self.log_mask, torch.log1p(numeric.clamp(min=0)), numeric)
+        x = (x - self.mean) / self.std
+        return torch.sigmoid(self.network(x, categorical))

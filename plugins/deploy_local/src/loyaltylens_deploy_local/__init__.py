@@ -1,0 +1,32 @@
+"""Local deploy target (the default ``deploy_target``): serves a model archive on
+127.0.0.1 with the same contract as a SageMaker endpoint (GET /ping, POST /invocations),
+through the same code/inference.py the container runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loyaltylens_core import hookimpl
+
+
+class LocalDeploySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless you mean otherwise")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
+    start_timeout_s: float = Field(60.0, gt=0)
+
+
+def build(settings: LocalDeploySettings, context: Any) -> Any:
+    from .target import LocalDeployTarget
+
+    return LocalDeployTarget(settings, context)
+
+
+@hookimpl
+def register_deploy_targets(register: Any) -> None:
+    register("local", build, settings=LocalDeploySettings,
+             description="SageMaker serving contract on 127.0.0.1 from the same model.tar.gz")

@@ -1,0 +1,128 @@
+"""Start, query and stop the local model server as a background process.
+
+State (pid, URL, model version) lives in ``<data_dir>/deploy_target-local/endpoint.json``
+so that ``up``, ``invoke``, ``status`` and ``down`` work across separate CLI calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from loyaltylens_core.contracts import CustomerFeatures
+from loyaltylens_core.errors import StageError, UsageError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+class LocalDeployTarget:
+    def __init__(self, settings: Any, context: Any) -> None:
+        self.settings = settings
+        self.state_file = context.plugin_dir() / "endpoint.json"
+        self.log_file = context.plugin_dir() / "server.log"
+
+    def _state(self) -> dict[str, Any] | None:
+        if not self.state_file.is_file():
+            return None
+        state = json.loads(self.state_file.read_text())
+        return state if _alive(int(state["pid"])) else None
+
+    def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 10) -> Any:
+        state = self._state()
+        if state is None:
+            raise UsageError("no local endpoint is running", "start one with `loyaltylens deploy up`")
+        request = urllib.request.Request(
+            state["url"] + path, data=body, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:200]
+            raise StageError(f"local endpoint answered {exc.code}: {detail}", "check the request") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise StageError(f"local endpoint {state['url']} is not answering ({exc})",
+                             "see server.log, or restart with `loyaltylens deploy up`") from None
+
+    def up(self, archive: Path) -> dict[str, Any]:
+        archive = Path(archive).resolve()
+        if not archive.is_file():
+            raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
+        if self._state() is not None:
+            self.down()
+        ready = self.state_file.with_name("ready.json")
+        ready.unlink(missing_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "loyaltylens_deploy_local.server", "--archive", str(archive),
+                 "--host", self.settings.host, "--port", str(self.settings.port),
+                 "--max-body", str(self.settings.max_body_bytes), "--ready-file", str(ready)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while not ready.is_file():
+            if proc.poll() is not None:
+                tail = self.log_file.read_text(errors="replace").strip().splitlines()[-1:]
+                raise StageError(f"local model server exited at start: {tail[0] if tail else proc.returncode}",
+                                 f"see {self.log_file}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise StageError("local model server did not start in time", f"see {self.log_file}")
+            time.sleep(0.05)
+        address = json.loads(ready.read_text())
+        ready.unlink()
+        state = {"pid": proc.pid, "url": f"http://{address['host']}:{address['port']}", "archive": str(archive)}
+        self.state_file.write_text(json.dumps(state))
+        ping = self._request("GET", "/ping")
+        state["model_version"] = ping.get("model_version")
+        self.state_file.write_text(json.dumps(state))
+        return {"status": "InService", "url": state["url"], "model_version": state["model_version"], "pid": proc.pid}
+
+    def invoke(self, features: CustomerFeatures) -> dict[str, Any]:
+        body = features.model_dump_json().encode()
+        return self._request("POST", "/invocations", body)
+
+    def status(self) -> dict[str, Any]:
+        state = self._state()
+        if state is None:
+            return {"status": "absent"}
+        try:
+            self._request("GET", "/ping", timeout=2)
+            health = "InService"
+        except StageError:
+            health = "Unhealthy"
+        return {"status": health, "url": state["url"], "model_version": state.get("model_version"),
+                "pid": state["pid"]}
+
+    def down(self) -> dict[str, Any]:
+        state = self._state()
+        if state is None:
+            self.state_file.unlink(missing_ok=True)
+            return {"status": "absent"}
+        pid = int(state["pid"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.state_file.unlink(missing_ok=True)
+        return {"status": "deleted", "url": state["url"]}

@@ -1,0 +1,138 @@
+"""The local endpoint over real HTTP, serving a real TorchScript archive built here."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import tarfile
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from loyaltylens_core.archive import inference_script
+from loyaltylens_core.errors import StageError, UsageError
+from loyaltylens_core.testing import make_context, make_features
+from loyaltylens_deploy_local import LocalDeploySettings, build
+
+SPEC = {
+    "model_version": "tiny_v1",
+    "numeric_features": ["recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"],
+    "categorical_features": {"channel_preference": ["in-store", "mobile", "web"],
+                             "tier": ["bronze", "silver", "gold", "platinum"]},
+}
+
+
+class Tiny(torch.nn.Module):
+    """Score = sigmoid(rate - 0.5 + 0.1 * channel index): easy to check by hand."""
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(numeric[:, 3] - 0.5 + 0.1 * categorical[:, 0].float())
+
+
+def expected(features) -> float:
+    channel = SPEC["categorical_features"]["channel_preference"].index(features.channel_preference)
+    return float(torch.sigmoid(torch.tensor(features.offer_redemption_rate - 0.5 + 0.1 * channel)))
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    path = tmp_path_factory.mktemp("archive") / "model.tar.gz"
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(Tiny()), buffer)
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar, "model.pt", buffer.getvalue())
+        add(tar, "spec.json", json.dumps(SPEC).encode())
+        add(tar, "code/inference.py", inference_script())
+    return path
+
+
+@pytest.fixture(scope="module")
+def endpoint(archive, tmp_path_factory):
+    target = build(LocalDeploySettings(), make_context(tmp_path_factory.mktemp("data"), "deploy_target", "local"))
+    info = target.up(archive)
+    yield target, info
+    target.down()
+
+
+def post(url: str, body: bytes, content_type: str = "application/json"):
+    request = urllib.request.Request(url + "/invocations", data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_up_serves_ping_and_binds_loopback(endpoint):
+    target, info = endpoint
+    assert info["status"] == "InService" and info["model_version"] == "tiny_v1"
+    assert info["url"].startswith("http://127.0.0.1:")
+    assert target.status()["status"] == "InService"
+
+
+def test_invoke_returns_the_models_score(endpoint):
+    target, _ = endpoint
+    for channel in ("in-store", "mobile", "web"):
+        features = make_features(channel_preference=channel, offer_redemption_rate=0.8)
+        reply = target.invoke(features)
+        assert reply["model_version"] == "tiny_v1"
+        assert reply["propensity_score"] == pytest.approx(expected(features), abs=1e-6)
+
+
+def test_instances_batch(endpoint):
+    _, info = endpoint
+    rows = [make_features(offer_redemption_rate=r).model_dump(mode="json") for r in (0.1, 0.9)]
+    status, body = post(info["url"], json.dumps({"instances": rows}).encode())
+    assert status == 200 and len(body["predictions"]) == 2
+    assert body["predictions"][1]["propensity_score"] > body["predictions"][0]["propensity_score"]
+
+
+@pytest.mark.parametrize("body, content_type, status, message", [
+    (b"not json", "application/json", 400, "not valid JSON"),
+    (b"{}", "text/plain", 415, "application/json"),
+    (json.dumps({"recency_days": 1}).encode(), "application/json", 400, "frequency_30d"),
+    (json.dumps({**make_features().model_dump(mode="json"), "tier": "diamond"}).encode(), "application/json", 400, "tier"),
+    (json.dumps({**make_features().model_dump(mode="json"), "monetary_90d": -5}).encode(), "application/json", 400, "monetary_90d"),
+    (json.dumps({"instances": []}).encode(), "application/json", 400, "non-empty"),
+    (b"x" * 2_000_000, "application/json", 413, "body over"),
+])
+def test_bad_requests_get_4xx_and_the_server_stays_up(endpoint, body, content_type, status, message):
+    target, info = endpoint
+    got, reply = post(info["url"], body, content_type)
+    assert got == status and message in reply["error"]
+    assert target.status()["status"] == "InService"
+
+
+def test_unknown_route_is_404(endpoint):
+    _, info = endpoint
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(info["url"] + "/nope", timeout=5)
+    assert err.value.code == 404
+
+
+def test_invoke_without_endpoint_is_a_clear_error(tmp_path):
+    target = build(LocalDeploySettings(), make_context(tmp_path))
+    assert target.status() == {"status": "absent"}
+    with pytest.raises(UsageError, match="no local endpoint is running"):
+        target.invoke(make_features())
+    assert target.down() == {"status": "absent"}
+
+
+def test_archive_with_parent_paths_is_refused_and_server_does_not_start(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        add(tar, "../escape.txt", b"x")
+    target = build(LocalDeploySettings(start_timeout_s=30), make_context(tmp_path))
+    with pytest.raises(StageError, match="exited at start: .*points outside the archive"):
+        target.up(evil)
+    assert not (tmp_path.parent / "escape.txt").exists()

@@ -1,0 +1,95 @@
+"""Model archives for deploy targets: build ``model.tar.gz`` and extract archives safely.
+
+The archive follows the SageMaker PyTorch layout: ``model.pt`` and ``spec.json`` at the
+root, ``code/inference.py`` beside them. Every extraction anywhere in the project goes
+through ``safe_extract``: an entry with ``..``, an absolute path or a link out of the
+destination is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import StageError, UsageError
+
+
+def inference_script() -> bytes:
+    return resources.files("loyaltylens_core.serving").joinpath("inference.py").read_bytes()
+
+
+def build_archive(model: Any, out_path: Path) -> dict[str, Any]:
+    """Export the propensity component into ``out_path`` (a .tar.gz), atomically."""
+    export = getattr(model, "export", None)
+    if not callable(export):
+        raise UsageError(
+            "the selected propensity plugin cannot export a model for serving",
+            "select one with an export() method, e.g. --use propensity=torch",
+        )
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ll-archive-") as work:
+        spec = export(Path(work))
+        tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+        try:
+            with tarfile.open(tmp, "w:gz") as tar:
+                for name in ("model.pt", "spec.json"):
+                    tar.add(Path(work) / name, arcname=name)
+                script = inference_script()
+                info = tarfile.TarInfo("code/inference.py")
+                info.size = len(script)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(script))
+            os.replace(tmp, out_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return spec
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts:
+        raise StageError(
+            f"refused to extract {archive}: entry {member.name!r} points outside the archive",
+            "rebuild the archive with `loyaltylens deploy package`",
+        )
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        if target.is_absolute() or ".." in (path.parent / target).parts:
+            raise StageError(
+                f"refused to extract {archive}: link {member.name!r} points outside the archive",
+                "rebuild the archive with `loyaltylens deploy package`",
+            )
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise StageError(f"refused to extract {archive}: {member.name!r} is a special file", "rebuild it")
+
+
+def safe_extract(archive: Path, dest: Path) -> Path:
+    """Extract into ``dest`` after checking every entry; nothing is written if one is bad."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, archive)
+            dest.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+            try:
+                tar.extractall(staging, members=members, filter="data")
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(staging, dest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except tarfile.TarError as exc:
+        raise StageError(f"model archive {archive} is not a readable tar.gz: {exc}", "rebuild it") from None
+    return dest
