@@ -268,3 +268,62 @@ def make_context(
         stage=stage, name=name, data_dir=Path(data_dir), seed=seed, progress=QUIET,
         demo_customers=demo_customers, _component=component,
     )
+
+
+TINY_SPEC: dict[str, Any] = {
+    "model_version": "tiny_v1",
+    "numeric_features": ["recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"],
+    "categorical_features": {"channel_preference": ["in-store", "mobile", "web"],
+                             "tier": ["bronze", "silver", "gold", "platinum"]},
+    "format": "torchscript",
+}
+
+
+def tiny_score(features: CustomerFeatures) -> float:
+    """What the tiny archive's model answers: sigmoid(rate - 0.5 + 0.1 * channel index)."""
+    import math
+
+    channel = TINY_SPEC["categorical_features"]["channel_preference"].index(features.channel_preference)
+    return 1 / (1 + math.exp(-(features.offer_redemption_rate - 0.5 + 0.1 * channel)))
+
+
+def write_tiny_archive(path: Path, *, state_dict: bool = False) -> Path:
+    """A real model.tar.gz in the deploy layout around a tiny TorchScript model, for deploy
+    target tests that must not depend on the propensity plugin. ``state_dict=True`` writes a
+    plain state dict as model.pt instead: what a container must refuse to load."""
+    import io
+    import json
+    import tarfile
+    import warnings
+
+    import torch
+
+    from .archive import inference_script
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.tensor(-0.5))
+
+        def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(numeric[:, 3] + self.bias + 0.1 * categorical[:, 0].float())
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if state_dict:
+            torch.save(Tiny().state_dict(), buffer)
+        else:
+            torch.jit.save(torch.jit.script(Tiny()), buffer)
+    files = {
+        "model.pt": buffer.getvalue(),
+        "spec.json": json.dumps(TINY_SPEC).encode(),
+        "code/inference.py": inference_script(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

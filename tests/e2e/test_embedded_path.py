@@ -4,10 +4,6 @@ data directory: demo data, feature store, training and indexing happen on first 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -19,27 +15,9 @@ DEFAULT_DISTRIBUTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("empty-data")
-    workdir = tmp_path_factory.mktemp("work")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") and k != "DEPLOY_TARGET"}
-    env["LOYALTYLENS_DATA_DIR"] = str(data_dir)
-    env["LOYALTYLENS_DEMO_CUSTOMERS"] = "1000"
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "loyaltylens_core.cli", *args],
-            capture_output=True, text=True, env=env, cwd=workdir, timeout=600,
-        )
-
-    run.data_dir = data_dir  # type: ignore[attr-defined]
-    return run
-
-
-def test_first_run_builds_everything_then_answers(cli):
-    assert not any(cli.data_dir.iterdir())
-    proc = cli("run", "C001", "--json")
+def test_first_run_builds_everything_then_answers(cli, tmp_path):
+    data_dir = tmp_path / "fresh"
+    proc = cli("run", "C001", "--json", extra_env={"LOYALTYLENS_DATA_DIR": str(data_dir)})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["customer_id"] == "C001"
@@ -52,9 +30,9 @@ def test_first_run_builds_everything_then_answers(cli):
     assert {ref["distribution"] for ref in result["plugins"].values()} <= DEFAULT_DISTRIBUTIONS
     # The progress bars went to stderr, the JSON alone to stdout.
     assert "Training propensity model" in proc.stderr
-    card = json.loads((cli.data_dir / "models" / "propensity_v1" / "card.json").read_text())
+    card = json.loads((data_dir / "models" / "propensity_v1" / "card.json").read_text())
     assert card["metrics"]["test"]["auc"] > 0.6
-    assert (cli.data_dir / "loyaltylens.duckdb").is_file()
+    assert (data_dir / "loyaltylens.duckdb").is_file()
 
 
 def test_offers_respect_the_threshold_unless_the_fallback_says_so(cli):

@@ -10,49 +10,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-import torch
-
-from loyaltylens_core.archive import inference_script
 from loyaltylens_core.errors import StageError, UsageError
-from loyaltylens_core.testing import make_context, make_features
+from loyaltylens_core.testing import make_context, make_features, tiny_score, write_tiny_archive
 from loyaltylens_deploy_local import LocalDeploySettings, build
-
-SPEC = {
-    "model_version": "tiny_v1",
-    "numeric_features": ["recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"],
-    "categorical_features": {"channel_preference": ["in-store", "mobile", "web"],
-                             "tier": ["bronze", "silver", "gold", "platinum"]},
-}
-
-
-class Tiny(torch.nn.Module):
-    """Score = sigmoid(rate - 0.5 + 0.1 * channel index): easy to check by hand."""
-
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(numeric[:, 3] - 0.5 + 0.1 * categorical[:, 0].float())
-
-
-def expected(features) -> float:
-    channel = SPEC["categorical_features"]["channel_preference"].index(features.channel_preference)
-    return float(torch.sigmoid(torch.tensor(features.offer_redemption_rate - 0.5 + 0.1 * channel)))
-
-
-def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    path = tmp_path_factory.mktemp("archive") / "model.tar.gz"
-    buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(Tiny()), buffer)
-    with tarfile.open(path, "w:gz") as tar:
-        add(tar, "model.pt", buffer.getvalue())
-        add(tar, "spec.json", json.dumps(SPEC).encode())
-        add(tar, "code/inference.py", inference_script())
-    return path
+    return write_tiny_archive(tmp_path_factory.mktemp("archive") / "model.tar.gz")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +50,7 @@ def test_invoke_returns_the_models_score(endpoint):
         features = make_features(channel_preference=channel, offer_redemption_rate=0.8)
         reply = target.invoke(features)
         assert reply["model_version"] == "tiny_v1"
-        assert reply["propensity_score"] == pytest.approx(expected(features), abs=1e-6)
+        assert reply["propensity_score"] == pytest.approx(tiny_score(features), abs=1e-6)
 
 
 def test_instances_batch(endpoint):
@@ -126,6 +90,12 @@ def test_invoke_without_endpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UsageError, match="no local endpoint is running"):
         target.invoke(make_features())
     assert target.down() == {"status": "absent"}
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
 
 
 def test_archive_with_parent_paths_is_refused_and_server_does_not_start(tmp_path):

@@ -22,8 +22,24 @@ except ImportError:  # deploy_local, or any server without the toolkit
         pass
 
 
-class BadRequest(ValueError):
+try:  # in the container, the toolkit turns this error type into the HTTP status it carries
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:
+
+    class _ToolkitError(Exception):
+        def __init__(self, status_code, message, phrase):
+            super().__init__(message)
+            self.status_code, self.message, self.phrase = status_code, message, phrase
+
+
+class BadRequest(_ToolkitError, ValueError):
     """A request the model cannot score; servers answer it with 400."""
+
+    def __init__(self, message):
+        super().__init__(400, message, "Bad Request")
+
+    def __str__(self):
+        return self.message
 
 
 def model_fn(model_dir):

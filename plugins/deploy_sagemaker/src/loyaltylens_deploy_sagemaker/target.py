@@ -1,0 +1,266 @@
+"""The SageMaker lifecycle in raw boto3.
+
+``up``: upload model.tar.gz to S3, create a model (PyTorch inference image +
+``SAGEMAKER_PROGRAM=inference.py``), an endpoint config and the endpoint (or update it),
+then wait for InService. ``down`` deletes endpoint, endpoint config and model. Every AWS
+error becomes one line naming the operation, the AWS error code and what to check.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
+
+from loyaltylens_core.contracts import CustomerFeatures
+from loyaltylens_core.errors import ConfigError, StageError, UsageError
+
+# AWS Deep Learning Containers account for most commercial regions.
+DLC_ACCOUNT = "763104351884"
+DEFAULT_IMAGE = "{account}.dkr.ecr.{region}.amazonaws.com/pytorch-inference:2.3.0-cpu-py311-ubuntu20.04-sagemaker"
+
+ADVICE = {
+    "AccessDenied": "check that your IAM identity may call this SageMaker/S3 action (see docs/deploy.md)",
+    "AccessDeniedException": "check that your IAM identity may call this SageMaker/S3 action (see docs/deploy.md)",
+    "NoSuchBucket": "create the bucket or set create_bucket = true",
+    "ValidationException": "check the role ARN, instance type and names in [deploy_target.sagemaker]",
+    "ResourceLimitExceeded": "request a quota increase or use a smaller instance type",
+}
+
+
+class SageMakerTarget:
+    def __init__(self, settings: Any, context: Any) -> None:
+        self.settings = settings
+        self.state_file = context.plugin_dir() / f"{settings.endpoint_name}.json"
+        session = boto3.session.Session(region_name=settings.region)
+        config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=70)
+        kwargs: dict[str, Any] = {"config": config}
+        if settings.endpoint_url:
+            kwargs["endpoint_url"] = settings.endpoint_url
+        self.s3 = session.client("s3", **kwargs)
+        self.sagemaker = session.client("sagemaker", **kwargs)
+        self.runtime = session.client("sagemaker-runtime", **kwargs)
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _call(self, operation: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except NoCredentialsError:
+            raise StageError(
+                f"SageMaker {operation}: no AWS credentials found",
+                "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run on a role",
+            ) from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "Unknown")
+            message = _one_line(exc.response.get("Error", {}).get("Message", ""))
+            raise StageError(
+                f"SageMaker {operation} failed: {code}: {message}".rstrip(": "),
+                ADVICE.get(code, "see the AWS error above"),
+            ) from None
+        except BotoCoreError as exc:
+            raise StageError(f"SageMaker {operation} failed: {exc}", "check region and network") from None
+
+    def _require(self, field: str) -> str:
+        value = getattr(self.settings, field)
+        if not value:
+            env = f"LOYALTYLENS_DEPLOY_TARGET_SAGEMAKER__{field.upper()}"
+            raise ConfigError(
+                f"[deploy_target.sagemaker] {field} is not set",
+                f"set it in loyaltylens.toml or {env}",
+            )
+        return value
+
+    def _image(self) -> str:
+        return self.settings.image_uri or DEFAULT_IMAGE.format(account=DLC_ACCOUNT, region=self.settings.region)
+
+    def _ensure_bucket(self, bucket: str) -> None:
+        try:
+            self.s3.head_bucket(Bucket=bucket)
+            return
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("403", "AccessDenied"):
+                raise StageError(f"S3 bucket {bucket!r} exists but access is denied",
+                                 ADVICE["AccessDenied"]) from None
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise StageError(f"S3 HeadBucket {bucket!r} failed: {code}", "check the bucket name") from None
+        if not self.settings.create_bucket:
+            raise StageError(f"S3 bucket {bucket!r} does not exist", ADVICE["NoSuchBucket"])
+        params: dict[str, Any] = {"Bucket": bucket}
+        if self.settings.region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
+        self._call("CreateBucket", self.s3.create_bucket, **params)
+
+    def _endpoint(self) -> dict[str, Any] | None:
+        try:
+            return self.sagemaker.describe_endpoint(EndpointName=self.settings.endpoint_name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ValidationException":
+                return None
+            return self._call("DescribeEndpoint", self.sagemaker.describe_endpoint,
+                              EndpointName=self.settings.endpoint_name)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def up(self, archive: Path) -> dict[str, Any]:
+        archive = Path(archive)
+        if not archive.is_file():
+            raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
+        role = self._require("role_arn")
+        bucket = self._require("bucket")
+        version = _archive_version(archive)
+        # Unique per call, within SageMaker's 63-character limit: the suffix never gets cut.
+        stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        name = self.settings.endpoint_name
+        model_name = f"{name[:30]}-{version.replace('_', '-')[:10]}-{stamp}"
+        config_name = f"{name[:36]}-cfg-{stamp}"
+        key = f"{self.settings.prefix.strip('/')}/{version}/{stamp}/model.tar.gz"
+
+        self._ensure_bucket(bucket)
+        with archive.open("rb") as body:
+            self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=key, Body=body)
+        model_data = f"s3://{bucket}/{key}"
+        self._call(
+            "CreateModel", self.sagemaker.create_model,
+            ModelName=model_name, ExecutionRoleArn=role,
+            PrimaryContainer={
+                "Image": self._image(),
+                "ModelDataUrl": model_data,
+                "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
+            },
+            Tags=[{"Key": "loyaltylens:model_version", "Value": version}],
+        )
+        self._call(
+            "CreateEndpointConfig", self.sagemaker.create_endpoint_config,
+            EndpointConfigName=config_name,
+            ProductionVariants=[{
+                "VariantName": "AllTraffic", "ModelName": model_name,
+                "InstanceType": self.settings.instance_type,
+                "InitialInstanceCount": self.settings.instance_count,
+            }],
+        )
+        try:
+            if self._endpoint() is None:
+                self._call("CreateEndpoint", self.sagemaker.create_endpoint,
+                           EndpointName=name, EndpointConfigName=config_name)
+            else:
+                self._call("UpdateEndpoint", self.sagemaker.update_endpoint,
+                           EndpointName=name, EndpointConfigName=config_name)
+        except StageError:
+            # Leave nothing half-made behind: the new config and model serve nothing.
+            self._delete_if_present("DeleteEndpointConfig", self.sagemaker.delete_endpoint_config,
+                                    EndpointConfigName=config_name)
+            self._delete_if_present("DeleteModel", self.sagemaker.delete_model, ModelName=model_name)
+            raise
+        self.state_file.write_text(json.dumps({
+            "endpoint": name, "config": config_name, "model": model_name, "model_data": model_data,
+            "model_version": version,
+        }))
+        self._wait_in_service()
+        return {"status": "InService", "endpoint": name, "model": model_name, "model_data": model_data,
+                "model_version": version, "region": self.settings.region}
+
+    def _wait_in_service(self) -> None:
+        delay = 15
+        try:
+            self.sagemaker.get_waiter("endpoint_in_service").wait(
+                EndpointName=self.settings.endpoint_name,
+                WaiterConfig={"Delay": delay if not self.settings.endpoint_url else 1,
+                              "MaxAttempts": max(1, self.settings.wait_timeout_s // delay)},
+            )
+        except WaiterError as exc:
+            reason = (exc.last_response or {}).get("FailureReason") or str(exc)
+            raise StageError(f"endpoint {self.settings.endpoint_name} did not reach InService: {reason}",
+                             "see CloudWatch logs /aws/sagemaker/Endpoints/" + self.settings.endpoint_name) from None
+
+    def invoke(self, features: CustomerFeatures) -> dict[str, Any]:
+        reply = self._call(
+            "InvokeEndpoint", self.runtime.invoke_endpoint,
+            EndpointName=self.settings.endpoint_name, ContentType="application/json",
+            Accept="application/json", Body=features.model_dump_json().encode(),
+        )
+        raw = reply["Body"].read()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise StageError(
+                f"endpoint {self.settings.endpoint_name} returned non-JSON: {raw[:80]!r}",
+                "check that the archive came from `loyaltylens deploy package`",
+            ) from None
+        if not isinstance(data, dict) or "propensity_score" not in data:
+            raise StageError(f"endpoint {self.settings.endpoint_name} returned no propensity_score",
+                             "check the inference script")
+        return data
+
+    def status(self) -> dict[str, Any]:
+        endpoint = self._endpoint()
+        if endpoint is None:
+            return {"status": "absent", "endpoint": self.settings.endpoint_name}
+        return {
+            "status": endpoint["EndpointStatus"], "endpoint": endpoint["EndpointName"],
+            "config": endpoint["EndpointConfigName"], "region": self.settings.region,
+            **({"failure": endpoint["FailureReason"]} if endpoint.get("FailureReason") else {}),
+        }
+
+    def down(self) -> dict[str, Any]:
+        """Delete the endpoint, its config and its model: nothing left to bill."""
+        endpoint = self._endpoint()
+        deleted: list[str] = []
+        config_name = model_names = None
+        if endpoint is not None:
+            config_name = endpoint["EndpointConfigName"]
+            config = self._call("DescribeEndpointConfig", self.sagemaker.describe_endpoint_config,
+                                EndpointConfigName=config_name)
+            model_names = [v["ModelName"] for v in config["ProductionVariants"]]
+            self._call("DeleteEndpoint", self.sagemaker.delete_endpoint, EndpointName=self.settings.endpoint_name)
+            deleted.append(f"endpoint {self.settings.endpoint_name}")
+        elif self.state_file.is_file():
+            state = json.loads(self.state_file.read_text())
+            config_name, model_names = state.get("config"), [state.get("model")]
+        if config_name:
+            self._delete_if_present("DeleteEndpointConfig", self.sagemaker.delete_endpoint_config,
+                                    EndpointConfigName=config_name)
+            deleted.append(f"endpoint config {config_name}")
+        for model_name in model_names or []:
+            if model_name:
+                self._delete_if_present("DeleteModel", self.sagemaker.delete_model, ModelName=model_name)
+                deleted.append(f"model {model_name}")
+        self.state_file.unlink(missing_ok=True)
+        return {"status": "deleted" if deleted else "absent", "deleted": deleted}
+
+    def _delete_if_present(self, operation: str, fn: Any, **kwargs: Any) -> None:
+        try:
+            fn(**kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ValidationException":
+                self._call(operation, fn, **kwargs)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """AWS (or a proxy in front of it) can answer with an HTML page: keep one short line."""
+    import re
+
+    text = re.sub(r"<[^>]+>", " ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _archive_version(archive: Path) -> str:
+    import tarfile
+
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            member = tar.extractfile("spec.json")
+            spec = json.loads(member.read()) if member else {}
+    except (tarfile.TarError, KeyError, ValueError):
+        raise UsageError(f"{archive} is not a LoyaltyLens model archive (no spec.json)",
+                         "build one with `loyaltylens deploy package`") from None
+    return str(spec.get("model_version", "unknown"))

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory):
+    """The installed CLI over the real default plugins, on one data dir that starts empty
+    (the first test to run builds demo data, features, model and index)."""
+    data_dir = tmp_path_factory.mktemp("empty-data")
+    workdir = tmp_path_factory.mktemp("work")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LOYALTYLENS_", "AWS_")) and k != "DEPLOY_TARGET"}
+    env["LOYALTYLENS_DATA_DIR"] = str(data_dir)
+    env["LOYALTYLENS_DEMO_CUSTOMERS"] = "1000"
+
+    def run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loyaltylens_core.cli", *args],
+            capture_output=True, text=True, env={**env, **(extra_env or {})}, cwd=workdir, timeout=600,
+        )
+
+    run.data_dir = data_dir  # type: ignore[attr-defined]
+    return run
