@@ -19,10 +19,19 @@ class StageContext:
     progress: Progress
     demo_customers: int
     _component: Callable[[str], Any]
+    _named: Callable[[str, str], Any] | None = None
 
     def component(self, stage: str) -> Any:
         """Another stage's component, built on first use (e.g. the embedder)."""
         return self._component(stage)
+
+    def fallback(self, stage: str, name: str) -> Any:
+        """A named implementation of a stage, built with its own settings, for plugins
+        that fall back to another (e.g. an LLM generator to templates, a remote
+        retriever to the embedded one). Fails like ``--use`` if it is not installed."""
+        if self._named is None:
+            raise LookupError("this context cannot build fallback components")
+        return self._named(stage, name)
 
     def plugin_dir(self) -> Path:
         """A directory this implementation owns inside the data dir."""

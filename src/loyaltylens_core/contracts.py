@@ -89,6 +89,9 @@ class GeneratedCopy(Contract):
     body: str = Field(min_length=1)
     cta: str = Field(min_length=1)
     prompt_version: str
+    # Set when this copy came from a fallback: why (e.g. "llm_invalid_output"). The
+    # pipeline records it in PipelineResult.fallbacks as "generator:<reason>".
+    fallback: str | None = None
 
 
 class PluginRef(Contract):
@@ -176,6 +179,11 @@ class Generator(Protocol):
     prompt_version: str
 
     def generate(self, variables: dict[str, Any]) -> GeneratedCopy: ...
+
+
+@runtime_checkable
+class BatchGenerator(Protocol):
+    def generate_many(self, variables: Sequence[dict[str, Any]]) -> list[GeneratedCopy]: ...
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ from .context import StageContext
 from .contracts import (
     STAGE_PROTOCOLS,
     BatchFeatureStore,
+    BatchGenerator,
     BatchPropensityModel,
     BatchRetriever,
     CustomerFeatures,
@@ -86,9 +87,25 @@ class Pipeline:
         found = self._components.get(stage)
         if found is not None:
             return found
-        if stage in self._building:
-            raise PluginError(f"stage {stage!r} depends on itself while being built", "check the plugins")
-        impl = self.implementation(stage)
+        component = self._build(self.implementation(stage))
+        self._components[stage] = component
+        return component
+
+    def named_component(self, stage: str, name: str) -> Any:
+        """A specific implementation of a stage (a plugin's fallback), built once."""
+        impl = self.registry.get(stage, name)
+        if impl is self.implementation(stage):
+            return self.component(stage)
+        key = f"{stage}:{impl.name}"
+        if key not in self._components:
+            self._components[key] = self._build(impl)
+        return self._components[key]
+
+    def _build(self, impl: Implementation) -> Any:
+        stage = impl.stage
+        key = f"{stage}:{impl.name}"
+        if key in self._building:
+            raise PluginError(f"{stage} plugin {impl.name!r} depends on itself while being built", "check the plugins")
         settings = self.config.settings_for(impl)
         context = StageContext(
             stage=stage,
@@ -98,8 +115,9 @@ class Pipeline:
             progress=self.progress,
             demo_customers=self.config.core.demo_customers,
             _component=self.component,
+            _named=self.named_component,
         )
-        self._building.add(stage)
+        self._building.add(key)
         try:
             component = impl.factory(settings, context)
             check_protocol(component, impl, STAGE_PROTOCOLS[stage])
@@ -113,8 +131,7 @@ class Pipeline:
                 "rerun with --debug for the traceback",
             ) from exc
         finally:
-            self._building.discard(stage)
-        self._components[stage] = component
+            self._building.discard(key)
         return component
 
     def prepare(self, stages: Sequence[str] = RUN_STAGES) -> None:
@@ -232,7 +249,8 @@ class Pipeline:
         generator = self.component("generator")
         variables = adapters.template_variables(features, propensity, candidates[0].offer)
         copy = self._expect("generator", generator.generate(variables), GeneratedCopy)
-        fallbacks.extend(getattr(generator, "last_fallbacks", ()) or ())
+        if copy.fallback:
+            fallbacks.append(f"generator:{copy.fallback}")
         return copy
 
     # --- many customers (batched stage methods where a plugin has them) -------------
@@ -289,9 +307,9 @@ class Pipeline:
                 candidates[i] = found
                 fallbacks[i].append(FALLBACK_THRESHOLD)
         generator = self.component("generator")
+        copies = self._generate_many(features, scores, candidates, fallbacks)
         rows: list[dict[str, Any]] = []
-        for f, p, cands, notes in zip(features, scores, candidates, fallbacks):
-            copy = self._generate(f, p, cands, notes)
+        for f, p, cands, notes, copy in zip(features, scores, candidates, fallbacks, copies):
             top = cands[0] if cands else None
             rows.append({
                 "customer_id": f.customer_id,
@@ -310,6 +328,37 @@ class Pipeline:
                 "fallbacks": list(notes),
             })
         return rows
+
+    def _generate_many(
+        self,
+        features: Sequence[CustomerFeatures],
+        scores: Sequence[PropensityScore],
+        candidates: Sequence[Sequence[OfferCandidate]],
+        fallbacks: list[list[str]],
+    ) -> list[GeneratedCopy | None]:
+        """Copy for every customer with an offer: one batched call when the generator has
+        ``generate_many`` (an LLM generator runs them concurrently), else a loop."""
+        generator = self.component("generator")
+        if not isinstance(generator, BatchGenerator):
+            return [self._generate(f, p, c, n) for f, p, c, n in zip(features, scores, candidates, fallbacks)]
+        wanted = [i for i, c in enumerate(candidates) if c]
+        variables = [adapters.template_variables(features[i], scores[i], candidates[i][0].offer) for i in wanted]
+        produced = self._expect_list("generator", generator.generate_many(variables), GeneratedCopy)
+        if len(produced) != len(wanted):
+            raise ContractViolation(
+                f"generator plugin {self.implementation('generator').name!r} returned {len(produced)} "
+                f"copies for {len(wanted)} inputs",
+                "fix the plugin",
+            )
+        copies: list[GeneratedCopy | None] = [None] * len(features)
+        for i, copy in zip(wanted, produced):
+            copies[i] = copy
+            if copy.fallback:
+                fallbacks[i].append(f"generator:{copy.fallback}")
+        for i, c in enumerate(candidates):
+            if not c:
+                fallbacks[i].append(FALLBACK_NO_OFFER)
+        return copies
 
     # --- events ---------------------------------------------------------------------
 

@@ -246,12 +246,14 @@ def make_context(
     name: str = "test",
     *,
     components: dict[str, Any] | None = None,
+    fallbacks: dict[tuple[str, str], Any] | None = None,
     seed: int = 42,
     demo_customers: int = 300,
 ) -> Any:
     """A StageContext for building one plugin's component directly in its own tests.
 
-    ``components`` stands in for other stages (e.g. ``{"embedder": FakeEmbedder()}``),
+    ``components`` stands in for other stages (e.g. ``{"embedder": FakeEmbedder()}``)
+    and ``fallbacks`` for named fallback plugins (``{("generator", "template"): ...}``),
     so a plugin's tests never import another plugin.
     """
     from .context import StageContext
@@ -264,9 +266,16 @@ def make_context(
             raise LookupError(f"test context has no {other!r} component; pass it in components=")
         return others[other]
 
+    named = dict(fallbacks or {})
+
+    def fallback(other: str, other_name: str) -> Any:
+        if (other, other_name) not in named:
+            raise LookupError(f"test context has no fallback {other}/{other_name}; pass it in fallbacks=")
+        return named[(other, other_name)]
+
     return StageContext(
         stage=stage, name=name, data_dir=Path(data_dir), seed=seed, progress=QUIET,
-        demo_customers=demo_customers, _component=component,
+        demo_customers=demo_customers, _component=component, _named=fallback,
     )
 
 

@@ -162,3 +162,36 @@ def test_batched_methods_fall_back_to_loops(loyaltylens_pipeline):
     features = pipeline.read_many(["C1", "C2"])
     assert [f.customer_id for f in features] == ["C1", "C2"]
     assert [p.customer_id for p in pipeline.predict_many(features)] == ["C1", "C2"]
+
+
+def test_a_plugin_can_fall_back_to_another_named_plugin(loyaltylens_pipeline):
+    class Flaky:
+        prompt_version = "flaky-1"
+
+        def __init__(self, fallback):
+            self.fallback = fallback
+
+        def generate(self, variables):
+            copy = self.fallback.generate(variables)
+            return copy.model_copy(update={"fallback": "llm_unavailable"})
+
+    class FlakyPlugin:
+        @hookimpl
+        def register_generators(self, register):
+            register("flaky", lambda settings, context: Flaky(context.fallback("generator", "fake")))
+
+    result = loyaltylens_pipeline(extra_plugins=[FlakyPlugin()], use=["generator=flaky"]).run("C001")
+    assert result.copy_.prompt_version == "fake-template-1"
+    assert result.fallbacks == ("generator:llm_unavailable",)
+
+
+def test_fallback_to_a_plugin_that_is_not_installed(loyaltylens_pipeline):
+    from loyaltylens_core.errors import ConfigError
+
+    class NeedsMissing:
+        @hookimpl
+        def register_generators(self, register):
+            register("needy", lambda settings, context: context.fallback("generator", "template"))
+
+    with pytest.raises(ConfigError, match="no generator plugin named 'template'"):
+        loyaltylens_pipeline(extra_plugins=[NeedsMissing()], use=["generator=needy"]).run("C001")
