@@ -228,6 +228,7 @@ class Pipeline:
         k = self.config.core.top_k
         query = adapters.retrieval_query(features, propensity, k)
         candidates = self._expect_list("retriever", retriever.retrieve(query), OfferCandidate)
+        self._note_component_fallback("retriever", retriever, fallbacks)
         if not candidates:
             # Every offer needs more propensity than this customer has: keep the
             # reference behaviour (offer the best match anyway) and say so.
@@ -235,6 +236,15 @@ class Pipeline:
             unfiltered = query.model_copy(update={"max_threshold": None})
             candidates = self._expect_list("retriever", retriever.retrieve(unfiltered), OfferCandidate)
         return candidates
+
+    @staticmethod
+    def _note_component_fallback(stage: str, component: Any, fallbacks: list[str]) -> None:
+        """A component that is serving from its own fallback (say, a remote retriever
+        answering from the embedded one while its server is down) sets
+        ``fallback_reason``; the result must say so."""
+        reason = getattr(component, "fallback_reason", None)
+        if reason:
+            fallbacks.append(f"{stage}:{reason}")
 
     def _generate(
         self,
@@ -300,6 +310,10 @@ class Pipeline:
         queries = [adapters.retrieval_query(f, p, k) for f, p in zip(features, scores)]
         candidates = self.retrieve_many(queries)
         fallbacks: list[list[str]] = [[] for _ in customer_ids]
+        retriever_notes: list[str] = []
+        self._note_component_fallback("retriever", self.component("retriever"), retriever_notes)
+        for notes in fallbacks:
+            notes.extend(retriever_notes)
         empty = [i for i, c in enumerate(candidates) if not c]
         if empty:
             retried = self.retrieve_many([queries[i].model_copy(update={"max_threshold": None}) for i in empty])

@@ -99,7 +99,7 @@ def test_broken_plugin_does_not_break_a_run_that_does_not_select_it(cli):
         (["run", ""], {}, 2, "customer id is empty"),
         (["--use", "retriever=fak", "run", "C001"], {}, 2, "did you mean 'fake'"),
         (["--use", "retreiver=fake", "run", "C001"], {}, 2, "unknown stage 'retreiver'"),
-        (["run", "C001"], {"LOYALTYLENS_GENERATOR": "openai"}, 2, "no generator plugin named 'openai'"),
+        (["run", "C001"], {"LOYALTYLENS_GENERATOR": "no-such-llm"}, 2, "no generator plugin named 'no-such-llm'"),
         (["run", "C001"], {"LOYALTYLENS_TOPK": "3"}, 2, "LOYALTYLENS_TOPK means nothing"),
         (["--config", "missing.toml", "run", "C001"], {}, 2, "does not exist"),
     ],

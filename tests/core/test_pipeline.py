@@ -195,3 +195,12 @@ def test_fallback_to_a_plugin_that_is_not_installed(loyaltylens_pipeline):
 
     with pytest.raises(ConfigError, match="no generator plugin named 'template'"):
         loyaltylens_pipeline(extra_plugins=[NeedsMissing()], use=["generator=needy"]).run("C001")
+
+
+def test_component_serving_from_its_own_fallback_is_recorded(loyaltylens_pipeline):
+    retriever = FakeRetriever()
+    retriever.fallback_reason = "remote_unreachable"
+    pipeline = loyaltylens_pipeline(fake=FakePlugin(retriever=retriever))
+    assert pipeline.run("C001").fallbacks == ("retriever:remote_unreachable",)
+    rows = pipeline.run_chunk(["C001", "C002"])
+    assert all(row["fallbacks"] == ["retriever:remote_unreachable"] for row in rows)
