@@ -396,6 +396,13 @@ def main() -> None:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if state.debug:
+            raise
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or type(exc).__name__}{where}. check the path and its permissions",
+              file=sys.stderr)
+        sys.exit(4)
     except Exception as exc:  # noqa: BLE001 - last line of defence
         if state.debug:
             raise

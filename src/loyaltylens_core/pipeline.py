@@ -71,6 +71,7 @@ class Pipeline:
         config = load_config(config_path, use=use)
         registry = load_registry(extra_plugins, entry_points=entry_points)
         config.validate_against(registry, needed)
+        ensure_writable(config.core.data_dir)
         return cls(config, registry, progress)
 
     # --- components -----------------------------------------------------------------
@@ -403,6 +404,22 @@ class Pipeline:
                     f"{type(exc).__name__}: {exc}",
                     file=sys.stderr,
                 )
+
+
+def ensure_writable(data_dir: Any) -> None:
+    """Every stage keeps files in the data dir; say so once, plainly, if it cannot."""
+    import os
+    import tempfile
+
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"data dir {data_dir} is not writable ({exc.strerror or type(exc).__name__})",
+            "set LOYALTYLENS_DATA_DIR or data_dir in loyaltylens.toml to a writable directory",
+        ) from None
 
 
 def validate_customer_id(customer_id: str) -> None:

@@ -123,6 +123,11 @@ def test_invalid_settings_are_rejected(field, value):
         SageMakerSettings(**{field: value})
 
 
+def test_invoke_without_endpoint(tmp_path, moto_url, aws_env):
+    with pytest.raises(UsageError, match="no SageMaker endpoint 'll-never' in us-east-1"):
+        target_for(tmp_path, moto_url, endpoint_name="ll-never").invoke(make_features())
+
+
 def test_missing_archive(tmp_path, moto_url, aws_env):
     with pytest.raises(UsageError, match="does not exist"):
         target_for(tmp_path, moto_url).up(tmp_path / "none.tar.gz")

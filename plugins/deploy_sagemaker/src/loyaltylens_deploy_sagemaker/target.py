@@ -38,6 +38,7 @@ class SageMakerTarget:
     def __init__(self, settings: Any, context: Any) -> None:
         self.settings = settings
         self.state_file = context.plugin_dir() / f"{settings.endpoint_name}.json"
+        self._seen_endpoint = False
         session = boto3.session.Session(region_name=settings.region)
         config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=70)
         kwargs: dict[str, Any] = {"config": config}
@@ -182,6 +183,14 @@ class SageMakerTarget:
                              "see CloudWatch logs /aws/sagemaker/Endpoints/" + self.settings.endpoint_name) from None
 
     def invoke(self, features: CustomerFeatures) -> dict[str, Any]:
+        if not self._seen_endpoint:
+            # Checked once: an InvokeEndpoint on a missing endpoint is a vaguer error.
+            if self._endpoint() is None:
+                raise UsageError(
+                    f"no SageMaker endpoint {self.settings.endpoint_name!r} in {self.settings.region}",
+                    "create it with `loyaltylens deploy up --target sagemaker`",
+                )
+            self._seen_endpoint = True
         reply = self._call(
             "InvokeEndpoint", self.runtime.invoke_endpoint,
             EndpointName=self.settings.endpoint_name, ContentType="application/json",

@@ -99,10 +99,17 @@ class TorchPropensityModel:
             network = TabularTransformer(hp["d_model"], hp["heads"], hp["layers"])
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
             network.load_state_dict(state)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as exc:
+            # torch wraps both cases in "Weights only load failed"; a pickled object is
+            # the one that names a global it refused to import.
+            if "unsupported global" in str(exc).lower():
+                raise StageError(
+                    f"refused to load {weights_path}: it holds pickled objects, not plain weights",
+                    "only weights_only checkpoints are loaded; retrain with `loyaltylens train`",
+                ) from None
             raise StageError(
-                f"refused to load {weights_path}: it holds pickled objects, not plain weights",
-                "only weights_only checkpoints are loaded; retrain with `loyaltylens train`",
+                f"propensity model {weights_path} is corrupt (unreadable pickle)",
+                "delete it and run `loyaltylens train`",
             ) from None
         except (OSError, RuntimeError, KeyError, ValueError, EOFError) as exc:
             raise StageError(
