@@ -13,6 +13,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -45,6 +46,7 @@ def build_archive(model: Any, out_path: Path) -> dict[str, Any]:
                 info = tarfile.TarInfo("code/inference.py")
                 info.size = len(script)
                 info.mode = 0o644
+                info.mtime = int(time.time())
                 tar.addfile(info, io.BytesIO(script))
             os.replace(tmp, out_path)
         finally:

@@ -334,5 +334,6 @@ def write_tiny_archive(path: Path, *, state_dict: bool = False) -> Path:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
+            info.mtime = 1_700_000_000
             tar.addfile(info, io.BytesIO(data))
     return path

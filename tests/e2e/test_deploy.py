@@ -89,3 +89,39 @@ def test_sagemaker_target_selected_by_legacy_variable_against_moto(cli, archive)
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_real_model_mar_in_torchserve_returns_the_local_predictors_score(cli, archive, tmp_path):
+    from loyaltylens_deploy_vertex.mar import build_mar, load_in_torchserve
+
+    expected = local_scores(cli)
+    predict = load_in_torchserve(build_mar(__import__("pathlib").Path(archive), tmp_path / "mar"), tmp_path / "serve")
+    (reply,) = predict([{"instances": [features(cli, c) for c in CUSTOMERS]}])
+    for customer, prediction in zip(CUSTOMERS, reply["predictions"]):
+        assert prediction["propensity_score"] == pytest.approx(expected[customer], abs=1e-6)
+
+
+def test_vertex_target_through_the_cli(cli, archive):
+    from loyaltylens_deploy_vertex.testing import LocalVertex, gcs_fetcher, start_storage_emulator
+
+    gcs_proc, gcs = start_storage_emulator()
+    try:
+        with LocalVertex(gcs_fetcher(gcs)) as vertex:
+            env = {"LOYALTYLENS_DEPLOY_TARGET": "vertex",
+                   "LOYALTYLENS_DEPLOY_TARGET_VERTEX__PROJECT": "ll-e2e-project",
+                   "LOYALTYLENS_DEPLOY_TARGET_VERTEX__BUCKET": "ll-e2e-vertex",
+                   "LOYALTYLENS_DEPLOY_TARGET_VERTEX__CREATE_BUCKET": "true",
+                   "LOYALTYLENS_DEPLOY_TARGET_VERTEX__API_ENDPOINT": vertex.url,
+                   "LOYALTYLENS_DEPLOY_TARGET_VERTEX__STORAGE_ENDPOINT": gcs,
+                   "LOYALTYLENS_DEPLOY_TARGET_VERTEX__ANONYMOUS": "true"}
+            up = cli("deploy", "up", "--archive", archive, "--json", extra_env=env)
+            assert up.returncode == 0, up.stderr
+            expected = local_scores(cli)["C002"]
+            reply = json.loads(cli("deploy", "invoke", "C002", "--json", extra_env=env).stdout)
+            assert reply["propensity_score"] == pytest.approx(expected, abs=1e-6)
+            assert json.loads(cli("deploy", "status", "--json", extra_env=env).stdout)["status"] == "deployed"
+            down = json.loads(cli("deploy", "down", "--json", extra_env=env).stdout)
+            assert down["status"] == "deleted"
+    finally:
+        gcs_proc.kill()
+        gcs_proc.wait()
