@@ -337,3 +337,48 @@ def write_tiny_archive(path: Path, *, state_dict: bool = False) -> Path:
             info.mtime = 1_700_000_000
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_process(argv: Sequence[str], port: int, what: str, env: dict[str, str] | None = None,
+                        timeout: float = 60) -> Any:
+    """Start a local stand-in server (moto, a storage emulator, ...) and wait until it
+    accepts connections on 127.0.0.1:``port``."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited at start (code {proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{what} did not start within {timeout:g} s")
+
+
+def make_distribution(site: Path, dist: str, module: str, source: str, entry: str, obj: str = "") -> None:
+    """Install a one-module plugin as its own distribution: ``module.py`` plus a dist-info
+    directory with a ``loyaltylens`` entry point, in ``site`` (put it on PYTHONPATH).
+    Tests discovery, broken imports and listing exactly as pip-installed plugins behave."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[loyaltylens]\n{entry} = {module}{':' + obj if obj else ''}\n")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from loyaltylens_core.testing import make_distribution
+
 FAKE_MODULE = """
 from loyaltylens_core.testing import FakePlugin
 plugin = FakePlugin()
@@ -21,19 +23,11 @@ raise ImportError("No module named 'weaviate'")
 """
 
 
-def make_distribution(site: Path, dist: str, module: str, source: str, entry: str) -> None:
-    (site / f"{module}.py").write_text(source)
-    info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[loyaltylens]\n{entry} = {module}{':plugin' if 'plugin' in source else ''}\n")
-
-
 @pytest.fixture
 def cli(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    make_distribution(site, "loyaltylens-fakes", "llfakes", FAKE_MODULE, "fakes")
+    make_distribution(site, "loyaltylens-fakes", "llfakes", FAKE_MODULE, "fakes", "plugin")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") and k != "DEPLOY_TARGET"}
     env["PYTHONPATH"] = str(site)
     env["LOYALTYLENS_DATA_DIR"] = str(tmp_path / "data")

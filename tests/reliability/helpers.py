@@ -20,13 +20,3 @@ def assert_one_clear_line(proc: subprocess.CompletedProcess[str], code: int, *fr
 
 def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-def make_distribution(site: Path, dist: str, module: str, source: str, entry: str, obj: str = "") -> None:
-    """A plugin installed as its own distribution (a dist-info dir on PYTHONPATH)."""
-    site.mkdir(parents=True, exist_ok=True)
-    (site / f"{module}.py").write_text(source)
-    info = site / f"{dist.replace('-', '_')}-0.0.1.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text(f"[loyaltylens]\n{entry} = {module}{':' + obj if obj else ''}\n")

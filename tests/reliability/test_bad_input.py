@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from .helpers import assert_one_clear_line, files_under, make_distribution
+from loyaltylens_core.testing import make_distribution
+
+from .helpers import assert_one_clear_line, files_under
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,32 +28,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from loyaltylens_core.testing import free_port, start_local_process
+
 V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_storage_emulator() -> tuple[subprocess.Popen, str]:
     """gcp-storage-emulator in its own process on 127.0.0.1, in memory."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--in-memory"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("storage emulator did not start")
+    argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+            "--in-memory"]
+    return start_local_process(argv, port, "storage emulator"), f"http://127.0.0.1:{port}"
 
 
 def _now() -> str:

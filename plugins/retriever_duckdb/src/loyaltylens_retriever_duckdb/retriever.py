@@ -8,41 +8,15 @@ embedder changes (both are hashed into the index metadata).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
 import numpy as np
-from pydantic import ValidationError
 
 from loyaltylens_core.contracts import TIERS, Offer, OfferCandidate, RetrievalQuery
-from loyaltylens_core.errors import ConfigError, StageError
-
-
-def offer_text(offer: Offer) -> str:
-    """What gets embedded for an offer: words a customer description can match."""
-    return f"{offer.title}. {offer.description} ({offer.category.replace('_', ' ')} offer)"
-
-
-def load_catalogue(path: Path) -> list[Offer]:
-    if not path.is_file():
-        raise ConfigError(f"offer catalogue {path} does not exist", "run `loyaltylens seed` or set catalogue")
-    try:
-        raw = json.loads(path.read_text())
-        offers = [Offer.model_validate(item) for item in raw]
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"offer catalogue {path} is not valid JSON: {exc}", "fix the file") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(
-            f"offer catalogue {path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}",
-            "fix the offer",
-        ) from None
-    if not offers:
-        raise ConfigError(f"offer catalogue {path} is empty", "add offers")
-    return offers
+from loyaltylens_core.errors import StageError
+from loyaltylens_core.offers import catalogue_fingerprint, load_catalogue, offer_text
 
 
 def top_k(similarity: np.ndarray, k: int) -> np.ndarray:
@@ -85,10 +59,7 @@ class DuckDBRetriever:
         return self.context.demo_data().offers_json
 
     def _fingerprint(self, offers: list[Offer]) -> str:
-        digest = hashlib.sha256(getattr(self.embedder, "name", type(self.embedder).__name__).encode())
-        for offer in offers:
-            digest.update(offer.model_dump_json().encode())
-        return digest.hexdigest()[:16]
+        return catalogue_fingerprint(offers, self.embedder)
 
     def _stored_fingerprint(self) -> str | None:
         con = self._connect()

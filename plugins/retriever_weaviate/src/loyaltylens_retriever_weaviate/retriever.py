@@ -10,8 +10,6 @@ fallback behave exactly as with the embedded retriever; when Weaviate is unreach
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import queue
 import threading
@@ -29,22 +27,9 @@ from weaviate.exceptions import WeaviateBaseError
 
 from loyaltylens_core.contracts import Offer, OfferCandidate, RetrievalQuery
 from loyaltylens_core.errors import ConfigError, StageError
+from loyaltylens_core.offers import catalogue_fingerprint, load_catalogue, offer_text
 
 NAMESPACE = uuid.UUID("5b1c1f0e-6a0b-4c47-9a55-6c6f79616c74")
-
-
-def offer_text(offer: Offer) -> str:
-    """What gets embedded for an offer (same recipe as the embedded retriever)."""
-    return f"{offer.title}. {offer.description} ({offer.category.replace('_', ' ')} offer)"
-
-
-def load_catalogue(path: Path) -> list[Offer]:
-    if not path.is_file():
-        raise ConfigError(f"offer catalogue {path} does not exist", "run `loyaltylens seed` or set catalogue")
-    try:
-        return [Offer.model_validate(item) for item in json.loads(path.read_text())]
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"offer catalogue {path} is invalid: {str(exc).splitlines()[0]}", "fix the file") from None
 
 
 class DaemonPool:
@@ -149,10 +134,7 @@ class WeaviateRetriever:
         return self.context.demo_data().offers_json
 
     def _fingerprint(self, offers: list[Offer]) -> str:
-        digest = hashlib.sha256(getattr(self.embedder, "name", type(self.embedder).__name__).encode())
-        for offer in offers:
-            digest.update(offer.model_dump_json().encode())
-        return digest.hexdigest()[:16]
+        return catalogue_fingerprint(offers, self.embedder)
 
     def prepare(self) -> None:
         if self._fallback is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import threading
 import time
 import uuid as uuid_lib
@@ -24,6 +23,7 @@ import grpc
 import numpy as np
 from google.protobuf import json_format, struct_pb2
 
+from loyaltylens_core.testing import free_port  # noqa: F401 - re-exported for tests
 from weaviate.proto.v1 import (
     aggregate_pb2,
     base_pb2,
@@ -370,9 +370,3 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
         except KeyError:
             context.abort(grpc.StatusCode.NOT_FOUND, f"class {request.collection!r} not found")
         return aggregate_pb2.AggregateReply(single_result=aggregate_pb2.AggregateReply.Single(objects_count=count))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
