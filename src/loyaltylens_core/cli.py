@@ -201,7 +201,7 @@ def seed(
 def train(as_json: bool = typer.Option(False, "--json", help="Print the model card as JSON.")) -> None:
     """Train a new version of the propensity model and print its metrics."""
     pipeline = _pipeline(needed=("feature_store", "propensity"))
-    model = pipeline.component("propensity")
+    model = pipeline.component("propensity", prepare=False)
     trainer = getattr(model, "train", None)
     if not callable(trainer):
         from .errors import UsageError
@@ -225,7 +225,7 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
 def index() -> None:
     """(Re)index the offer catalogue in the selected retriever."""
     pipeline = _pipeline(needed=("retriever",))
-    retriever = pipeline.component("retriever")
+    retriever = pipeline.component("retriever", prepare=False)
     indexer = getattr(retriever, "index", None)
     if not callable(indexer):
         from .errors import UsageError

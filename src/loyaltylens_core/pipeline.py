@@ -8,10 +8,11 @@ retriever is selected.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import uuid
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -55,6 +56,7 @@ class Pipeline:
         self.progress = progress
         self._components: dict[str, Any] = {}
         self._building: set[str] = set()
+        self._prepared: set[str] = set()
         self._hooks = registry.plugin_manager.hook
 
     @classmethod
@@ -83,13 +85,15 @@ class Pipeline:
         impl = self.implementation(stage)
         return PluginRef(name=impl.name, distribution=impl.distribution, version=impl.version)
 
-    def component(self, stage: str) -> Any:
-        """The stage's component, built (and prepared) on first use."""
-        found = self._components.get(stage)
-        if found is not None:
-            return found
-        component = self._build(self.implementation(stage))
-        self._components[stage] = component
+    def component(self, stage: str, *, prepare: bool = True) -> Any:
+        """The stage's component, built on first use and prepared (data, training,
+        index) unless ``prepare=False``: `loyaltylens train` and `index` are about to do
+        that work themselves and must not do it twice on a fresh install."""
+        component = self._components.get(stage)
+        if component is None:
+            component = self._components[stage] = self._build(self.implementation(stage))
+        if prepare:
+            self._prepare(stage, component)
         return component
 
     def named_component(self, stage: str, name: str) -> Any:
@@ -100,6 +104,7 @@ class Pipeline:
         key = f"{stage}:{impl.name}"
         if key not in self._components:
             self._components[key] = self._build(impl)
+        self._prepare(key, self._components[key])
         return self._components[key]
 
     def _build(self, impl: Implementation) -> Any:
@@ -120,20 +125,34 @@ class Pipeline:
         )
         self._building.add(key)
         try:
-            component = impl.factory(settings, context)
-            check_protocol(component, impl, STAGE_PROTOCOLS[stage])
-            if isinstance(component, Preparable):
-                component.prepare()
+            with self._plugin_errors(impl):
+                component = impl.factory(settings, context)
+                check_protocol(component, impl, STAGE_PROTOCOLS[stage])
+        finally:
+            self._building.discard(key)
+        return component
+
+    def _prepare(self, key: str, component: Any) -> None:
+        if key in self._prepared or not isinstance(component, Preparable):
+            return
+        stage, _, name = key.partition(":")
+        impl = self.registry.get(stage, name) if name else self.implementation(stage)
+        with self._plugin_errors(impl):
+            component.prepare()
+        self._prepared.add(key)
+
+    @contextlib.contextmanager
+    def _plugin_errors(self, impl: Implementation) -> Iterator[None]:
+        """Anything but our own errors, raised while a plugin starts, names the plugin."""
+        try:
+            yield
         except LoyaltyLensError:
             raise
         except Exception as exc:
             raise PluginError(
-                f"{stage} plugin {impl.name!r} failed to start: {type(exc).__name__}: {exc}",
+                f"{impl.stage} plugin {impl.name!r} failed to start: {type(exc).__name__}: {exc}",
                 "rerun with --debug for the traceback",
             ) from exc
-        finally:
-            self._building.discard(key)
-        return component
 
     def prepare(self, stages: Sequence[str] = RUN_STAGES) -> None:
         """Build every stage now (first-use data, training, indexing) rather than lazily."""

@@ -92,3 +92,13 @@ def test_batch_all_writes_every_customer_once(cli, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
     neither = cli("batch", "--out", str(out))
     assert neither.returncode == 2 and "exactly one of --all or --ids" in neither.stderr
+
+
+def test_train_and_index_on_a_fresh_install_do_the_work_once(cli, tmp_path):
+    env = {"LOYALTYLENS_DATA_DIR": str(tmp_path / "fresh"), "LOYALTYLENS_PROPENSITY_TORCH__EPOCHS": "2"}
+    train = cli("train", "--json", extra_env=env)
+    assert train.returncode == 0, train.stderr
+    assert json.loads(train.stdout)["model_version"] == "propensity_v1"
+    assert train.stderr.count("Training propensity model") == 1
+    index = cli("index", extra_env=env)
+    assert index.returncode == 0 and index.stderr.count("Indexing offers") == 1
