@@ -10,7 +10,6 @@ fresh data dir: every distinct customer description is encoded once) and warm.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time

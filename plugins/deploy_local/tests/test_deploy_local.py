@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import tarfile
 import urllib.error
 import urllib.request

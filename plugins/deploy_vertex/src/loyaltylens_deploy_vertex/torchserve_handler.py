@@ -8,7 +8,6 @@ envelope, the instances themselves; both are accepted. Scoring is the same
 """
 
 import json
-import os
 import sys
 
 _model = None

@@ -41,9 +41,7 @@ class SentenceTransformerEmbedder:
 
         self.model = SentenceTransformer(str(path), device=settings.device, local_files_only=True)
         self.name = f"sentence-transformers:{path.name if settings.model_path else 'all-MiniLM-L6-v2'}"
-        dimension = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
-        )
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dimension())
         self.batch_size = settings.batch_size
         self.cache_size = settings.cache_size

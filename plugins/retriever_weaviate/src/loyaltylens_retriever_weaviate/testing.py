@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from loyaltylens_core.testing import free_port  # noqa: F401 - re-exported for tests
 from weaviate.proto.v1 import (
