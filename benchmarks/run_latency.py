@@ -51,11 +51,13 @@ def main() -> int:
     # Honest caveat: the warm numbers hit the embedder's text cache. A customer whose
     # bucketed description was never seen pays one encode; measure that too.
     embedder = pipeline.component("embedder")
+    disk_cache, embedder._db = getattr(embedder, "_db", None), None  # no sqlite cache either
     cold: list[float] = []
     for i in range(20):
         getattr(embedder, "_cache", {}).clear()
         result = pipeline.run(CUSTOMERS[i % len(CUSTOMERS)])
         cold.append(result.latency_ms["retriever"])
+    embedder._db = disk_cache
     print(f"  retriever with an uncached query text: median {statistics.median(cold):.2f} ms (one MiniLM encode)")
     return 0 if median < TARGET_MS else 1
 

@@ -15,10 +15,11 @@ import json
 import sys
 import tempfile
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from loyaltylens_core.httpserver import LocalHTTPServer
 from loyaltylens_core.archive import safe_extract
 
 
@@ -105,7 +106,7 @@ def make_handler(model: LoadedModel, max_body: int) -> type[BaseHTTPRequestHandl
 def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="ll-serve-") as work:
         model = LoadedModel(archive, Path(work))
-        server = ThreadingHTTPServer((host, port), make_handler(model, max_body))
+        server = LocalHTTPServer((host, port), make_handler(model, max_body))
         if ready_file is not None:
             ready_file.write_text(json.dumps({"host": host, "port": server.server_address[1]}))
         try:

@@ -22,12 +22,13 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from loyaltylens_core.httpserver import LocalHTTPServer
 from loyaltylens_core.testing import free_port, start_local_process
 
 V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
@@ -58,8 +59,7 @@ class LocalVertex:
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.RLock()
         self.ids = itertools.count(1000)
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.http.daemon_threads = True
+        self.http = LocalHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="local-vertex-"))
 

@@ -68,6 +68,12 @@ class OpenAIGenerator:
             key = "not-needed"  # local servers usually ignore the key
         options = dict(api_key=key, base_url=settings.base_url, timeout=settings.timeout_s,
                        max_retries=settings.max_retries)
+        # Built once: generating the JSON schema costs about 1 ms, per request it would cap a batch.
+        self.response_format: dict[str, Any] = (
+            {"type": "json_schema", "json_schema": {"name": "offer_copy", "strict": True, "schema": response_schema()}}
+            if settings.structured_output == "json_schema"
+            else {"type": "json_object"}
+        )
         self.client = openai.OpenAI(**options)
         self._async_options = options
         self._fallback: Any = None
@@ -75,15 +81,8 @@ class OpenAIGenerator:
     # --- shared pieces --------------------------------------------------------------
 
     def _request(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        if self.settings.structured_output == "json_schema":
-            response_format: dict[str, Any] = {
-                "type": "json_schema",
-                "json_schema": {"name": "offer_copy", "strict": True, "schema": response_schema()},
-            }
-        else:
-            response_format = {"type": "json_object"}
         return dict(model=self.settings.model, messages=messages, temperature=self.settings.temperature,
-                    response_format=response_format)
+                    response_format=self.response_format)
 
     def _check(self, text: str | None) -> tuple[GeneratedCopy | None, str]:
         """Parse and check a reply: (copy, "") or (None, what was wrong)."""

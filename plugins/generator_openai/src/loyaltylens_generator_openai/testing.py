@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from loyaltylens_core.httpserver import LocalHTTPServer
 
 
 class StubOpenAIServer:
@@ -28,8 +30,7 @@ class StubOpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.hang_s = 5.0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = LocalHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -124,3 +125,30 @@ class StubOpenAIServer:
                 })
 
         return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stub on its own: ``python -m loyaltylens_generator_openai.testing --port 8765``.
+
+    Benchmarks use this so that client and server do not share one interpreter (and one GIL).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description="OpenAI-compatible stub server on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per completion")
+    parser.add_argument("--default", default="ok", help="behaviour for every request")
+    args = parser.parse_args(argv)
+    stub = StubOpenAIServer(latency_s=args.latency, default=args.default)
+    if args.port:
+        stub.server.server_close()
+        stub.server = LocalHTTPServer(("127.0.0.1", args.port), stub._handler())
+    print(stub.base_url, flush=True)
+    try:
+        stub.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

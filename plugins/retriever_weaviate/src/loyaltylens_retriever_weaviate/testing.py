@@ -16,13 +16,14 @@ import threading
 import time
 import uuid as uuid_lib
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
 import numpy as np
 from google.protobuf import json_format
 
+from loyaltylens_core.httpserver import LocalHTTPServer
 from loyaltylens_core.testing import free_port  # noqa: F401 - re-exported for tests
 from weaviate.proto.v1 import (
     aggregate_pb2,
@@ -168,8 +169,7 @@ class LocalWeaviate:
         self.lock = threading.RLock()
         self.searches = 0
         self.batches = 0
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._rest_handler())
-        self.http.daemon_threads = True
+        self.http = LocalHTTPServer(("127.0.0.1", 0), self._rest_handler())
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         weaviate_pb2_grpc.add_WeaviateServicer_to_server(_Servicer(self), self.grpc_server)
         self.grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
