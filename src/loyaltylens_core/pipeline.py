@@ -133,12 +133,15 @@ class Pipeline:
         return component
 
     def _prepare(self, key: str, component: Any) -> None:
-        if key in self._prepared or not isinstance(component, Preparable):
+        # Checked once per component: isinstance on a runtime Protocol costs microseconds,
+        # and component() runs for every customer of a batch.
+        if key in self._prepared:
             return
-        stage, _, name = key.partition(":")
-        impl = self.registry.get(stage, name) if name else self.implementation(stage)
-        with self._plugin_errors(impl):
-            component.prepare()
+        if isinstance(component, Preparable):
+            stage, _, name = key.partition(":")
+            impl = self.registry.get(stage, name) if name else self.implementation(stage)
+            with self._plugin_errors(impl):
+                component.prepare()
         self._prepared.add(key)
 
     @contextlib.contextmanager
