@@ -87,11 +87,11 @@ def test_persistent_errors_fall_back_after_bounded_retries(tmp_path, stub, behav
 
 def test_hang_times_out_and_falls_back(tmp_path, stub):
     stub.default = "hang"
-    stub.hang_s = 3
+    stub.hang_s = 6
     started = time.monotonic()
     copy = generator(tmp_path, stub, timeout_s=0.3, max_retries=0).generate(variables())
     assert copy.fallback == "llm_timeout"
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 5  # gave up at the time-out, did not wait for the reply
 
 
 def test_on_error_raise_gives_a_clear_error(tmp_path, stub):
