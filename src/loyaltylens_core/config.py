@@ -10,7 +10,6 @@ never fall back to a default silently.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import ConfigError
 from .hookspecs import STAGES
-from .plugins import Implementation, Registry, normalise_name
+from .plugins import Implementation, Registry, normalise_name, suggest
 
 ENV_PREFIX = "LOYALTYLENS_"
 CONFIG_FILE_NAME = "loyaltylens.toml"
@@ -78,7 +77,7 @@ class Config:
             known = ", ".join(model.model_fields) or "none"
             raise ConfigError(
                 f"[{impl.stage}.{impl.name}] has no setting {unknown[0]!r}",
-                f"known settings: {known}{_suggest(unknown[0], model.model_fields)}",
+                f"known settings: {known}{suggest(unknown[0], model.model_fields)}",
             )
         try:
             return model.model_validate(raw)
@@ -106,7 +105,7 @@ class Config:
                     f"settings for {stage} {name!r} ({self.sources.get(f'{stage}.{name}', 'config')}) "
                     f"name no installed plugin",
                     f"installed {stage} plugins: {', '.join(installed) or 'none'}"
-                    f"{_suggest(name, installed)}",
+                    f"{suggest(name, installed)}",
                 )
             self.settings_for(impl)
 
@@ -160,11 +159,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def find_config_file(explicit: str | Path | None, env: Mapping[str, str]) -> Path | None:
     if explicit:
         path = Path(explicit)
@@ -204,7 +198,7 @@ def parse_use(values: list[str]) -> dict[str, str]:
         if stage not in STAGES:
             raise ConfigError(
                 f"--use names unknown stage {stage!r}",
-                f"stages are: {', '.join(STAGES)}{_suggest(stage, STAGES)}",
+                f"stages are: {', '.join(STAGES)}{suggest(stage, STAGES)}",
             )
         out[stage] = name.strip()
     return out
@@ -262,7 +256,7 @@ def _merge_file(
                 if stage not in STAGES:
                     raise ConfigError(
                         f"{source}: [stages] names unknown stage {stage!r}",
-                        f"stages are: {', '.join(STAGES)}{_suggest(stage, STAGES)}",
+                        f"stages are: {', '.join(STAGES)}{suggest(stage, STAGES)}",
                     )
                 if not isinstance(name, str) or not name.strip():
                     raise ConfigError(f"{source}: [stages] {stage} must be a plugin name", "")
@@ -284,7 +278,7 @@ def _merge_file(
             known = [*CoreSettings.model_fields, "stages", *STAGES]
             raise ConfigError(
                 f"{source}: unknown key {key!r}",
-                f"top-level keys are: {', '.join(known)}{_suggest(key, known)}",
+                f"top-level keys are: {', '.join(known)}{suggest(key, known)}",
             )
 
 
@@ -322,7 +316,7 @@ def _merge_env(
             raise ConfigError(
                 f"environment variable {var} means nothing to loyaltylens",
                 f"unset it or use one of {', '.join(known)}, "
-                f"or {ENV_PREFIX}<STAGE>_<PLUGIN>__<SETTING>{_suggest(var, known)}",
+                f"or {ENV_PREFIX}<STAGE>_<PLUGIN>__<SETTING>{suggest(var, known)}",
             )
 
 

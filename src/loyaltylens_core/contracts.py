@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 CONTRACT_VERSION = "1"
 
-CustomerId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# 1-64 letters, digits, ".", "_" or "-", not starting with punctuation (C001, 7f3a-22).
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 Channel = Literal["in-store", "mobile", "web"]
 Tier = Literal["bronze", "silver", "gold", "platinum"]
 Finite = Annotated[float, Field(allow_inf_nan=False)]

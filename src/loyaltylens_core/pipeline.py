@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import time
 import uuid
 from typing import Any, Iterator, Sequence, TypeVar
@@ -20,6 +21,7 @@ from . import adapters
 from .config import Config, load_config
 from .context import StageContext
 from .contracts import (
+    CUSTOMER_ID_PATTERN,
     STAGE_PROTOCOLS,
     BatchFeatureStore,
     BatchGenerator,
@@ -41,6 +43,8 @@ from .progress import QUIET, Progress
 # The stages a run needs; embedder is pulled in by retrievers that want it.
 RUN_STAGES: tuple[str, ...] = ("feature_store", "propensity", "retriever", "generator")
 
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+
 FALLBACK_THRESHOLD = "threshold_filtered_all"
 FALLBACK_NO_OFFER = "no_offer"
 
@@ -57,6 +61,7 @@ class Pipeline:
         self._components: dict[str, Any] = {}
         self._building: set[str] = set()
         self._prepared: set[str] = set()
+        self._plugin_refs: dict[str, PluginRef] | None = None
         self._hooks = registry.plugin_manager.hook
 
     @classmethod
@@ -84,6 +89,13 @@ class Pipeline:
     def plugin_ref(self, stage: str) -> PluginRef:
         impl = self.implementation(stage)
         return PluginRef(name=impl.name, distribution=impl.distribution, version=impl.version)
+
+    def _run_plugin_refs(self) -> dict[str, PluginRef]:
+        """The run stages' plugins, resolved once: every result carries them, and the
+        selection cannot change during the pipeline's life."""
+        if self._plugin_refs is None:
+            self._plugin_refs = {stage: self.plugin_ref(stage) for stage in RUN_STAGES}
+        return self._plugin_refs
 
     def component(self, stage: str, *, prepare: bool = True) -> Any:
         """The stage's component, built on first use and prepared (data, training,
@@ -238,7 +250,7 @@ class Pipeline:
             top_offer=candidates[0].offer if candidates else None,
             copy=copy,
             fallbacks=tuple(fallbacks),
-            plugins={stage: self.plugin_ref(stage) for stage in RUN_STAGES},
+            plugins=self._run_plugin_refs(),
             latency_ms=latency,
         )
         self._after_run(result)
@@ -446,11 +458,9 @@ def ensure_writable(data_dir: Any) -> None:
 
 def validate_customer_id(customer_id: str) -> None:
     """Reject malformed ids before any stage sees them."""
-    import re
-
     if not isinstance(customer_id, str) or not customer_id.strip():
         raise UsageError("customer id is empty", "pass an id such as C001")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", customer_id):
+    if not _CUSTOMER_ID.match(customer_id):
         shown = customer_id if len(customer_id) <= 40 else customer_id[:40] + "..."
         raise UsageError(
             f"customer id {shown!r} is malformed",

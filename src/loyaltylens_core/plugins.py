@@ -106,7 +106,7 @@ class Registry:
         if stage not in hookspecs.STAGES:
             raise ConfigError(
                 f"unknown stage {stage!r}",
-                f"stages are: {', '.join(hookspecs.STAGES)}{_suggest(stage, hookspecs.STAGES)}",
+                f"stages are: {', '.join(hookspecs.STAGES)}{suggest(stage, hookspecs.STAGES)}",
             )
         impl = self.find(stage, name)
         if impl is None:
@@ -127,7 +127,7 @@ class Registry:
         installed = self.names(stage)
         broken = [b for b in self.broken]
         parts = [f"installed: {', '.join(installed) if installed else 'none'}"]
-        suggestion = _suggest(name, installed)
+        suggestion = suggest(name, installed)
         if suggestion:
             parts[0] += suggestion
         if broken:
@@ -138,7 +138,8 @@ class Registry:
         return "; ".join(parts)
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean ...?)' for the closest choice, or nothing: every 'unknown X' error uses it."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
