@@ -100,14 +100,22 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
+def _write_table(path: Path, table: Any) -> None:
+    """A parquet file that exists whole or not at all (parts and the merged result):
+    written next to its target, flushed to disk, then renamed into place."""
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows, schema=schema())
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+
+    _write_table(path, pa.Table.from_pylist(rows, schema=schema()))
 
 
 def _job_fingerprint(ids: Sequence[str]) -> str:
@@ -179,10 +187,5 @@ def _merge(parts: Path, out: Path, count: int) -> None:
     import pyarrow.parquet as pq
 
     tables = [pq.read_table(parts / f"part-{i:06d}.parquet") for i in range(count)]
-    merged = pa.concat_tables(tables) if tables else schema().empty_table()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    pq.write_table(merged, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
+    _write_table(out, pa.concat_tables(tables) if tables else schema().empty_table())
     shutil.rmtree(parts)

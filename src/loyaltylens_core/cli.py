@@ -257,11 +257,9 @@ def batch(
     if all_customers == (ids is not None):
         raise UsageError("pass exactly one of --all or --ids FILE", "e.g. loyaltylens batch --all --out r.parquet")
     pipeline = _pipeline()
-    if ids is not None:
-        customer_ids = read_ids_file(Path(ids))
-        pipeline.prepare()
-    else:
-        pipeline.prepare()
+    customer_ids = read_ids_file(Path(ids)) if ids is not None else None  # before the slow prepare
+    pipeline.prepare()
+    if customer_ids is None:
         lister = getattr(pipeline.component("feature_store"), "customer_ids", None)
         if not callable(lister):
             raise UsageError(
@@ -351,7 +349,7 @@ def deploy_invoke(
     target: Optional[str] = TARGET_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Score one customer on the endpoint (and show the local predictor's score beside it)."""
+    """Score one customer's current features on the deployed endpoint."""
     from .pipeline import validate_customer_id
 
     validate_customer_id(customer_id)
