@@ -55,6 +55,22 @@ def build_archive(model: Any, out_path: Path) -> dict[str, Any]:
     return spec
 
 
+def read_spec(archive: Path) -> dict[str, Any]:
+    """The spec.json of a model archive (model version, features), without extracting it."""
+    import json
+
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            member = tar.extractfile("spec.json")
+            spec = json.loads(member.read()) if member else None
+    except (tarfile.TarError, KeyError, ValueError, OSError):
+        spec = None
+    if not isinstance(spec, dict):
+        raise UsageError(f"{archive} is not a LoyaltyLens model archive (no spec.json)",
+                         "build one with `loyaltylens deploy package`")
+    return spec
+
+
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
     path = PurePosixPath(member.name)
     if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts:

@@ -54,3 +54,18 @@ def test_missing_and_corrupt_archives(tmp_path):
     bad.write_bytes(b"not a tarball")
     with pytest.raises(StageError, match="not a readable tar.gz"):
         safe_extract(bad, tmp_path / "out")
+
+
+def test_read_spec_without_extracting(tmp_path):
+    from loyaltylens_core.archive import read_spec
+    from loyaltylens_core.testing import write_tiny_archive
+
+    assert read_spec(write_tiny_archive(tmp_path / "m.tar.gz"))["model_version"] == "tiny_v1"
+    not_ours = tmp_path / "other.tar.gz"
+    make(not_ours, [("model.pt", "file", None)])
+    with pytest.raises(UsageError, match="not a LoyaltyLens model archive"):
+        read_spec(not_ours)
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"nope")
+    with pytest.raises(UsageError, match="not a LoyaltyLens model archive"):
+        read_spec(garbage)

@@ -18,6 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
+from loyaltylens_core.archive import read_spec
 from loyaltylens_core.contracts import CustomerFeatures
 from loyaltylens_core.errors import ConfigError, StageError, UsageError
 
@@ -116,7 +117,7 @@ class SageMakerTarget:
             raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
         role = self._require("role_arn")
         bucket = self._require("bucket")
-        version = _archive_version(archive)
+        version = str(read_spec(archive).get("model_version", "unknown"))
         # Unique per call, within SageMaker's 63-character limit: the suffix never gets cut.
         stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
         name = self.settings.endpoint_name
@@ -260,16 +261,3 @@ def _one_line(text: str, limit: int = 200) -> str:
     text = re.sub(r"<[^>]+>", " ", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _archive_version(archive: Path) -> str:
-    import tarfile
-
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            member = tar.extractfile("spec.json")
-            spec = json.loads(member.read()) if member else {}
-    except (tarfile.TarError, KeyError, ValueError):
-        raise UsageError(f"{archive} is not a LoyaltyLens model archive (no spec.json)",
-                         "build one with `loyaltylens deploy package`") from None
-    return str(spec.get("model_version", "unknown"))

@@ -16,6 +16,7 @@ from typing import Any
 
 from google.api_core import exceptions as google_exceptions
 
+from loyaltylens_core.archive import read_spec
 from loyaltylens_core.contracts import CustomerFeatures
 from loyaltylens_core.errors import StageError, UsageError
 
@@ -62,9 +63,9 @@ class VertexTarget:
         if not archive.is_file():
             raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
         require(self.settings, "bucket")
+        version = str(read_spec(archive).get("model_version", "unknown"))
         with tempfile.TemporaryDirectory(prefix="ll-vertex-") as work:
             mar = build_mar(archive, Path(work))
-            version = _mar_version(archive)
             artifact_uri = self._upload_mar(mar, version)
         s = self.settings
         try:
@@ -131,11 +132,3 @@ class VertexTarget:
             raise google_error("teardown", exc) from None
         self.state_file.unlink(missing_ok=True)
         return {"status": "deleted" if deleted else "absent", "deleted": deleted}
-
-
-def _mar_version(archive: Path) -> str:
-    import tarfile
-
-    with tarfile.open(archive, "r:gz") as tar:
-        member = tar.extractfile("spec.json")
-        return str(json.loads(member.read()).get("model_version", "unknown")) if member else "unknown"
