@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from loyaltylens_core.archive import safe_extract
+from loyaltylens_core.archive import read_spec, safe_extract
 from loyaltylens_core.errors import StageError
 
 
@@ -35,7 +35,7 @@ def build_mar(archive: Path, out_dir: Path, model_name: str = "model") -> Path:
                 raise StageError(f"{archive} has no {needed}", "build it with `loyaltylens deploy package`")
         handler = Path(work) / "handler.py"
         handler.write_bytes(resources.files("loyaltylens_deploy_vertex").joinpath("torchserve_handler.py").read_bytes())
-        version = json.loads((source / "spec.json").read_text()).get("model_version", "1")
+        version = read_spec(archive).get("model_version", "1")
         command = [
             sys.executable, "-m", "model_archiver.model_packaging",
             "--model-name", model_name, "--version", str(version),
