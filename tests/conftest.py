@@ -17,6 +17,11 @@ def cli(tmp_path_factory):
            if not k.startswith(("LOYALTYLENS_", "AWS_")) and k != "DEPLOY_TARGET"}
     env["LOYALTYLENS_DATA_DIR"] = str(data_dir)
     env["LOYALTYLENS_DEMO_CUSTOMERS"] = "1000"
+    # One embedding cache for every data dir the suite builds: the query vocabulary
+    # (5,184 texts, ~40 s of MiniLM on 2 cores) is encoded once per session, not per dir.
+    env["LOYALTYLENS_EMBEDDER_SENTENCE_TRANSFORMERS__CACHE_PATH"] = str(
+        tmp_path_factory.getbasetemp() / "shared-embeddings.sqlite"
+    )
 
     def run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -25,4 +30,6 @@ def cli(tmp_path_factory):
         )
 
     run.data_dir = data_dir  # type: ignore[attr-defined]
+    run.env = env  # type: ignore[attr-defined]
+    run.workdir = workdir  # type: ignore[attr-defined]
     return run

@@ -9,10 +9,11 @@ of ``TEMPLATE_VARIABLES``; a template naming anything else fails when it is load
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import string
 from typing import Any, Callable
 
-from .contracts import CustomerFeatures, Offer, PropensityScore, RetrievalQuery
+from .contracts import TIERS, CustomerFeatures, Offer, PropensityScore, RetrievalQuery
 from .errors import ConfigError
 
 
@@ -94,40 +95,52 @@ def render(template: str, variables: dict[str, Any]) -> str:
     return template.format_map(variables)
 
 
-def _frequency_phrase(n: int) -> str:
-    if n == 0:
-        return "has made no purchases in the last month"
-    if n <= 2:
-        return "made one or two purchases in the last month"
-    if n <= 5:
-        return "made several purchases in the last month"
-    return "shops very often"
+# The customer description is built from bucketed phrases. Each table lists its buckets
+# in the order they are tried; the first bound the value satisfies picks the phrase.
+INF = float("inf")
+RECENCY_PHRASES: tuple[tuple[float, str], ...] = (  # days since last purchase, at most
+    (7, "shopped this week"),
+    (30, "shopped this month"),
+    (90, "has not shopped for over a month and may be drifting away"),
+    (INF, "has not shopped for months and is at risk of lapsing"),
+)
+FREQUENCY_PHRASES: tuple[tuple[float, str], ...] = (  # purchases in 30 days, at most
+    (0, "has made no purchases in the last month"),
+    (2, "made one or two purchases in the last month"),
+    (5, "made several purchases in the last month"),
+    (INF, "shops very often"),
+)
+SPEND_PHRASES: tuple[tuple[float, str], ...] = (  # spend in 90 days, at least
+    (500, "a big spender"),
+    (100, "a regular spender"),
+    (-INF, "a light spender"),
+)
+REDEMPTION_PHRASES: tuple[tuple[float, str], ...] = (  # redemption rate, at least
+    (0.5, "redeems most offers"),
+    (0.2, "redeems some offers"),
+    (-INF, "seldom redeems offers"),
+)
+ENGAGEMENT_PHRASES: tuple[tuple[float, str], ...] = (  # engagement score, at least
+    (0.66, "is highly engaged with the programme"),
+    (0.33, "is moderately engaged"),
+    (-INF, "rarely engages with the programme"),
+)
 
 
-def _recency_phrase(days: float) -> str:
-    if days <= 7:
-        return "shopped this week"
-    if days <= 30:
-        return "shopped this month"
-    if days <= 90:
-        return "has not shopped for over a month and may be drifting away"
-    return "has not shopped for months and is at risk of lapsing"
+def _at_most(value: float, table: tuple[tuple[float, str], ...]) -> str:
+    return next(phrase for bound, phrase in table if value <= bound)
 
 
-def _engagement_phrase(score: float) -> str:
-    if score >= 0.66:
-        return "is highly engaged with the programme"
-    if score >= 0.33:
-        return "is moderately engaged"
-    return "rarely engages with the programme"
+def _at_least(value: float, table: tuple[tuple[float, str], ...]) -> str:
+    return next(phrase for bound, phrase in table if value >= bound)
 
 
-def _redemption_phrase(rate: float) -> str:
-    if rate >= 0.5:
-        return "redeems most offers"
-    if rate >= 0.2:
-        return "redeems some offers"
-    return "seldom redeems offers"
+def _describe(tier: str, channel: str, recency: str, frequency: str, spend: str,
+              redemption: str, engagement: str) -> str:
+    return (
+        f"A {tier} tier loyalty member who prefers shopping {CHANNEL_PHRASES[channel]}, "
+        f"{recency}, {frequency}, is {spend}, {redemption} and {engagement}."
+    )
 
 
 def query_text(features: CustomerFeatures) -> str:
@@ -135,21 +148,38 @@ def query_text(features: CustomerFeatures) -> str:
 
     The reference sent ``key=value`` pairs, which mean little to an encoder trained on
     sentences; this says the same facts in words the offer descriptions also use. Facts
-    are bucketed into phrases on purpose: customers alike get the same text, so an
-    embedder can cache it and a batch embeds a few thousand texts, not one per customer.
+    are bucketed into phrases on purpose: customers alike get the same text, and the set
+    of all texts is finite (see ``query_vocabulary``), so a retriever can embed every
+    one of them at index time and a run never calls the encoder.
     """
-    spend = features.monetary_90d
-    spend_phrase = (
-        "a big spender" if spend >= 500 else "a regular spender" if spend >= 100 else "a light spender"
+    return _describe(
+        features.tier,
+        features.channel_preference,
+        _at_most(features.recency_days, RECENCY_PHRASES),
+        _at_most(features.frequency_30d, FREQUENCY_PHRASES),
+        _at_least(features.monetary_90d, SPEND_PHRASES),
+        _at_least(features.offer_redemption_rate, REDEMPTION_PHRASES),
+        _at_least(features.engagement_score, ENGAGEMENT_PHRASES),
     )
-    return (
-        f"A {features.tier} tier loyalty member who prefers shopping "
-        f"{CHANNEL_PHRASES[features.channel_preference]}, "
-        f"{_recency_phrase(features.recency_days)}, "
-        f"{_frequency_phrase(features.frequency_30d)}, is {spend_phrase}, "
-        f"{_redemption_phrase(features.offer_redemption_rate)} and "
-        f"{_engagement_phrase(features.engagement_score)}."
-    )
+
+
+def query_vocabulary() -> tuple[str, ...] | None:
+    """Every text ``query_text`` can return (4 tiers x 3 channels x 4 x 4 x 3 x 3 x 3 =
+    5,184), or ``None`` for a query builder whose texts are open-ended.
+
+    This is the adapter's optional *finite vocabulary* capability: a retriever that finds
+    a vocabulary here may embed all of it when it indexes (stored beside the offer vectors,
+    invalidated with them), so no run needs the embedding model. A retriever must still
+    embed a text it does not find, since the vocabulary may change between index and run.
+    """
+    phrases = [
+        [tier for tier in TIERS],
+        list(CHANNEL_PHRASES),
+        *([phrase for _, phrase in table] for table in (
+            RECENCY_PHRASES, FREQUENCY_PHRASES, SPEND_PHRASES, REDEMPTION_PHRASES, ENGAGEMENT_PHRASES
+        )),
+    ]
+    return tuple(_describe(*combo) for combo in itertools.product(*phrases))
 
 
 def retrieval_query(

@@ -161,8 +161,10 @@ def copy_data(built, tmp_path):
 
 def test_corrupt_model_file(built, tmp_path):
     data = copy_data(built, tmp_path)
-    for weights in (data / "models").glob("propensity_v*/weights.pt"):
-        weights.write_bytes(b"\x00\x01garbage")
+    weights = sorted((data / "models").glob("propensity_v*/weights.safetensors"))
+    assert weights
+    for path in weights:
+        path.write_bytes(b"\x00\x01garbage")
     proc = built("run", "C001", extra_env={"LOYALTYLENS_DATA_DIR": str(data)})
     assert_one_clear_line(proc, 4, "is corrupt", "loyaltylens train")
 
@@ -182,8 +184,12 @@ def test_checkpoint_with_a_pickled_object_is_refused(built, tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    for weights in (data / "models").glob("propensity_v*/weights.pt"):
-        torch.save({"payload": Evil()}, weights)
+    # A hand-made (or tampered) checkpoint in the legacy torch format, no safetensors beside it.
+    weights = sorted((data / "models").glob("propensity_v*/weights.safetensors"))
+    assert weights
+    for path in weights:
+        path.unlink()
+        torch.save({"payload": Evil()}, path.with_name("weights.pt"))
     proc = built("run", "C001", extra_env={"LOYALTYLENS_DATA_DIR": str(data)})
     assert_one_clear_line(proc, 4, "holds pickled objects", "weights_only")
     assert not marker.exists()

@@ -38,10 +38,39 @@ def test_cache_returns_identical_vectors_and_handles_duplicates(embedder):
     assert np.array_equal(embedder.embed(["same text"])[0], first[0])
 
 
-def test_model_loads_without_network(embedder, monkeypatch):
-    import os
+def test_model_loads_and_encodes_with_the_network_unreachable(monkeypatch):
+    """Any attempt to open a network connection while the model loads fails the test:
+    the weights must come from the installed package, never from a hub."""
+    import socket
 
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    attempts: list[object] = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network unreachable (test guard)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
+    fresh = build(SentenceTransformerSettings(persistent_cache=False, backend="torch"), None)
+    vectors = fresh.embed(["loaded without a network"])
+    assert fresh.model_loads == 1 and vectors.shape == (1, 384)
+    assert attempts == []
+
+
+def test_the_model_loads_only_when_a_text_is_in_no_cache(tmp_path):
+    from loyaltylens_core.testing import make_context
+
+    context = make_context(tmp_path, "embedder", "sentence-transformers")
+    warm = build(SentenceTransformerSettings(), context)
+    warm.embed(["cached once"])
+    assert warm.model_loads == 1
+    lazy = build(SentenceTransformerSettings(), context)
+    assert lazy.dimension == 384 and lazy.model_loads == 0  # read from the model's config files
+    lazy.embed(["cached once"])
+    assert lazy.model_loads == 0
+    lazy.embed(["never seen before"])
+    assert lazy.model_loads == 1
 
 
 def test_bad_model_path_is_a_config_error(tmp_path):
@@ -56,5 +85,20 @@ def test_persistent_cache_serves_a_new_process_without_encoding(tmp_path):
     first = build(SentenceTransformerSettings(), context)
     vectors = first.embed(["a text worth keeping", "another one"])
     second = build(SentenceTransformerSettings(), context)
-    second.model.encode = None  # any encode now would raise: the vectors must come from disk
     assert np.array_equal(second.embed(["another one", "a text worth keeping"]), vectors[::-1])
+    assert second.model_loads == 0  # the vectors came from disk, with no model loaded
+
+
+def test_onnx_backend_matches_sentence_transformers(tmp_path):
+    """The ONNX export of the packaged weights must give the reference encoder's vectors."""
+    from loyaltylens_core.adapters import query_vocabulary
+
+    texts = [*query_vocabulary()[::97], "free coffee on your birthday", "x"]
+    onnx = build(SentenceTransformerSettings(backend="onnx", persistent_cache=False), None)
+    onnx.onnx_dir = tmp_path / "onnx"
+    reference = build(SentenceTransformerSettings(backend="torch", persistent_cache=False), None)
+    a, b = onnx.embed(texts), reference.embed(texts)
+    assert a.shape == b.shape == (len(texts), 384)
+    assert float((a * b).sum(axis=1).min()) >= 0.999
+    assert list((tmp_path / "onnx").glob("*.onnx"))  # exported once, kept for the next process
+    assert not [p for p in (tmp_path / "onnx").iterdir() if p.name.endswith(".tmp")]

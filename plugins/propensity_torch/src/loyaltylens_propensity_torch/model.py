@@ -1,10 +1,13 @@
 """Train, version, load and serve the propensity model.
 
-Each trained model is a directory ``propensity_vN`` holding ``weights.pt`` (a plain
-state dict, loaded with ``weights_only=True``: a checkpoint can never run code) and
-``card.json`` (metrics, features, scaler, label definition, training data hash). It is
-written to a temporary directory and renamed into place, so a crash mid-training never
-leaves a half-written version that later loads.
+Each trained model is a directory ``propensity_vN`` holding ``weights.safetensors`` (plain
+tensors: a checkpoint can never run code) and ``card.json`` (metrics, features, scaler,
+label definition, training data hash). It is written to a temporary directory and renamed
+into place, so a crash mid-training never leaves a half-written version that later loads.
+Models from before safetensors (``weights.pt``) still load, with ``weights_only=True``.
+
+Scoring runs the numpy forward pass (``numpy_network``): a run never imports torch.
+Training and TorchScript export import it when they start.
 """
 
 from __future__ import annotations
@@ -21,20 +24,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, TrainingSet
 from loyaltylens_core.errors import StageError
 
-from .network import (
-    CATEGORICAL_FEATURES,
-    NUMERIC_FEATURES,
-    ServingModule,
-    TabularTransformer,
-    categorical,
-    classification_metrics,
-    raw_numeric,
-)
+from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, classification_metrics, raw_numeric
+from .numpy_network import NumpyTabularTransformer, sigmoid
+
+WEIGHTS = "weights.safetensors"
+LEGACY_WEIGHTS = "weights.pt"
 
 VERSION_PATTERN = re.compile(r"^propensity_v(\d+)$")
 LABEL_DEFINITION = "redeemed any offer in the {horizon} days after as_of"
@@ -47,11 +45,15 @@ def split_of(customer_id: str) -> str:
 
 
 class TorchPropensityModel:
+    # Scoring is a numpy forward pass of a fraction of a millisecond: the service may call
+    # it on its event loop.
+    nonblocking = True
+
     def __init__(self, settings: Any, context: Any) -> None:
         self.settings = settings
         self.context = context
         self.model_dir = Path(settings.model_dir or context.data_dir / "models")
-        self.network: TabularTransformer | None = None
+        self.network: NumpyTabularTransformer | None = None
         self.card: dict[str, Any] = {}
         self.version = ""
         self._mean = np.zeros(len(NUMERIC_FEATURES))
@@ -81,12 +83,20 @@ class TorchPropensityModel:
             self.load(self.settings.version)
         elif self.versions():
             self.load(self.versions()[-1])
+        elif getattr(self.context, "read_only", False):
+            raise StageError(
+                f"no trained propensity model in {self.model_dir} and this process may not train one",
+                "run `loyaltylens train` first",
+            )
         else:
             self.train()
 
     def load(self, version: str) -> None:
         directory = self.model_dir / version
-        card_path, weights_path = directory / "card.json", directory / "weights.pt"
+        card_path = directory / "card.json"
+        weights_path = directory / WEIGHTS
+        if not weights_path.is_file():
+            weights_path = directory / LEGACY_WEIGHTS
         if not card_path.is_file() or not weights_path.is_file():
             available = ", ".join(self.versions()) or "none"
             raise StageError(
@@ -96,9 +106,9 @@ class TorchPropensityModel:
         try:
             card = json.loads(card_path.read_text())
             hp = card["hyperparameters"]
-            network = TabularTransformer(hp["d_model"], hp["heads"], hp["layers"])
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
+            state = _read_state(weights_path)
+            network = NumpyTabularTransformer(state, hp["heads"], hp["layers"])
+            network.logits(np.zeros((1, len(NUMERIC_FEATURES))), np.zeros((1, len(CATEGORICAL_FEATURES)), dtype=np.int64))
         except pickle.UnpicklingError as exc:
             # torch wraps both cases in "Weights only load failed"; a pickled object is
             # the one that names a global it refused to import.
@@ -111,13 +121,13 @@ class TorchPropensityModel:
                 f"propensity model {weights_path} is corrupt (unreadable pickle)",
                 "delete it and run `loyaltylens train`",
             ) from None
-        except (OSError, RuntimeError, KeyError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is one clear line
             raise StageError(
                 f"propensity model {weights_path} is corrupt ({type(exc).__name__})",
                 "delete it and run `loyaltylens train`",
             ) from None
-        network.eval()
         self.network = network
+        self.state = state
         self.card = card
         self.version = card["model_version"]
         self._mean = np.array(card["scaler"]["mean"])
@@ -135,12 +145,12 @@ class TorchPropensityModel:
             )
         return examples(self.settings.horizon_days)
 
-    def _tensors(self, features: Sequence[CustomerFeatures]) -> tuple[torch.Tensor, torch.Tensor]:
-        numeric = (raw_numeric(features) - self._mean) / self._std
-        return torch.from_numpy(numeric.astype(np.float32)), torch.from_numpy(categorical(features))
-
     def train(self) -> dict[str, Any]:
         """Train a new version from the feature store's point-in-time examples."""
+        import torch
+
+        from .network import TabularTransformer
+
         s = self.settings
         data = self._training_set()
         splits = np.array([split_of(f.customer_id) for f in data.features])
@@ -210,24 +220,28 @@ class TorchPropensityModel:
                 "batch_size": s.batch_size, "learning_rate": s.learning_rate, "seed": self.context.seed,
             },
             "scaler": {"mean": self._mean.tolist(), "std": self._std.tolist()},
-            "weights_format": "torch state_dict, load with weights_only=True",
+            "weights_format": "safetensors (the torch state dict's tensors)",
             "torch_version": torch.__version__,
         }
         self._save(version, network, card)
         self.load(version)
         return card
 
-    def _evaluate(self, network, numeric, cats, labels, rows) -> dict[str, float]:
+    def _evaluate(self, network: Any, numeric: Any, cats: Any, labels: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+        import torch
+
         network.eval()
         with torch.inference_mode():
             scores = torch.sigmoid(network(numeric[rows], cats[rows])).numpy()
         return classification_metrics(labels[rows], scores, self.settings.threshold)
 
-    def _save(self, version: str, network: TabularTransformer, card: dict[str, Any]) -> None:
+    def _save(self, version: str, network: Any, card: dict[str, Any]) -> None:
+        from safetensors.numpy import save_file
+
         self.model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.model_dir))
         try:
-            torch.save(network.state_dict(), staging / "weights.pt")
+            save_file({k: v.detach().cpu().numpy() for k, v in network.state_dict().items()}, str(staging / WEIGHTS))
             (staging / "card.json").write_text(json.dumps(card, indent=2))
             os.replace(staging, self.model_dir / version)
         finally:
@@ -238,9 +252,9 @@ class TorchPropensityModel:
     def _scores(self, features: Sequence[CustomerFeatures]) -> np.ndarray:
         if self.network is None:
             self.prepare()
-        numeric, cats = self._tensors(features)
-        with torch.inference_mode():
-            return torch.sigmoid(self.network(numeric, cats)).numpy()
+        assert self.network is not None
+        numeric = (raw_numeric(features) - self._mean) / self._std
+        return sigmoid(self.network.logits(numeric, categorical(features)).astype(np.float64))
 
     def predict(self, features: CustomerFeatures) -> PropensityScore:
         score = float(self._scores([features])[0])
@@ -265,6 +279,20 @@ class TorchPropensityModel:
 
     # --- export (for deploy targets) ------------------------------------------------
 
+    def torch_network(self) -> Any:
+        """The loaded weights as the torch module (for export and for checking the numpy
+        forward pass against it)."""
+        import torch
+
+        from .network import TabularTransformer
+
+        if self.network is None:
+            self.prepare()
+        hp = self.card["hyperparameters"]
+        network = TabularTransformer(hp["d_model"], hp["heads"], hp["layers"])
+        network.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state.items()})
+        return network.eval()
+
     def export(self, out_dir: Path) -> dict[str, Any]:
         """Write ``model.pt`` (TorchScript: raw features in, probability out) and
         ``spec.json`` (feature order, category maps, version) into ``out_dir``.
@@ -276,7 +304,11 @@ class TorchPropensityModel:
             self.prepare()
         import warnings
 
-        serving = ServingModule(self.network, self._mean.tolist(), self._std.tolist()).eval()
+        import torch
+
+        from .network import ServingModule
+
+        serving = ServingModule(self.torch_network(), self._mean.tolist(), self._std.tolist()).eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted = torch.jit.script(serving)
@@ -292,3 +324,18 @@ class TorchPropensityModel:
         }
         (out_dir / "spec.json").write_text(json.dumps(spec, indent=2))
         return spec
+
+
+def _read_state(path: Path) -> dict[str, np.ndarray]:
+    """Plain arrays from a checkpoint: safetensors without torch, or a legacy torch state
+    dict loaded with ``weights_only=True`` (a pickled object is refused, never run)."""
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError("not a state dict")
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}

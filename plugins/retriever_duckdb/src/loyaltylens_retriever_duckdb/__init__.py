@@ -19,6 +19,9 @@ class DuckDBRetrieverSettings(BaseModel):
     path: Path | None = Field(None, description="DuckDB file; default <data_dir>/loyaltylens.duckdb")
     catalogue: Path | None = Field(None, description="Offers as a JSON list; default: the demo catalogue")
     table: str = Field("offer_vectors", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    precompute_queries: bool = Field(
+        True, description="Embed the adapter's finite query vocabulary at index time, so runs need no model"
+    )
 
 
 def build(settings: DuckDBRetrieverSettings, context: Any) -> Any:
