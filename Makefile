@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p:/=)[test]')
+	$(PIP) install --quiet -e '.[serve,test]' $(foreach p,$(PLUGINS),-e '$(p:/=)[test]')
 	touch $(STAMP)
 
 run: $(STAMP)

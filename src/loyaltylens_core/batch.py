@@ -32,22 +32,10 @@ PART_PATTERN = re.compile(r"^part-(\d{6})\.parquet$")
 def schema() -> Any:
     import pyarrow as pa
 
-    return pa.schema([
-        ("customer_id", pa.string()),
-        ("score", pa.float64()),
-        ("label", pa.int8()),
-        ("model_version", pa.string()),
-        ("top_offer_id", pa.string()),
-        ("top_offer_title", pa.string()),
-        ("top_offer_category", pa.string()),
-        ("similarity", pa.float64()),
-        ("candidate_offer_ids", pa.list_(pa.string())),
-        ("headline", pa.string()),
-        ("body", pa.string()),
-        ("cta", pa.string()),
-        ("prompt_version", pa.string()),
-        ("fallbacks", pa.list_(pa.string())),
-    ])
+    from .pipeline import BATCH_COLUMNS
+
+    types = {"string": pa.string(), "float64": pa.float64(), "int8": pa.int8(), "list<string>": pa.list_(pa.string())}
+    return pa.schema([(name, types[kind]) for name, kind in BATCH_COLUMNS])
 
 
 @dataclasses.dataclass

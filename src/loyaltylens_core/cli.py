@@ -285,6 +285,26 @@ def batch(
         )
 
 
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", min=0, max=65535, help="Port (default 8000)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, max=64, help="Worker processes (default 1)."),
+    api_keys_file: Optional[str] = typer.Option(None, "--api-keys-file", help="File of name:key lines."),
+) -> None:
+    """Serve offers over HTTP (FastAPI + uvicorn): /v1/offers, /v1/score, /readyz, /metrics, /docs."""
+    from .config import load_config
+    from .service.server import resolve_settings, serve as run_server
+    from .service.settings import ServeOptions
+
+    config = load_config(state.config, use=state.use)
+    settings = resolve_settings(config.serve, {
+        "host": host, "port": port, "workers": workers, "api_keys_file": api_keys_file,
+    })
+    options = ServeOptions(config=state.config, use=list(state.use), settings=settings.model_dump(mode="json"))
+    run_server(options, settings, quiet=state.quiet)
+
+
 TARGET_OPTION = typer.Option(None, "--target", "-t", help="Deploy target plugin (default: deploy_target stage).")
 
 

@@ -37,7 +37,11 @@ DEFAULT_STAGES: dict[str, str] = {
 LEGACY_STAGE_VARIABLES: dict[str, str] = {"DEPLOY_TARGET": "deploy_target"}
 
 # LOYALTYLENS_* variables that are not settings.
-RESERVED_ENV = {"LOYALTYLENS_CONFIG", "LOYALTYLENS_DEBUG"}
+RESERVED_ENV = {
+    "LOYALTYLENS_CONFIG", "LOYALTYLENS_DEBUG", "LOYALTYLENS_TRACE_PLUGINS",
+    "LOYALTYLENS_API_KEYS",  # `serve`: name:key,name:key
+    "LOYALTYLENS_SERVE_OPTIONS",  # `serve` -> its worker processes
+}
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
@@ -67,6 +71,8 @@ class Config:
     plugin_tables: dict[tuple[str, str], dict[str, Any]]
     sources: dict[str, str]
     path: Path | None = None
+    # The [serve] table, validated by `loyaltylens serve` (ServeSettings).
+    serve: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def settings_for(self, impl: Implementation) -> BaseModel:
         """Validate this implementation's table with its own pydantic model."""
@@ -216,10 +222,16 @@ def load_config(
     sources: dict[str, str] = {}
     core_raw: dict[str, Any] = {}
     tables: dict[tuple[str, str], dict[str, Any]] = {}
+    serve: dict[str, Any] = {}
 
     path = find_config_file(config_path, env)
     if path is not None:
-        _merge_file(read_toml(path), f"file:{path}", stages, core_raw, tables, sources)
+        data = read_toml(path)
+        if "serve" in data:
+            serve = data.pop("serve")
+            if not isinstance(serve, dict):
+                raise ConfigError(f"file:{path}: 'serve' must be a table", "write [serve]")
+        _merge_file(data, f"file:{path}", stages, core_raw, tables, sources)
     _merge_env(env, stages, core_raw, tables, sources)
     for stage, name in parse_use(use or []).items():
         stages[stage] = name
@@ -234,7 +246,7 @@ def load_config(
             f"setting {field!r} is invalid (from {sources.get(field, 'config')}): {err['msg']}",
             "fix the value",
         ) from None
-    return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path)
+    return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path, serve=serve)
 
 
 def _merge_file(
@@ -275,7 +287,7 @@ def _merge_file(
                 for field in table:
                     sources[f"{key}.{norm}.{field}"] = source
         else:
-            known = [*CoreSettings.model_fields, "stages", *STAGES]
+            known = [*CoreSettings.model_fields, "stages", "serve", *STAGES]
             raise ConfigError(
                 f"{source}: unknown key {key!r}",
                 f"top-level keys are: {', '.join(known)}{suggest(key, known)}",

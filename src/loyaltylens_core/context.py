@@ -20,6 +20,9 @@ class StageContext:
     demo_customers: int
     _component: Callable[[str], Any]
     _named: Callable[[str, str], Any] | None = None
+    # True in service workers: open stores read-only, never seed, train or index (the
+    # parent process prepared the data dir before starting them).
+    read_only: bool = False
 
     def component(self, stage: str) -> Any:
         """Another stage's component, built on first use (e.g. the embedder)."""

@@ -189,6 +189,14 @@ class BatchGenerator(Protocol):
 
 
 @runtime_checkable
+class AsyncGenerator(Protocol):
+    """A generator that can write copy without holding a thread while it waits (an LLM
+    call): the service awaits it, so many requests wait on the LLM concurrently."""
+
+    async def agenerate(self, variables: dict[str, Any]) -> GeneratedCopy: ...
+
+
+@runtime_checkable
 class DeployTarget(Protocol):
     """Ships a model archive (see ``loyaltylens_core.archive``) to an endpoint.
 
@@ -202,6 +210,17 @@ class DeployTarget(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def down(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class NonBlocking(Protocol):
+    """A component whose methods return in well under a millisecond without waiting on
+    I/O (in-memory lookups, small numpy work). When every stage of a run says so, the
+    service runs the pipeline on its event loop instead of handing each request to a
+    worker thread (a thread hop costs more than such a run). Say ``False``, or leave the
+    attribute out, for anything that talks to a network service or may load a model."""
+
+    nonblocking: bool
 
 
 @runtime_checkable

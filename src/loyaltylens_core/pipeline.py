@@ -9,6 +9,7 @@ retriever is selected.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import re
 import time
@@ -23,6 +24,7 @@ from .context import StageContext
 from .contracts import (
     CUSTOMER_ID_PATTERN,
     STAGE_PROTOCOLS,
+    AsyncGenerator,
     BatchFeatureStore,
     BatchGenerator,
     BatchPropensityModel,
@@ -36,7 +38,7 @@ from .contracts import (
     PropensityScore,
     RetrievalQuery,
 )
-from .errors import ContractViolation, LoyaltyLensError, PluginError, UsageError
+from .errors import ContractViolation, CustomerNotFound, LoyaltyLensError, PluginError, UsageError
 from .plugins import Implementation, Registry, StageEvent, check_protocol, load_registry
 from .progress import QUIET, Progress
 
@@ -51,13 +53,79 @@ FALLBACK_NO_OFFER = "no_offer"
 M = TypeVar("M", bound=BaseModel)
 
 
+BATCH_COLUMNS: tuple[tuple[str, str], ...] = (
+    # (column, arrow type): the one list behind batch rows and the parquet schema
+    ("customer_id", "string"), ("score", "float64"), ("label", "int8"), ("model_version", "string"),
+    ("top_offer_id", "string"), ("top_offer_title", "string"), ("top_offer_category", "string"),
+    ("similarity", "float64"), ("candidate_offer_ids", "list<string>"), ("headline", "string"),
+    ("body", "string"), ("cta", "string"), ("prompt_version", "string"), ("fallbacks", "list<string>"),
+)
+
+
+def batch_row(
+    features: CustomerFeatures, score: PropensityScore, candidates: Sequence[OfferCandidate],
+    fallbacks: Sequence[str], copy: GeneratedCopy | None, prompt_version: str | None,
+) -> dict[str, Any]:
+    """One customer's flat row in ``loyaltylens batch`` output (columns: BATCH_COLUMNS)."""
+    top = candidates[0] if candidates else None
+    return {
+        "customer_id": features.customer_id,
+        "score": score.score,
+        "label": score.label,
+        "model_version": score.model_version,
+        "top_offer_id": top.offer.offer_id if top else None,
+        "top_offer_title": top.offer.title if top else None,
+        "top_offer_category": top.offer.category if top else None,
+        "similarity": top.similarity if top else None,
+        "candidate_offer_ids": [c.offer.offer_id for c in candidates],
+        "headline": copy.headline if copy else None,
+        "body": copy.body if copy else None,
+        "cta": copy.cta if copy else None,
+        "prompt_version": copy.prompt_version if copy else prompt_version,
+        "fallbacks": list(fallbacks),
+    }
+
+
+@dataclasses.dataclass
+class _Many:
+    """Many customers through the stages after the feature store, aligned by position."""
+
+    features: list[CustomerFeatures]
+    scores: list[PropensityScore]
+    candidates: list[list[OfferCandidate]]
+    fallbacks: list[list[str]]
+    copies: list[GeneratedCopy | None]
+    timing: dict[str, float]
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        return iter(zip(self.features, self.scores, self.candidates, self.fallbacks, self.copies))
+
+
+@dataclasses.dataclass
+class _Draft:
+    """One run before its copy is written: what ``run`` and ``arun`` share."""
+
+    run_id: str
+    customer_id: str
+    started: float
+    features: Any = None
+    propensity: Any = None
+    candidates: list[OfferCandidate] = dataclasses.field(default_factory=list)
+    fallbacks: list[str] = dataclasses.field(default_factory=list)
+    latency: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 class Pipeline:
     """The configured stages, built lazily, plus the logic that joins them."""
 
-    def __init__(self, config: Config, registry: Registry, progress: Progress = QUIET) -> None:
+    def __init__(
+        self, config: Config, registry: Registry, progress: Progress = QUIET, *, read_only: bool = False
+    ) -> None:
         self.config = config
         self.registry = registry
         self.progress = progress
+        # Service workers share one data dir that the parent prepared: they only read it.
+        self.read_only = read_only
         self._components: dict[str, Any] = {}
         self._building: set[str] = set()
         self._prepared: set[str] = set()
@@ -74,12 +142,35 @@ class Pipeline:
         entry_points: bool = True,
         progress: Progress = QUIET,
         needed: tuple[str, ...] = RUN_STAGES,
+        read_only: bool = False,
     ) -> "Pipeline":
         config = load_config(config_path, use=use)
         registry = load_registry(extra_plugins, entry_points=entry_points)
         config.validate_against(registry, needed)
-        ensure_writable(config.core.data_dir)
-        return cls(config, registry, progress)
+        if not read_only:
+            ensure_writable(config.core.data_dir)
+        return cls(config, registry, progress, read_only=read_only)
+
+    def close(self) -> None:
+        """Close every component that holds a resource (files, connections, clients):
+        at CLI exit, service shutdown, and before another process opens the same files."""
+        for key, component in list(self._components.items()):
+            closer = getattr(component, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception as exc:  # noqa: BLE001 - closing must not hide the real outcome
+                    import sys
+
+                    print(f"warning: closing {key} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        self._components.clear()
+        self._prepared.clear()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- components -----------------------------------------------------------------
 
@@ -90,7 +181,7 @@ class Pipeline:
         impl = self.implementation(stage)
         return PluginRef(name=impl.name, distribution=impl.distribution, version=impl.version)
 
-    def _run_plugin_refs(self) -> dict[str, PluginRef]:
+    def run_plugin_refs(self) -> dict[str, PluginRef]:
         """The run stages' plugins, resolved once: every result carries them, and the
         selection cannot change during the pipeline's life."""
         if self._plugin_refs is None:
@@ -134,6 +225,7 @@ class Pipeline:
             demo_customers=self.config.core.demo_customers,
             _component=self.component,
             _named=self.named_component,
+            read_only=self.read_only,
         )
         self._building.add(key)
         try:
@@ -212,46 +304,67 @@ class Pipeline:
 
     def run(self, customer_id: str, *, as_of: dt.date | None = None) -> PipelineResult:
         validate_customer_id(customer_id)
-        run_id = uuid.uuid4().hex
-        latency: dict[str, float] = {}
-        fallbacks: list[str] = []
-        started = time.perf_counter()
-
+        draft = self._score_and_retrieve(customer_id, as_of)
         t = time.perf_counter()
-        features = self._expect(
+        copy = self._generate(draft.features, draft.propensity, draft.candidates, draft.fallbacks)
+        self._after_stage(draft.run_id, customer_id, "generator", draft.latency, t)
+        return self._finish(draft, copy)
+
+    async def arun(self, customer_id: str, *, as_of: dt.date | None = None, threads: Any = None) -> PipelineResult:
+        """``run`` for an event loop (the service): the first three stages run in a worker
+        thread, and a generator with ``agenerate`` (an LLM) is awaited rather than given a
+        thread of its own, so many LLM-bound requests wait concurrently.
+
+        ``threads`` is an ``anyio.CapacityLimiter`` bounding the worker threads."""
+        import anyio.to_thread
+
+        validate_customer_id(customer_id)
+        draft = await anyio.to_thread.run_sync(self._score_and_retrieve, customer_id, as_of, limiter=threads)
+        generator = self.component("generator")
+        t = time.perf_counter()
+        if not draft.candidates or not isinstance(generator, AsyncGenerator):
+            copy = self._generate(draft.features, draft.propensity, draft.candidates, draft.fallbacks)
+        else:
+            variables = adapters.template_variables(draft.features, draft.propensity, draft.candidates[0].offer)
+            copy = self._checked_copy(await generator.agenerate(variables), draft.fallbacks)
+        self._after_stage(draft.run_id, customer_id, "generator", draft.latency, t)
+        return self._finish(draft, copy)
+
+    def _score_and_retrieve(self, customer_id: str, as_of: dt.date | None) -> "_Draft":
+        draft = _Draft(run_id=uuid.uuid4().hex, customer_id=customer_id, started=time.perf_counter())
+        t = time.perf_counter()
+        draft.features = self._expect(
             "feature_store",
             self.component("feature_store").read_latest(customer_id, as_of),
             CustomerFeatures,
         )
-        self._after_stage(run_id, customer_id, "feature_store", latency, t)
+        self._after_stage(draft.run_id, customer_id, "feature_store", draft.latency, t)
 
         t = time.perf_counter()
-        propensity = self._expect(
-            "propensity", self.component("propensity").predict(features), PropensityScore
+        draft.propensity = self._expect(
+            "propensity", self.component("propensity").predict(draft.features), PropensityScore
         )
-        self._after_stage(run_id, customer_id, "propensity", latency, t)
+        self._after_stage(draft.run_id, customer_id, "propensity", draft.latency, t)
 
         t = time.perf_counter()
-        candidates = self._retrieve_one(features, propensity, fallbacks)
-        self._after_stage(run_id, customer_id, "retriever", latency, t)
+        draft.candidates = self._retrieve_one(draft.features, draft.propensity, draft.fallbacks)
+        self._after_stage(draft.run_id, customer_id, "retriever", draft.latency, t)
+        return draft
 
-        t = time.perf_counter()
-        copy = self._generate(features, propensity, candidates, fallbacks)
-        self._after_stage(run_id, customer_id, "generator", latency, t)
-
-        latency["total"] = (time.perf_counter() - started) * 1000
+    def _finish(self, draft: "_Draft", copy: GeneratedCopy | None) -> PipelineResult:
+        draft.latency["total"] = (time.perf_counter() - draft.started) * 1000
         result = PipelineResult(
-            run_id=run_id,
+            run_id=draft.run_id,
             created_at=dt.datetime.now(dt.timezone.utc),
-            customer_id=customer_id,
-            features=features,
-            propensity=propensity,
-            candidates=tuple(candidates),
-            top_offer=candidates[0].offer if candidates else None,
+            customer_id=draft.customer_id,
+            features=draft.features,
+            propensity=draft.propensity,
+            candidates=tuple(draft.candidates),
+            top_offer=draft.candidates[0].offer if draft.candidates else None,
             copy=copy,
-            fallbacks=tuple(fallbacks),
-            plugins=self._run_plugin_refs(),
-            latency_ms=latency,
+            fallbacks=tuple(draft.fallbacks),
+            plugins=self.run_plugin_refs(),
+            latency_ms=draft.latency,
         )
         self._after_run(result)
         return result
@@ -293,7 +406,10 @@ class Pipeline:
             return None
         generator = self.component("generator")
         variables = adapters.template_variables(features, propensity, candidates[0].offer)
-        copy = self._expect("generator", generator.generate(variables), GeneratedCopy)
+        return self._checked_copy(generator.generate(variables), fallbacks)
+
+    def _checked_copy(self, produced: Any, fallbacks: list[str]) -> GeneratedCopy:
+        copy = self._expect("generator", produced, GeneratedCopy)
         if copy.fallback:
             fallbacks.append(f"generator:{copy.fallback}")
         return copy
@@ -331,20 +447,42 @@ class Pipeline:
             )
         return [self._expect_list("retriever", cands, OfferCandidate) for cands in out]
 
-    def run_chunk(self, customer_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """The pipeline for many customers through the batched stage methods.
+    def read_known(
+        self, customer_ids: Sequence[str], as_of: dt.date | None = None
+    ) -> tuple[list[str], list[CustomerFeatures], dict[str, LoyaltyLensError]]:
+        """Features for the ids the store knows, and the error for each it does not.
 
-        Returns one flat row per customer (what ``loyaltylens batch`` writes), in input
-        order, with the same threshold fallback as ``run``.
-        """
+        One batched read when every id is known; only when the store reports an unknown
+        customer are the ids read one by one to find which (a batch over millions must not
+        die for one unknown customer, nor pay per-id reads when there is none)."""
+        try:
+            return list(customer_ids), self.read_many(customer_ids, as_of), {}
+        except CustomerNotFound:
+            pass
+        store = self.component("feature_store")
+        known: list[str] = []
+        features: list[CustomerFeatures] = []
+        unknown: dict[str, LoyaltyLensError] = {}
         for customer_id in customer_ids:
-            validate_customer_id(customer_id)
+            try:
+                features.append(self._expect("feature_store", store.read_latest(customer_id, as_of), CustomerFeatures))
+            except CustomerNotFound as exc:
+                unknown[customer_id] = exc
+                continue
+            known.append(customer_id)
+        return known, features, unknown
+
+    def _many(self, features: list[CustomerFeatures]) -> "_Many":
+        """Every stage after the feature store for many customers, batched, timed per stage."""
         k = self.config.core.top_k
-        features = self.read_many(customer_ids)
+        timing: dict[str, float] = {}
+        t = time.perf_counter()
         scores = self.predict_many(features)
+        timing["propensity"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
         queries = [adapters.retrieval_query(f, p, k) for f, p in zip(features, scores)]
         candidates = self.retrieve_many(queries)
-        fallbacks: list[list[str]] = [[] for _ in customer_ids]
+        fallbacks: list[list[str]] = [[] for _ in features]
         retriever_notes: list[str] = []
         self._note_component_fallback("retriever", self.component("retriever"), retriever_notes)
         for notes in fallbacks:
@@ -355,28 +493,68 @@ class Pipeline:
             for i, found in zip(empty, retried):
                 candidates[i] = found
                 fallbacks[i].append(FALLBACK_THRESHOLD)
-        generator = self.component("generator")
+        timing["retriever"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
         copies = self._generate_many(features, scores, candidates, fallbacks)
-        rows: list[dict[str, Any]] = []
-        for f, p, cands, notes, copy in zip(features, scores, candidates, fallbacks, copies):
-            top = cands[0] if cands else None
-            rows.append({
-                "customer_id": f.customer_id,
-                "score": p.score,
-                "label": p.label,
-                "model_version": p.model_version,
-                "top_offer_id": top.offer.offer_id if top else None,
-                "top_offer_title": top.offer.title if top else None,
-                "top_offer_category": top.offer.category if top else None,
-                "similarity": top.similarity if top else None,
-                "candidate_offer_ids": [c.offer.offer_id for c in cands],
-                "headline": copy.headline if copy else None,
-                "body": copy.body if copy else None,
-                "cta": copy.cta if copy else None,
-                "prompt_version": copy.prompt_version if copy else getattr(generator, "prompt_version", None),
-                "fallbacks": list(notes),
-            })
-        return rows
+        timing["generator"] = (time.perf_counter() - t) * 1000
+        return _Many(features, scores, candidates, fallbacks, copies, timing)
+
+    def run_chunk(
+        self, customer_ids: Sequence[str], *, rejects: dict[str, LoyaltyLensError] | None = None
+    ) -> list[dict[str, Any]]:
+        """The pipeline for many customers through the batched stage methods.
+
+        Returns one flat row per customer (what ``loyaltylens batch`` writes), in input
+        order, with the same threshold fallback as ``run``. With ``rejects``, customers the
+        feature store does not know are left out and recorded there (id -> error) instead
+        of failing the chunk.
+        """
+        for customer_id in customer_ids:
+            validate_customer_id(customer_id)
+        if rejects is None:
+            features = self.read_many(customer_ids)
+        else:
+            _, features, unknown = self.read_known(customer_ids)
+            rejects.update(unknown)
+        many = self._many(features)
+        prompt_version = getattr(self.component("generator"), "prompt_version", None)
+        return [batch_row(f, p, c, n, copy, prompt_version) for f, p, c, n, copy in many.rows()]
+
+    def run_many(
+        self, customer_ids: Sequence[str], *, as_of: dt.date | None = None
+    ) -> list[PipelineResult | LoyaltyLensError]:
+        """One ``PipelineResult`` per id, in order, through the batched stage methods; a
+        malformed or unknown id gets its error in its place instead of failing the rest."""
+        out: list[PipelineResult | LoyaltyLensError | None] = [None] * len(customer_ids)
+        valid: list[int] = []
+        for i, customer_id in enumerate(customer_ids):
+            try:
+                validate_customer_id(customer_id)
+                valid.append(i)
+            except UsageError as exc:
+                out[i] = exc
+        started = time.perf_counter()
+        _, features, unknown = self.read_known([customer_ids[i] for i in valid], as_of)
+        read_ms = (time.perf_counter() - started) * 1000
+        served = [i for i in valid if customer_ids[i] not in unknown]  # aligned with features
+        for i in valid:
+            if customer_ids[i] in unknown:
+                out[i] = unknown[customer_ids[i]]
+        many = self._many(features)
+        latency = {"feature_store": read_ms, **many.timing}
+        latency["total"] = (time.perf_counter() - started) * 1000
+        latency = {stage: ms / max(1, len(served)) for stage, ms in latency.items()}  # per customer
+        created = dt.datetime.now(dt.timezone.utc)
+        refs = self.run_plugin_refs()
+        for i, (f, p, cands, notes, copy) in zip(served, many.rows()):
+            result = PipelineResult(
+                run_id=uuid.uuid4().hex, created_at=created, customer_id=f.customer_id, features=f,
+                propensity=p, candidates=tuple(cands), top_offer=cands[0].offer if cands else None,
+                copy=copy, fallbacks=tuple(notes), plugins=refs, latency_ms=dict(latency),
+            )
+            self._after_run(result)
+            out[i] = result
+        return [r for r in out if r is not None]
 
     def _generate_many(
         self,

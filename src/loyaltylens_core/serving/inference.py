@@ -4,15 +4,21 @@ Runs inside the SageMaker PyTorch serving container (and in `deploy_local`). The
 holds model.pt (TorchScript: raw numeric features + category indices in, probability out)
 and spec.json (feature order, category maps, model version).
 
-Request: a JSON object of CustomerFeatures fields, or {"instances": [object, ...]}.
+Request: a JSON object of CustomerFeatures fields, or {"instances": [object, ...]}, or a
+bare JSON list of objects (answered like "instances").
 Response: {"propensity_score": float, "model_version": str} for one object, or
-{"predictions": [...]} of those for "instances".
+{"predictions": [...]} of those for "instances" or a list.
+
+``tier`` may be left out, as clients written for the reference endpoint (six features,
+no tier) do: the score is then the mean of the scores for every tier, i.e. the tier is
+treated as unknown rather than guessed. Every other feature is required.
+
+torch is imported inside the functions that need it, so ``loyaltylens serve`` can reuse
+the request parsing below without importing torch.
 """
 
 import json
 import os
-
-import torch
 
 try:  # the container's error type, so the toolkit reports load failures as it should
     from sagemaker_pytorch_serving_container.default_pytorch_inference_handler import ModelLoadError
@@ -42,7 +48,12 @@ class BadRequest(_ToolkitError, ValueError):
         return self.message
 
 
+OPTIONAL_CATEGORICAL = ("tier",)
+
+
 def model_fn(model_dir):
+    import torch
+
     path = os.path.join(model_dir, "model.pt")
     try:
         model = torch.jit.load(path, map_location="cpu")
@@ -56,25 +67,61 @@ def model_fn(model_dir):
     return {"model": model, "spec": spec}
 
 
-def _row(instance, spec):
+def parse_instance(instance, spec):
+    """One request row -> (numeric values, {categorical feature: index or None if left out})."""
     if not isinstance(instance, dict):
         raise BadRequest("each instance must be a JSON object of customer features")
     numeric = []
     for name in spec["numeric_features"]:
-        value = instance.get(name)
+        if name not in instance:
+            raise BadRequest("feature {!r} is missing".format(name))
+        value = instance[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadRequest("feature {!r} must be a number".format(name))
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")) or value < 0:
             raise BadRequest("feature {!r} must be a finite number >= 0".format(name))
         numeric.append(value)
-    categorical = []
+    categorical = {}
     for name, values in spec["categorical_features"].items():
-        value = instance.get(name)
+        if name not in instance or instance[name] is None:
+            if name in OPTIONAL_CATEGORICAL:
+                categorical[name] = None
+                continue
+            raise BadRequest("feature {!r} is missing".format(name))
+        value = instance[name]
         if value not in values:
             raise BadRequest("feature {!r} must be one of {}".format(name, ", ".join(values)))
-        categorical.append(values.index(value))
+        categorical[name] = values.index(value)
     return numeric, categorical
+
+
+def expand_rows(parsed, spec):
+    """Rows for the model: an instance whose tier was left out becomes one row per tier.
+    Returns (numeric rows, categorical rows, owner of each row)."""
+    names = list(spec["categorical_features"])
+    numeric_rows, categorical_rows, owners = [], [], []
+    for owner, (numeric, categorical) in enumerate(parsed):
+        choices = [
+            range(len(spec["categorical_features"][n])) if categorical[n] is None else [categorical[n]]
+            for n in names
+        ]
+        combos = [[]]
+        for options in choices:
+            combos = [c + [o] for c in combos for o in options]
+        for combo in combos:
+            numeric_rows.append(numeric)
+            categorical_rows.append(combo)
+            owners.append(owner)
+    return numeric_rows, categorical_rows, owners
+
+
+def mean_by_owner(scores, owners, count):
+    totals, counts = [0.0] * count, [0] * count
+    for score, owner in zip(scores, owners):
+        totals[owner] += float(score)
+        counts[owner] += 1
+    return [t / c for t, c in zip(totals, counts)]
 
 
 def input_fn(request_body, request_content_type):
@@ -90,18 +137,28 @@ def input_fn(request_body, request_content_type):
         instances, single = payload["instances"], False
         if not isinstance(instances, list) or not instances:
             raise BadRequest("'instances' must be a non-empty list")
-    else:
+    elif isinstance(payload, list):
+        if not payload:
+            raise BadRequest("the list of rows is empty; send {\"instances\": [...]} with at least one row")
+        instances, single = payload, False
+    elif isinstance(payload, dict):
         instances, single = [payload], True
+    else:
+        raise BadRequest("the body must be a JSON object of features or {\"instances\": [...]}")
     return {"instances": instances, "single": single}
 
 
 def predict_fn(input_data, model):
+    import torch
+
     spec = model["spec"]
-    rows = [_row(instance, spec) for instance in input_data["instances"]]
-    numeric = torch.tensor([r[0] for r in rows], dtype=torch.float32)
-    categorical = torch.tensor([r[1] for r in rows], dtype=torch.long)
+    parsed = [parse_instance(instance, spec) for instance in input_data["instances"]]
+    numeric_rows, categorical_rows, owners = expand_rows(parsed, spec)
+    numeric = torch.tensor(numeric_rows, dtype=torch.float32)
+    categorical = torch.tensor(categorical_rows, dtype=torch.long)
     with torch.no_grad():
-        scores = model["model"](numeric, categorical).reshape(-1).tolist()
+        raw = model["model"](numeric, categorical).reshape(-1).tolist()
+    scores = mean_by_owner(raw, owners, len(parsed))
     predictions = [
         {"propensity_score": float(s), "model_version": spec["model_version"]} for s in scores
     ]

@@ -83,13 +83,27 @@ ORDER BY f.as_of, f.customer_id
 """
 
 
-def connect(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file, turning a lock held by another process into one clear line."""
+def connect(path: Path, read_only: bool = False) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    """Open the DuckDB file: (connection, opened read-only?).
+
+    When another process holds the file read-only (``loyaltylens serve`` workers), a
+    writable open is refused; a built store is then opened read-only too, so ``run`` works
+    beside a running service. A lock that leaves no way in is one clear line."""
+    if read_only and not path.is_file():
+        raise StageError(
+            f"the feature store {path} does not exist and this process may not create it",
+            "run `loyaltylens seed` (or start `loyaltylens serve`, which prepares the data dir first)",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path))
+        return duckdb.connect(str(path), read_only=read_only), read_only
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
+            if not read_only and path.is_file():
+                try:
+                    return duckdb.connect(str(path), read_only=True), True
+                except duckdb.IOException:
+                    pass
             raise StageError(
                 f"the DuckDB file {path} is locked by another process",
                 "wait for it to finish (e.g. a running batch) or set a different path",
@@ -100,11 +114,16 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
 
 
 class DuckDBFeatureStore:
+    # Latest features are a dict lookup (point-in-time reads are one local query): the
+    # service may call it on its event loop.
+    nonblocking = True
+
     def __init__(self, settings: Any, context: Any) -> None:
         self.settings = settings
         self.context = context
         self.path = settings.path or context.data_dir / "loyaltylens.duckdb"
-        self.con = connect(self.path)
+        self.read_only = bool(getattr(context, "read_only", False))
+        self.con, self.read_only = connect(self.path, self.read_only)
         self._latest: dict[str, tuple] | None = None
         self._latest_as_of: dt.date | None = None
 
@@ -118,7 +137,16 @@ class DuckDBFeatureStore:
 
     def prepare(self) -> None:
         if not self._has_features():
+            if self.read_only:
+                raise StageError(
+                    f"the feature store {self.path} holds no features and this process may not build them",
+                    "run `loyaltylens seed` first",
+                )
             self.materialize()
+        self._load_latest()
+
+    def close(self) -> None:
+        self.con.close()
 
     def _source_dir(self, rebuild: bool) -> tuple[Path, str]:
         if self.settings.source_dir is None:
@@ -193,11 +221,15 @@ class DuckDBFeatureStore:
         if as_of is None:
             row = self._load_latest().get(customer_id)
         else:
-            row = self.con.execute(
-                f"SELECT {', '.join(FEATURE_COLUMNS)} FROM features "
-                "WHERE customer_id = ? AND as_of <= ? ORDER BY as_of DESC LIMIT 1",
-                [customer_id, as_of],
-            ).fetchone()
+            # A cursor per call: a service reads from many threads, and one DuckDB
+            # connection must not run two queries at once.
+            with self.con.cursor() as cursor:
+                rows = cursor.execute(
+                    f"SELECT {', '.join(FEATURE_COLUMNS)} FROM features "
+                    "WHERE customer_id = ? AND as_of <= ? ORDER BY as_of DESC LIMIT 1",
+                    [customer_id, as_of],
+                ).fetchall()
+            row = rows[0] if rows else None
         if row is None:
             if as_of is not None and customer_id in self._load_latest():
                 raise CustomerNotFound(

@@ -33,6 +33,9 @@ class OpenAIGeneratorSettings(BaseModel):
     )
     fallback_generator: str = Field("template", description="Generator plugin used as fallback")
     concurrency: int = Field(16, ge=1, le=256, description="Requests in flight during batch runs")
+    online_concurrency: int = Field(
+        256, ge=1, le=4096, description="Requests in flight from one `loyaltylens serve` worker"
+    )
     max_headline_chars: int = Field(80, ge=10, le=500)
     max_body_chars: int = Field(400, ge=20, le=4000)
     max_cta_chars: int = Field(40, ge=5, le=200)

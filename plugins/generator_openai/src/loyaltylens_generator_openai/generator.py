@@ -77,6 +77,8 @@ class OpenAIGenerator:
         self.client = openai.OpenAI(**options)
         self._async_options = options
         self._fallback: Any = None
+        # The service's client and gate, made on first use inside its event loop.
+        self._online: tuple[Any, Any, asyncio.Semaphore] | None = None
 
     # --- shared pieces --------------------------------------------------------------
 
@@ -189,6 +191,19 @@ class OpenAIGenerator:
                 request = steps.send(outcome)
             except StopIteration as done:
                 return done.value
+
+    async def agenerate(self, variables: dict[str, Any]) -> GeneratedCopy:
+        """One customer's copy without holding a thread while the LLM answers (the
+        service awaits this; at most ``online_concurrency`` calls are in flight)."""
+        loop = asyncio.get_running_loop()
+        if self._online is None or self._online[0] is not loop:
+            self._online = (loop, openai.AsyncOpenAI(**self._async_options),
+                            asyncio.Semaphore(self.settings.online_concurrency))
+        _, client, gate = self._online
+        return await self._agenerate(client, variables, gate)
+
+    def close(self) -> None:
+        self.client.close()
 
     async def _agenerate_many(self, variables: Sequence[dict[str, Any]]) -> list[GeneratedCopy]:
         gate = asyncio.Semaphore(self.settings.concurrency)

@@ -51,6 +51,9 @@ BUILTIN: dict[str, dict[str, dict[str, str]]] = {
 
 
 class TemplateGenerator:
+    # In-process string formatting: the service may call it on its event loop.
+    nonblocking = True
+
     def __init__(self, version: str, sets: dict[str, dict[str, str]]) -> None:
         if "default" not in sets:
             raise ConfigError(f"template set {version!r} has no [default] templates", "add one")

@@ -76,10 +76,21 @@ class DuckDBRetriever:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.con = duckdb.connect(str(self.path), read_only=self.read_only)
-            except duckdb.IOException as exc:
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                # Held read-only by another process (a running `loyaltylens serve`), or by
+                # the feature store in this process for that reason: a built index can
+                # still be read; a stale one says so in prepare().
+                text = str(exc).lower()
+                if ("lock" in text or "different configuration" in text) and not self.read_only and self.path.is_file():
+                    try:
+                        self.con = duckdb.connect(str(self.path), read_only=True)
+                        self.read_only = True
+                        return self.con
+                    except (duckdb.IOException, duckdb.ConnectionException):
+                        pass
                 raise StageError(
                     f"cannot open DuckDB file {self.path}"
-                    + (" (locked by another process)" if "lock" in str(exc).lower() else f": {exc}"),
+                    + (" (locked by another process)" if "lock" in text else f": {exc}"),
                     "wait for the other process or set [retriever.duckdb] path",
                 ) from None
         return self.con

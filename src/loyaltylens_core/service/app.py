@@ -1,0 +1,484 @@
+"""The ASGI app: routes, auth, rate limits, body limits, audit, metrics, warm start.
+
+Built by ``create_app()`` in each worker process (uvicorn's ``factory=True``). The worker
+reads its options from ``LOYALTYLENS_SERVE_OPTIONS`` (JSON, set by ``loyaltylens serve``),
+builds the same ``Pipeline`` the CLI runs over the data dir the parent prepared (stores
+opened read-only), warms it in the background, and reports ready only then.
+
+Concurrency: pipeline work runs on a bounded pool of worker threads (``threads``), never
+on the event loop; a generator that can ``agenerate`` (an LLM) is awaited on the loop, so
+many LLM-bound requests wait concurrently without a thread each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import anyio
+import anyio.to_thread
+from fastapi import Body, FastAPI, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..contracts import CHANNELS, TIERS, AsyncGenerator, CustomerFeatures, PipelineResult
+from ..errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
+from . import metrics
+from .audit import AuditLog
+from .keys import authenticate, load_keys
+from .ratelimit import TokenBuckets, retry_after_header
+from .settings import OPTIONS_ENV, ServeOptions, ServeSettings  # noqa: F401 - re-exported
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
+SCORE_SPEC = {
+    "numeric_features": ["recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"],
+    "categorical_features": {"channel_preference": list(CHANNELS), "tier": list(TIERS)},
+}
+
+
+class State:
+    """Everything a request handler reads, filled in by the warm-up task."""
+
+    def __init__(self, options: ServeOptions, settings: ServeSettings) -> None:
+        self.options = options
+        self.settings = settings
+        self.pipeline: Any = None
+        self.ready = False
+        self.failure: LoyaltyLensError | None = None
+        self.keys: dict[str, str] = {}
+        self.llm = False
+        self.inline = False
+        self.threads = anyio.CapacityLimiter(settings.threads)
+        workers = max(1, settings.workers)
+        self.buckets = TokenBuckets(settings.llm_rate_per_s / workers, settings.llm_burst / workers)
+        self.audit: AuditLog | None = None
+        self.started = time.monotonic()
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(examples=["customer 'C999999' not found"])
+    hint: str | None = Field(None, examples=["the feature store holds 5000 customers (demo ids C001 to C5000)"])
+
+
+class OffersRequest(BaseModel):
+    customer_ids: list[str] = Field(examples=[["C001", "C002", "nobody"]])
+    as_of: dt.date | None = Field(None, description="Point-in-time features as of this date (default: latest)")
+
+
+def _error(status: int, message: str, hint: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "hint": hint}, status_code=status, headers=headers)
+
+
+def status_for(exc: LoyaltyLensError) -> int:
+    """The CLI's errors as HTTP statuses: the caller's fault 4xx, ours or a dependency's 5xx."""
+    if isinstance(exc, CustomerNotFound):
+        return 404
+    if isinstance(exc, UsageError):
+        return 400
+    if isinstance(exc, StageError):
+        return 503
+    return 500
+
+
+def error_entry(customer_id: Any, exc: LoyaltyLensError) -> dict[str, Any]:
+    return {"customer_id": customer_id, "ok": False, "status": status_for(exc), "error": exc.message, "hint": exc.hint}
+
+
+EXAMPLE_RESULT = {
+    "run_id": "5f0c0c3c2f7e4c83a1d2b3c4d5e6f708", "created_at": "2026-11-25T15:00:00Z", "customer_id": "C001",
+    "features": {"customer_id": "C001", "recency_days": 3.0, "frequency_30d": 4, "monetary_90d": 320.5,
+                 "offer_redemption_rate": 0.4, "channel_preference": "mobile", "engagement_score": 0.7,
+                 "tier": "gold", "as_of": "2026-06-29", "feature_version": "v1"},
+    "propensity": {"customer_id": "C001", "score": 0.62, "label": 1, "model_version": "propensity_v1"},
+    "candidates": [], "top_offer": None, "copy": None, "fallbacks": ["no_offer"],
+    "plugins": {"feature_store": {"name": "duckdb", "distribution": "loyaltylens-feature-duckdb", "version": "0.1.0"}},
+    "latency_ms": {"feature_store": 0.01, "propensity": 0.2, "retriever": 0.07, "generator": 0.02, "total": 0.3},
+    "contract_version": "1",
+}
+
+
+def create_app(options: ServeOptions | None = None) -> FastAPI:
+    """One worker's app (uvicorn calls this with no arguments: options from the env)."""
+    options = options or ServeOptions.from_env()
+    settings = ServeSettings.model_validate(options.settings)
+    state = State(options, settings)
+
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        warm = asyncio.create_task(_warm(state))
+        try:
+            yield
+        finally:
+            warm.cancel()
+            if state.pipeline is not None:
+                await anyio.to_thread.run_sync(state.pipeline.close)
+            metrics.worker_exited(os.getpid())
+
+    app = FastAPI(
+        title="LoyaltyLens",
+        version=__version__,
+        summary="Personalised loyalty offers at request time: the LoyaltyLens pipeline behind HTTP.",
+        lifespan=lifespan,
+        responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    app.state.loyaltylens = state
+    _routes(app, state)
+    _error_handlers(app)
+    app.add_middleware(GuardMiddleware, state=state)  # type: ignore[arg-type]
+    return app
+
+
+async def _warm(state: State) -> None:
+    """Build, prepare and exercise the pipeline off the event loop, then flip ready."""
+    try:
+        await anyio.to_thread.run_sync(_build_and_warm, state)
+        state.ready = True
+    except LoyaltyLensError as exc:
+        state.failure = exc
+        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - report, keep /healthz answering
+        state.failure = PluginError(f"the pipeline failed to start: {type(exc).__name__}: {exc}",
+                                    "see the server log")
+        print(f"error: {state.failure}", file=sys.stderr)
+
+
+def _build_and_warm(state: State) -> None:
+    from ..config import load_config
+    from ..pipeline import RUN_STAGES, Pipeline
+
+    state.keys = load_keys(os.environ, state.settings.api_keys_file)
+    pipeline = Pipeline.from_config(state.options.config, use=state.options.use, read_only=True)
+    pipeline.prepare()
+    state.pipeline = pipeline
+    config = load_config(state.options.config, use=state.options.use)
+    state.audit = AuditLog(config.core.data_dir / "audit" / "audit.jsonl",
+                           state.settings.audit_max_bytes, state.settings.audit_backups)
+    generator = pipeline.component("generator")
+    state.llm = isinstance(generator, AsyncGenerator)
+    state.inline = not state.llm and all(
+        getattr(pipeline.component(stage), "nonblocking", False) is True for stage in RUN_STAGES
+    )
+    store = pipeline.component("feature_store")
+    sample = list(getattr(store, "customer_ids", lambda: [])()[:20])
+    first = None
+    for i in range(state.settings.warmup_runs if sample and not state.llm else 0):
+        first = pipeline.run(sample[i % len(sample)])
+    if sample and not state.llm and state.settings.warmup_runs:
+        pipeline.run_many(sample)
+    refs = pipeline.run_plugin_refs()
+    model_version = first.propensity.model_version if first else ""
+    metrics.BUILD_INFO.labels(
+        refs["feature_store"].name, refs["propensity"].name, refs["retriever"].name, refs["generator"].name,
+        model_version, getattr(generator, "prompt_version", ""), __version__,
+    ).set(1)
+
+
+def _routes(app: FastAPI, state: State) -> None:
+    def pipeline_or_503() -> Any:
+        if state.failure is not None:
+            raise state.failure
+        if not state.ready:
+            raise _NotReady()
+        return state.pipeline
+
+    def rate_limit(request: Request, cost: int) -> None:
+        if not state.llm:
+            return
+        wait = state.buckets.take(getattr(request.state, "key_name", None) or "anonymous", cost)
+        if wait:
+            metrics.RATE_LIMITED.inc()
+            raise _RateLimited(wait)
+
+    def audit(request: Request, results: list[PipelineResult]) -> None:
+        if state.audit is None or not results:
+            return
+        key = getattr(request.state, "key_name", None)
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        state.audit.write_many([
+            {
+                "time": now, "key": key, "customer_id": r.customer_id,
+                "offer_id": r.top_offer.offer_id if r.top_offer else None,
+                "model_version": r.propensity.model_version,
+                "prompt_version": r.copy_.prompt_version if r.copy_ else None,
+                "fallbacks": list(r.fallbacks), "latency_ms": round(r.latency_ms.get("total", 0.0), 3),
+                "run_id": r.run_id,
+            }
+            for r in results
+        ])
+
+    @app.get("/healthz", tags=["service"], summary="The process is alive")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "alive", "pid": os.getpid(), "uptime_s": round(time.monotonic() - state.started, 3)}
+
+    @app.get("/readyz", tags=["service"], summary="200 once every selected stage is built and warm, 503 before",
+             responses={503: {"model": ErrorBody}})
+    async def readyz() -> Response:
+        if state.failure is not None:
+            return _error(503, state.failure.message, state.failure.hint)
+        if not state.ready:
+            return _error(503, "warming up", "retry shortly", headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus exposition (all workers)")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+    @app.get(
+        "/v1/offers/{customer_id}", tags=["offers"],
+        summary="The personalised offer for one customer (the same JSON as `loyaltylens run --json`)",
+        responses={200: {"model": PipelineResult, "content": {"application/json": {"example": EXAMPLE_RESULT}}},
+                   400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+    )
+    async def offer(
+        request: Request,
+        customer_id: str = PathParam(..., examples=["C001"]),
+        as_of: dt.date | None = Query(None, description="Point-in-time features as of this date"),
+    ) -> Response:
+        pipeline = pipeline_or_503()
+        rate_limit(request, 1)
+        if state.inline:  # every stage is in-process and sub-millisecond: a thread hop costs more
+            result = pipeline.run(customer_id, as_of=as_of)
+        else:
+            result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads)
+        metrics.observe_result(result, llm=state.llm)
+        audit(request, [result])
+        return Response(result.model_dump_json(by_alias=True), media_type="application/json")
+
+    @app.post(
+        "/v1/offers", tags=["offers"],
+        summary="Offers for many customers at once, in order; an unknown or malformed id is an error entry",
+        responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+    )
+    async def offers(request: Request, body: OffersRequest = Body(...)) -> Response:
+        pipeline = pipeline_or_503()
+        if len(body.customer_ids) > state.settings.batch_limit:
+            return _error(413, f"{len(body.customer_ids)} customer ids is over the limit of {state.settings.batch_limit}",
+                          "split the request, or raise [serve] batch_limit")
+        if not body.customer_ids:
+            return _error(400, "customer_ids is empty", "send at least one id")
+        rate_limit(request, len(body.customer_ids))
+        outcomes = await anyio.to_thread.run_sync(
+            lambda: pipeline.run_many(body.customer_ids, as_of=body.as_of), limiter=state.threads
+        )
+        served = [o for o in outcomes if isinstance(o, PipelineResult)]
+        for result in served:
+            metrics.observe_result(result, llm=state.llm)
+        audit(request, served)
+        entries = [
+            {"customer_id": o.customer_id, "ok": True, "result": o.to_json_dict()} if isinstance(o, PipelineResult)
+            else error_entry(cid, o)
+            for cid, o in zip(body.customer_ids, outcomes)
+        ]
+        return Response(json.dumps({"results": entries}, default=str), media_type="application/json")
+
+    @app.post(
+        "/v1/score", tags=["model"],
+        summary="Raw features in, propensity out: the SageMaker / local endpoint contract",
+        description=(
+            "A JSON object of features, `{\"instances\": [...]}` or a bare list of them. `tier` may be left "
+            "out: the score is then the mean over every tier. Answers `{\"propensity_score\", \"model_version\"}` "
+            "for one object, `{\"predictions\": [...]}` otherwise."
+        ),
+        responses={400: {"model": ErrorBody}},
+        openapi_extra={"requestBody": {"content": {"application/json": {"example": {
+            "recency_days": 3, "frequency_30d": 4, "monetary_90d": 320.5, "offer_redemption_rate": 0.4,
+            "channel_preference": "mobile", "engagement_score": 0.7}}}, "required": True}},
+    )
+    async def score(request: Request) -> Response:
+        pipeline = pipeline_or_503()
+        body = await request.body()
+        reply = await anyio.to_thread.run_sync(
+            _score, pipeline, body, request.headers.get("content-type", ""), limiter=state.threads
+        )
+        return JSONResponse(reply)
+
+    @app.get("/v1/plugins", tags=["service"], summary="The plugin serving each stage")
+    async def plugins() -> dict[str, Any]:
+        pipeline = pipeline_or_503()
+        return {stage: ref.model_dump() for stage, ref in pipeline.run_plugin_refs().items()}
+
+    @app.get("/v1/config", tags=["service"], summary="The resolved configuration, secrets masked")
+    async def config() -> dict[str, Any]:
+        pipeline = pipeline_or_503()
+        return pipeline.config.describe(pipeline.registry)
+
+
+def _score(pipeline: Any, body: bytes, content_type: str) -> dict[str, Any]:
+    """/v1/score through the pipeline's own propensity model, parsed by the same rules as
+    the model archive's code/inference.py (so a client of one works with the other)."""
+    from ..serving import inference
+
+    try:
+        data = inference.input_fn(body, content_type or "application/json")
+        parsed = [inference.parse_instance(i, SCORE_SPEC) for i in data["instances"]]
+    except inference.BadRequest as exc:
+        raise UsageError(str(exc), "see POST /v1/score in /docs") from None
+    numeric_rows, categorical_rows, owners = inference.expand_rows(parsed, SCORE_SPEC)
+    names = list(SCORE_SPEC["categorical_features"])
+    today = dt.date.today()
+    features = [
+        CustomerFeatures(
+            customer_id="score-request", as_of=today, feature_version="request",
+            **dict(zip(SCORE_SPEC["numeric_features"], numeric)),
+            **{n: SCORE_SPEC["categorical_features"][n][c] for n, c in zip(names, cats)},
+        )
+        for numeric, cats in zip(numeric_rows, categorical_rows)
+    ]
+    scored = pipeline.predict_many(features)
+    scores = inference.mean_by_owner([s.score for s in scored], owners, len(parsed))
+    version = scored[0].model_version if scored else ""
+    predictions = [{"propensity_score": s, "model_version": version} for s in scores]
+    return predictions[0] if data["single"] else {"predictions": predictions}
+
+
+class _NotReady(Exception):
+    pass
+
+
+class _RateLimited(Exception):
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LoyaltyLensError)
+    async def loyaltylens_error(request: Request, exc: LoyaltyLensError) -> JSONResponse:
+        return _error(status_for(exc), exc.message, exc.hint)
+
+    @app.exception_handler(_NotReady)
+    async def not_ready(request: Request, exc: _NotReady) -> JSONResponse:
+        return _error(503, "warming up", "retry when /readyz answers 200", headers={"Retry-After": "1"})
+
+    @app.exception_handler(_RateLimited)
+    async def rate_limited(request: Request, exc: _RateLimited) -> JSONResponse:
+        return _error(429, "rate limit for LLM requests reached for this key", "retry after the Retry-After seconds",
+                      headers={"Retry-After": retry_after_header(exc.wait)})
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        return _error(422, f"{where}: {err.get('msg', 'invalid')}", "see the request schema in /docs")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged here with its traceback, never sent: a 500 carries one line.
+        traceback.print_exception(exc, file=sys.stderr)
+        return _error(500, f"internal error ({type(exc).__name__})", "see the server log")
+
+
+class GuardMiddleware:
+    """Pure ASGI (no per-request task or thread): API keys, request body size and read
+    time, and the request metrics. A body is read whole, within ``body_timeout_s`` and
+    ``max_body_bytes``, before any handler runs: a client that stalls or lies about its
+    Content-Length costs a coroutine, never a thread, and gets 408/413."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_tracking(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, send_tracking)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            metrics.REQUESTS.labels(label, scope.get("method", ""), str(status_holder["status"])).inc()
+            metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
+
+    async def _guarded(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        settings = self.state.settings
+        path = scope.get("path", "")
+        if self.state.keys and path not in OPEN_PATHS:
+            headers = dict(scope.get("headers") or [])
+            name = authenticate(headers.get(b"authorization", b"").decode("latin-1"), self.state.keys)
+            if name is None:
+                await _send_json(send, 401, {"error": "missing or invalid API key",
+                                             "hint": "send Authorization: Bearer <key>"},
+                                 {"www-authenticate": "Bearer"})
+                return
+            scope.setdefault("state", {})["key_name"] = name
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                await _send_json(send, 400, {"error": "Content-Length is not a non-negative integer",
+                                             "hint": "send a valid Content-Length"})
+                return
+            if length > settings.max_body_bytes:
+                await _send_json(send, 413, {"error": f"body over {settings.max_body_bytes} bytes",
+                                             "hint": "send less, or raise [serve] max_body_bytes"})
+                return
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            with anyio.fail_after(settings.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > settings.max_body_bytes:
+                        await _send_json(send, 413, {"error": f"body over {settings.max_body_bytes} bytes",
+                                                     "hint": "send less, or raise [serve] max_body_bytes"})
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _send_json(send, 408, {"error": f"the request body did not arrive within {settings.body_timeout_s:g} s",
+                                         "hint": "send the whole body promptly"}, {"connection": "close"})
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_json(send: Callable, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(payload).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def data_dir_of(options: ServeOptions) -> Path:
+    from ..config import load_config
+
+    return load_config(options.config, use=options.use).core.data_dir

@@ -1,0 +1,68 @@
+"""Prometheus metrics for the service, correct across worker processes.
+
+``loyaltylens serve`` always runs prometheus-client in multiprocess mode: the parent sets
+``PROMETHEUS_MULTIPROC_DIR`` to an empty directory in the data dir before any worker
+starts, every worker writes its samples there, and ``/metrics`` on any worker aggregates
+all of them. (One worker is the same code with one writer.)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 - re-exported
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter("loyaltylens_requests_total", "HTTP requests by route and status", ["route", "method", "status"])
+REQUEST_SECONDS = Histogram(
+    "loyaltylens_request_seconds", "HTTP request latency by route", ["route"], buckets=LATENCY_BUCKETS
+)
+STAGE_SECONDS = Histogram(
+    "loyaltylens_stage_seconds", "Pipeline latency per stage (and total) per customer", ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+FALLBACKS = Counter("loyaltylens_fallbacks_total", "Fallbacks taken, by kind", ["kind"])
+OFFERS = Counter("loyaltylens_offers_served_total", "Offers handed out (one per customer answered)")
+LLM_CALLS = Counter("loyaltylens_llm_calls_total", "Copy generations by an LLM generator")
+LLM_ERRORS = Counter("loyaltylens_llm_errors_total", "LLM generations that fell back (errors, invalid output)")
+LLM_SECONDS = Histogram("loyaltylens_llm_seconds", "LLM generation latency", buckets=LATENCY_BUCKETS)
+RATE_LIMITED = Counter("loyaltylens_rate_limited_total", "Requests refused by the LLM rate limit")
+BUILD_INFO = Gauge(
+    "loyaltylens_build_info", "The plugins, model version and prompt version being served (value 1)",
+    ["feature_store", "propensity", "retriever", "generator", "model_version", "prompt_version", "version"],
+    multiprocess_mode="max",
+)
+
+
+def observe_result(result: Any, *, llm: bool) -> None:
+    """Stage latencies, fallbacks and LLM figures of one PipelineResult."""
+    for stage, ms in result.latency_ms.items():
+        STAGE_SECONDS.labels(stage).observe(ms / 1000)
+    for kind in result.fallbacks:
+        FALLBACKS.labels(kind).inc()
+    OFFERS.inc()
+    if llm and result.copy_ is not None:
+        LLM_CALLS.inc()
+        LLM_SECONDS.observe(result.latency_ms.get("generator", 0.0) / 1000)
+        if any(kind.startswith("generator:") for kind in result.fallbacks):
+            LLM_ERRORS.inc()
+
+
+def exposition() -> bytes:
+    """Every worker's samples, aggregated (multiprocess mode), in the text format."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters and histograms stay summed)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
