@@ -121,6 +121,8 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
             warm.cancel()
             if state.pipeline is not None:
                 await anyio.to_thread.run_sync(state.pipeline.close)
+            if state.audit is not None:
+                state.audit.close()
             metrics.worker_exited(os.getpid())
 
     app = FastAPI(
@@ -174,6 +176,11 @@ def _build_and_warm(state: State) -> None:
         first = pipeline.run(sample[i % len(sample)])
     if sample and not state.llm and state.settings.warmup_runs:
         pipeline.run_many(sample)
+        # Score the whole latest snapshot once: a model that memoises scores by feature
+        # values then answers any known customer's first request from memory.
+        everyone = list(getattr(store, "customer_ids", lambda: [])())
+        for start in range(0, len(everyone), 10_000):
+            pipeline.predict_many(pipeline.read_many(everyone[start : start + 10_000]))
     refs = pipeline.run_plugin_refs()
     model_version = first.propensity.model_version if first else ""
     metrics.BUILD_INFO.labels(

@@ -4,7 +4,8 @@ and rotated by size (``audit.jsonl.1`` ... ``.N``).
 Several worker processes append to the same file. Each line is written with one
 ``write`` on a descriptor opened with O_APPEND, under an exclusive ``flock`` that also
 covers the size check and the rotation, so lines never interleave and rotation never
-loses one. A line is on disk (in the page cache) when ``write`` returns: a graceful
+loses one. The descriptor stays open between writes (an open per line cost more than the
+rest of the write); a process that finds the file rotated under it reopens. A line is on disk (in the page cache) when ``write`` returns: a graceful
 shutdown loses nothing, and there is no buffer to flush.
 """
 
@@ -25,6 +26,7 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
+        self._fd: int | None = None
         self.lines = 0
 
     def write(self, record: dict[str, Any]) -> None:
@@ -35,30 +37,40 @@ class AuditLog:
             return
         data = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records).encode()
         with self._lock:
-            fd = self._open_locked()
+            fd = self._locked()
             try:
                 size = os.fstat(fd).st_size
                 if size and size + len(data) > self.max_bytes:
                     self._rotate()
-                    os.close(fd)
-                    fd = self._open_locked()
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    fd = self._locked()
                 os.write(fd, data)
                 self.lines += len(records)
             finally:
-                os.close(fd)  # closing releases the lock
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _open_locked(self) -> int:
-        """The current file, locked. If another process rotated it while this one waited
-        for the lock, the descriptor points at the rotated file: open the new one."""
+    def _locked(self) -> int:
+        """The current file's descriptor, locked. The descriptor is kept between writes;
+        if another process rotated the file meanwhile, it points at the rotated one: open
+        the new file instead."""
         while True:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                    return fd
+                if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
+                    return self._fd
             except FileNotFoundError:
                 pass
-            os.close(fd)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def _rotate(self) -> None:
         """audit.jsonl -> .1 -> .2 ...; the oldest beyond ``backups`` is dropped."""

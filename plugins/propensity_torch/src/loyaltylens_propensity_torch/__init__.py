@@ -27,6 +27,9 @@ class TorchPropensitySettings(BaseModel):
     heads: int = Field(4, ge=1, le=16)
     layers: int = Field(2, ge=1, le=12)
     threshold: float = Field(0.5, ge=0, le=1, description="Score at or above which label is 1")
+    score_cache_size: int = Field(
+        200_000, ge=0, description="Scores memoised by feature values (0 turns the memo off)"
+    )
 
 
 def build(settings: TorchPropensitySettings, context: Any) -> Any:

@@ -56,6 +56,7 @@ class TorchPropensityModel:
         self.network: NumpyTabularTransformer | None = None
         self.card: dict[str, Any] = {}
         self.version = ""
+        self._memo: dict[tuple[Any, ...], float] = {}
         self._mean = np.zeros(len(NUMERIC_FEATURES))
         self._std = np.ones(len(NUMERIC_FEATURES))
 
@@ -128,6 +129,7 @@ class TorchPropensityModel:
             ) from None
         self.network = network
         self.state = state
+        self._memo: dict[tuple[Any, ...], float] = {}  # feature values -> score, for this model
         self.card = card
         self.version = card["model_version"]
         self._mean = np.array(card["scaler"]["mean"])
@@ -256,8 +258,30 @@ class TorchPropensityModel:
         numeric = (raw_numeric(features) - self._mean) / self._std
         return sigmoid(self.network.logits(numeric, categorical(features)).astype(np.float64))
 
+    @staticmethod
+    def _memo_key(f: CustomerFeatures) -> tuple[Any, ...]:
+        return (f.recency_days, f.frequency_30d, f.monetary_90d, f.offer_redemption_rate,
+                f.engagement_score, f.channel_preference, f.tier)
+
+    def _remember(self, keys: Sequence[tuple[Any, ...]], scores: Sequence[float]) -> None:
+        limit = self.settings.score_cache_size
+        if not limit:
+            return
+        memo = self._memo
+        for key, score in zip(keys, scores):
+            memo[key] = score
+        while len(memo) > limit:  # oldest first: dicts keep insertion order
+            memo.pop(next(iter(memo)))
+
     def predict(self, features: CustomerFeatures) -> PropensityScore:
-        score = float(self._scores([features])[0])
+        """One customer's score. Scores are memoised by the exact feature values (a score
+        depends on nothing else for a loaded model), so a customer whose features were
+        scored before, here or in a predict_many, costs a dict lookup."""
+        key = self._memo_key(features)
+        score = self._memo.get(key)
+        if score is None:
+            score = float(self._scores([features])[0])
+            self._remember([key], [score])
         return PropensityScore(
             customer_id=features.customer_id,
             score=score,
@@ -270,7 +294,10 @@ class TorchPropensityModel:
         threshold = self.settings.threshold
         for start in range(0, len(features), chunk):
             part = features[start : start + chunk]
-            for f, score in zip(part, self._scores(part).tolist()):
+            scores = self._scores(part).tolist()
+            if len(self._memo) < self.settings.score_cache_size:
+                self._remember([self._memo_key(f) for f in part], scores)
+            for f, score in zip(part, scores):
                 out.append(PropensityScore(
                     customer_id=f.customer_id, score=score, label=int(score >= threshold),
                     model_version=self.version,
