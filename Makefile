@@ -28,12 +28,14 @@ run: $(STAMP)
 
 # The whole suite, slow tests included. pytest exits 5 when it collects nothing.
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:

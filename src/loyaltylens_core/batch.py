@@ -45,6 +45,8 @@ class BatchSummary:
     computed: int
     resumed: int
     seconds: float
+    rejects: int = 0
+    rejects_file: Path | None = None
 
     @property
     def per_second(self) -> float:
@@ -53,13 +55,36 @@ class BatchSummary:
 
 def read_ids_file(path: Path) -> list[str]:
     """One id per line; blank lines and ``#`` comments skipped; duplicates are an error."""
-    from .pipeline import validate_customer_id
+    return read_ids(path)[0]
 
+
+def _ids_text(path: Path) -> str:
+    """The file as text: UTF-8, with a byte-order mark (Notepad, Excel) dropped; any other
+    encoding is one line saying so, never a UnicodeDecodeError."""
+    if path.is_dir():
+        raise UsageError(f"ids file {path} is a directory", "pass a file with one customer id per line")
     if not path.is_file():
         raise UsageError(f"ids file {path} does not exist", "pass a file with one customer id per line")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UsageError(f"ids file {path} is UTF-16 text", "save it as UTF-8 (one customer id per line)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UsageError(
+            f"ids file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
+            "save it as UTF-8 text with one customer id per line",
+        ) from None
+
+
+def read_ids(path: Path) -> tuple[list[str], dict[str, int]]:
+    """The ids of a file, in order, and the line each came from."""
+    from .pipeline import validate_customer_id
+
     ids: list[str] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_ids_text(path).splitlines(), start=1):
         value = line.strip()
         if not value or value.startswith("#"):
             continue
@@ -76,7 +101,7 @@ def read_ids_file(path: Path) -> list[str]:
         ids.append(value)
     if not ids:
         raise UsageError(f"ids file {path} holds no customer ids", "add one id per line")
-    return ids
+    return ids, seen
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -122,7 +147,11 @@ def run_batch(
     chunk_size: int = 10_000,
     overwrite: bool = False,
     progress: Progress = QUIET,
+    lines: dict[str, int] | None = None,
 ) -> BatchSummary:
+    """Run every id, chunk by chunk. A customer the feature store does not know is not a
+    reason to stop: it goes to ``<out stem>.rejects.csv`` (customer_id, line, reason) and
+    the batch goes on. ``lines`` maps ids to their line in the ids file, for that file."""
     if out.suffix != ".parquet":
         raise UsageError(f"--out {out} must end in .parquet", "e.g. --out results.parquet")
     if not ids:
@@ -161,19 +190,50 @@ def run_batch(
         for index, chunk in enumerate(chunks):
             if index in done:
                 continue
-            rows = pipeline.run_chunk(chunk)
+            rejected: dict[str, Any] = {}
+            rows = pipeline.run_chunk(chunk, rejects=rejected)
+            # The rejects first: a part that exists always has its rejects beside it.
+            _atomic_write_bytes(parts / f"part-{index:06d}.rejects.json", json.dumps(
+                [[c, (lines or {}).get(c), e.message] for c, e in rejected.items()]
+            ).encode())
             _write_parquet(parts / f"part-{index:06d}.parquet", rows)
             computed += len(chunk)
             advance(len(chunk))
     seconds = time.perf_counter() - started
-    _merge(parts, out, len(chunks))
-    return BatchSummary(out=out, customers=len(ids), computed=computed, resumed=resumed, seconds=seconds)
+    rejects = _merge(parts, out, len(chunks))
+    rejects_file = rejects_path(out)
+    return BatchSummary(out=out, customers=len(ids) - rejects, computed=computed, resumed=resumed,
+                        seconds=seconds, rejects=rejects, rejects_file=rejects_file if rejects else None)
 
 
-def _merge(parts: Path, out: Path, count: int) -> None:
+def rejects_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".rejects.csv")
+
+
+def _merge(parts: Path, out: Path, count: int) -> int:
+    """Parts into ``out``, their rejects into ``<out stem>.rejects.csv``; returns how
+    many customers were rejected."""
+    import csv
+    import io
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tables = [pq.read_table(parts / f"part-{i:06d}.parquet") for i in range(count)]
+    rejected: list[list[Any]] = []
+    for i in range(count):
+        note = parts / f"part-{i:06d}.rejects.json"
+        if note.is_file():
+            rejected.extend(json.loads(note.read_text()))
+    target = rejects_path(out)
+    if rejected:
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["customer_id", "line", "reason"])
+        writer.writerows(rejected)
+        _atomic_write_bytes(target, text.getvalue().encode())
+    else:
+        target.unlink(missing_ok=True)
     _write_table(out, pa.concat_tables(tables) if tables else schema().empty_table())
     shutil.rmtree(parts)
+    return len(rejected)

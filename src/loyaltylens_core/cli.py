@@ -143,7 +143,8 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
     for column in ("stage", "name", "distribution", "version", "status"):
         table.add_column(column)
     for row in rows:
-        style = "red" if row["status"].startswith("broken") else "green" if row["status"] == "active" else None
+        status = str(row["status"])
+        style = "red" if status.startswith("broken") else "green" if row["status"] == "active" else None
         table.add_row(row["stage"], row["name"], row["distribution"] or "-", row["version"] or "-",
                       row["status"], style=style)
     console = Console()
@@ -245,19 +246,23 @@ def batch(
     ids: Optional[str] = typer.Option(None, "--ids", help="File with one customer id per line."),
     chunk_size: int = typer.Option(10_000, min=1, max=1_000_000, help="Customers per written chunk."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing result or unfinished batch."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 2 when any customer was not found (still writes the rest)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Run many customers through the batched stage methods; resumable after any interruption."""
+    """Run many customers through the batched stage methods; resumable after any interruption.
+
+    Customers the feature store does not know go to <out stem>.rejects.csv (id, line,
+    reason) and the batch goes on; malformed ids in --ids are refused up front."""
     from pathlib import Path
 
-    from .batch import read_ids_file, run_batch
+    from .batch import read_ids, run_batch
     from .errors import UsageError
     from .progress import Progress
 
     if all_customers == (ids is not None):
         raise UsageError("pass exactly one of --all or --ids FILE", "e.g. loyaltylens batch --all --out r.parquet")
     pipeline = _pipeline()
-    customer_ids = read_ids_file(Path(ids)) if ids is not None else None  # before the slow prepare
+    customer_ids, lines = read_ids(Path(ids)) if ids is not None else (None, None)  # before the slow prepare
     pipeline.prepare()
     if customer_ids is None:
         lister = getattr(pipeline.component("feature_store"), "customer_ids", None)
@@ -269,12 +274,13 @@ def batch(
         customer_ids = list(lister())
     summary = run_batch(
         pipeline, customer_ids, Path(out), chunk_size=chunk_size, overwrite=overwrite,
-        progress=Progress(quiet=state.quiet),
+        progress=Progress(quiet=state.quiet), lines=lines,
     )
     data = {
         "out": str(summary.out), "customers": summary.customers, "computed": summary.computed,
         "resumed": summary.resumed, "seconds": round(summary.seconds, 3),
-        "customers_per_second": round(summary.per_second, 1),
+        "customers_per_second": round(summary.per_second, 1), "rejects": summary.rejects,
+        "rejects_file": str(summary.rejects_file) if summary.rejects_file else None,
     }
     if as_json:
         _print_json(data)
@@ -282,6 +288,12 @@ def batch(
         typer.echo(
             f"wrote {summary.customers} results to {summary.out} "
             f"({summary.computed} computed at {summary.per_second:,.0f}/s, {summary.resumed} resumed)"
+            + (f"; {summary.rejects} customers not found, listed in {summary.rejects_file}" if summary.rejects else "")
+        )
+    if strict and summary.rejects:
+        raise UsageError(
+            f"{summary.rejects} customers were not found (--strict)",
+            f"see {summary.rejects_file}; the other results are in {summary.out}",
         )
 
 
@@ -397,13 +409,15 @@ def deploy_down(target: Optional[str] = TARGET_OPTION, as_json: bool = typer.Opt
 def main() -> None:
     """Console-script entry point: run the app, turn errors into one line and an exit code.
 
-    Typer handles usage errors, ``--help`` and exit codes itself (standalone mode);
-    everything a command raises comes out here.
+    Typer runs outside its standalone mode so that its usage errors (an unknown option,
+    a missing argument) come out here too, as one line rather than a boxed panel.
     """
     from .errors import LoyaltyLensError
 
     try:
-        app(prog_name="loyaltylens")
+        code = app(prog_name="loyaltylens", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         sys.exit(130)
@@ -411,25 +425,58 @@ def main() -> None:
         if state.debug:
             import traceback
 
-            traceback.print_exc()
+            # A plugin that failed to import: its own traceback says more than ours.
+            detail = getattr(exc, "detail_traceback", "")
+            print(detail, file=sys.stderr, end="") if detail else traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except OSError as exc:
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            _unexpected(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `loyaltylens` alone: the help, as click shows it
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        # typer/click's own usage errors (unknown option, missing argument): one line too.
+        print(f"error: {_usage_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """click's usage errors (typer vendors click, so match by shape, not import path)."""
+    return any(k.__name__ == "UsageError" for k in type(exc).__mro__) and hasattr(exc, "format_message")
+
+
+def _usage_message(exc: Any) -> str:
+    args = sys.argv[1:]
+    if type(exc).__name__ == "NoSuchOption" and "run" in args:
+        # `loyaltylens run -C001`: an id that starts with '-' reads as an option.
+        after = args[args.index("run") + 1 :]
+        dashed = next((a for a in after if a.startswith("-") and a[1:2].isalnum()), None)
+        if dashed is not None and not dashed.startswith("--"):
+            return (f"customer id {dashed!r} is malformed. ids are 1-64 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit, e.g. C001")
+    command = getattr(getattr(exc, "ctx", None), "command_path", "loyaltylens")
+    return f"{exc.format_message().rstrip('.')}. see `{command} --help`"
+
+
+def _unexpected(exc: BaseException) -> None:
+    """Anything that is not a LoyaltyLensError or a usage error: one line and exit 4 for
+    an OSError (a path, a permission), exit 1 for a bug; the traceback only with --debug."""
+    if isinstance(exc, OSError):
         if state.debug:
-            raise
+            raise exc
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"error: {exc.strerror or type(exc).__name__}{where}. check the path and its permissions",
               file=sys.stderr)
         sys.exit(4)
-    except Exception as exc:  # noqa: BLE001 - last line of defence
-        if state.debug:
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(
-            f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+    if state.debug:
+        raise exc
+    first = (str(exc).strip().splitlines() or [""])[0]
+    print(
+        f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,23 +21,50 @@ def offer_text(offer: Offer) -> str:
 
 
 def load_catalogue(path: Path) -> list[Offer]:
-    """Offers from a JSON list, or one line saying what is wrong with the file."""
+    """Offers from a JSON list, checked in one place before any retriever indexes them:
+    every field of every offer, and no offer_id twice. Each error names the offer (its
+    position and id) and is the user's data to fix (exit 2), never a plugin failure."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"offer catalogue {path} does not exist", "run `loyaltylens seed` or set catalogue")
     try:
-        raw = json.loads(path.read_text())
-        offers = [Offer.model_validate(item) for item in raw]
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"offer catalogue {path} is not valid JSON: {exc}", "fix the file") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
+    except UnicodeDecodeError:
+        raise ConfigError(f"offer catalogue {path} is not UTF-8 text", "save it as UTF-8 JSON") from None
+    if not isinstance(raw, list):
         raise ConfigError(
-            f"offer catalogue {path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}",
-            "fix the offer",
-        ) from None
+            f"offer catalogue {path} holds a JSON {type(raw).__name__}, not a list of offers",
+            "write the offers as a JSON list: [{\"offer_id\": ...}, ...]",
+        )
+    return validate_catalogue(raw, str(path))
+
+
+def validate_catalogue(raw: Sequence[Any], where: str) -> list[Offer]:
+    offers: list[Offer] = []
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(raw):
+        offer_id = item.get("offer_id") if isinstance(item, dict) else None
+        name = f"offer {index}" + (f" ({offer_id!r})" if isinstance(offer_id, str) else "")
+        if not isinstance(item, dict):
+            raise ConfigError(f"offer catalogue {where}: {name} is a JSON {type(item).__name__}, not an object",
+                              "every offer is an object with offer_id, title, description, ...")
+        try:
+            offer = Offer.model_validate(item)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(map(str, err["loc"])) or "(offer)"
+            raise ConfigError(f"offer catalogue {where}: {name}: field {field!r}: {err['msg']}", "fix the offer") from None
+        if offer.offer_id in first_seen:
+            raise ConfigError(
+                f"offer catalogue {where}: offers {first_seen[offer.offer_id]} and {index} share offer_id {offer.offer_id!r}",
+                "give every offer its own offer_id",
+            )
+        first_seen[offer.offer_id] = index
+        offers.append(offer)
     if not offers:
-        raise ConfigError(f"offer catalogue {path} is empty", "add offers")
+        raise ConfigError(f"offer catalogue {where} is empty", "add offers")
     return offers
 
 

@@ -290,15 +290,26 @@ class Pipeline:
             )
         return [self._expect(stage, v, model) for v in values]
 
-    def _violation(self, stage: str, model: type[BaseModel], exc: ValidationError) -> ContractViolation:
+    def _violation(self, stage: str, model: type[BaseModel] | str, exc: ValidationError) -> ContractViolation:
         impl = self.implementation(stage)
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(whole value)"
+        name = model if isinstance(model, str) else model.__name__
         return ContractViolation(
             f"{stage} plugin {impl.name!r} ({impl.distribution or impl.plugin}) broke the "
-            f"{model.__name__} contract: field {field!r}: {err['msg']}",
+            f"{name} contract: field {field!r}: {err['msg']}",
             "fix the plugin or select another with --use",
         )
+
+    @contextlib.contextmanager
+    def _calling(self, stage: str) -> Iterator[None]:
+        """A plugin that builds a contract itself with a bad value (rank 0, a NaN) raises
+        pydantic's ValidationError inside its own code: report it like any contract
+        violation, naming the plugin, the stage and the field."""
+        try:
+            yield
+        except ValidationError as exc:
+            raise self._violation(stage, exc.title, exc) from None
 
     # --- one customer ---------------------------------------------------------------
 
@@ -333,21 +344,24 @@ class Pipeline:
     def _score_and_retrieve(self, customer_id: str, as_of: dt.date | None) -> "_Draft":
         draft = _Draft(run_id=uuid.uuid4().hex, customer_id=customer_id, started=time.perf_counter())
         t = time.perf_counter()
-        draft.features = self._expect(
-            "feature_store",
-            self.component("feature_store").read_latest(customer_id, as_of),
-            CustomerFeatures,
-        )
+        with self._calling("feature_store"):
+            draft.features = self._expect(
+                "feature_store",
+                self.component("feature_store").read_latest(customer_id, as_of),
+                CustomerFeatures,
+            )
         self._after_stage(draft.run_id, customer_id, "feature_store", draft.latency, t)
 
         t = time.perf_counter()
-        draft.propensity = self._expect(
-            "propensity", self.component("propensity").predict(draft.features), PropensityScore
-        )
+        with self._calling("propensity"):
+            draft.propensity = self._expect(
+                "propensity", self.component("propensity").predict(draft.features), PropensityScore
+            )
         self._after_stage(draft.run_id, customer_id, "propensity", draft.latency, t)
 
         t = time.perf_counter()
-        draft.candidates = self._retrieve_one(draft.features, draft.propensity, draft.fallbacks)
+        with self._calling("retriever"):
+            draft.candidates = self._retrieve_one(draft.features, draft.propensity, draft.fallbacks)
         self._after_stage(draft.run_id, customer_id, "retriever", draft.latency, t)
         return draft
 
@@ -406,7 +420,8 @@ class Pipeline:
             return None
         generator = self.component("generator")
         variables = adapters.template_variables(features, propensity, candidates[0].offer)
-        return self._checked_copy(generator.generate(variables), fallbacks)
+        with self._calling("generator"):
+            return self._checked_copy(generator.generate(variables), fallbacks)
 
     def _checked_copy(self, produced: Any, fallbacks: list[str]) -> GeneratedCopy:
         copy = self._expect("generator", produced, GeneratedCopy)
@@ -477,11 +492,13 @@ class Pipeline:
         k = self.config.core.top_k
         timing: dict[str, float] = {}
         t = time.perf_counter()
-        scores = self.predict_many(features)
+        with self._calling("propensity"):
+            scores = self.predict_many(features)
         timing["propensity"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         queries = [adapters.retrieval_query(f, p, k) for f, p in zip(features, scores)]
-        candidates = self.retrieve_many(queries)
+        with self._calling("retriever"):
+            candidates = self.retrieve_many(queries)
         fallbacks: list[list[str]] = [[] for _ in features]
         retriever_notes: list[str] = []
         self._note_component_fallback("retriever", self.component("retriever"), retriever_notes)
@@ -489,13 +506,15 @@ class Pipeline:
             notes.extend(retriever_notes)
         empty = [i for i, c in enumerate(candidates) if not c]
         if empty:
-            retried = self.retrieve_many([queries[i].model_copy(update={"max_threshold": None}) for i in empty])
+            with self._calling("retriever"):
+                retried = self.retrieve_many([queries[i].model_copy(update={"max_threshold": None}) for i in empty])
             for i, found in zip(empty, retried):
                 candidates[i] = found
                 fallbacks[i].append(FALLBACK_THRESHOLD)
         timing["retriever"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
-        copies = self._generate_many(features, scores, candidates, fallbacks)
+        with self._calling("generator"):
+            copies = self._generate_many(features, scores, candidates, fallbacks)
         timing["generator"] = (time.perf_counter() - t) * 1000
         return _Many(features, scores, candidates, fallbacks, copies, timing)
 
@@ -511,11 +530,12 @@ class Pipeline:
         """
         for customer_id in customer_ids:
             validate_customer_id(customer_id)
-        if rejects is None:
-            features = self.read_many(customer_ids)
-        else:
-            _, features, unknown = self.read_known(customer_ids)
-            rejects.update(unknown)
+        with self._calling("feature_store"):
+            if rejects is None:
+                features = self.read_many(customer_ids)
+            else:
+                _, features, unknown = self.read_known(customer_ids)
+                rejects.update(unknown)
         many = self._many(features)
         prompt_version = getattr(self.component("generator"), "prompt_version", None)
         return [batch_row(f, p, c, n, copy, prompt_version) for f, p, c, n, copy in many.rows()]
@@ -534,7 +554,8 @@ class Pipeline:
             except UsageError as exc:
                 out[i] = exc
         started = time.perf_counter()
-        _, features, unknown = self.read_known([customer_ids[i] for i in valid], as_of)
+        with self._calling("feature_store"):
+            _, features, unknown = self.read_known([customer_ids[i] for i in valid], as_of)
         read_ms = (time.perf_counter() - started) * 1000
         served = [i for i in valid if customer_ids[i] not in unknown]  # aligned with features
         for i in valid:
@@ -603,20 +624,10 @@ class Pipeline:
             self._broadcast("loyaltylens_after_run", result=result)
 
     def _broadcast(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every listener; one that raises is reported and skipped, never fatal."""
-        caller = getattr(self._hooks, hook_name)
-        for impl in caller.get_hookimpls():
-            try:
-                impl.function(**kwargs)
-            except Exception as exc:  # noqa: BLE001 - an observer must not break a run
-                import sys
-
-                print(
-                    f"warning: {hook_name} in plugin {impl.plugin_name!r} raised "
-                    f"{type(exc).__name__}: {exc}",
-                    file=sys.stderr,
-                )
-
+        """Call the event hook through pluggy, so tryfirst/trylast ordering and
+        ``wrapper=True`` implementations work; each listener is guarded when the registry
+        loads (plugins.guard_event_listeners): one that raises is reported and skipped."""
+        getattr(self._hooks, hook_name)(**kwargs)
 
 def ensure_writable(data_dir: Any) -> None:
     """Every stage keeps files in the data dir; say so once, plainly, if it cannot."""
@@ -642,5 +653,5 @@ def validate_customer_id(customer_id: str) -> None:
         shown = customer_id if len(customer_id) <= 40 else customer_id[:40] + "..."
         raise UsageError(
             f"customer id {shown!r} is malformed",
-            "ids are 1-64 letters, digits, '.', '_' or '-', e.g. C001",
+            "ids are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. C001",
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.metadata
+import os
 from typing import Any, Callable, Iterable, Protocol
 
 import pluggy
@@ -22,10 +23,16 @@ from .errors import ConfigError, PluginError
 ENTRY_POINT_GROUP = "loyaltylens"
 
 
-class NoSettings(BaseModel):
-    """Settings model for implementations that take none: any key is a mistake."""
+class PluginSettings(BaseModel):
+    """Base for a plugin's settings model: a key it does not declare, in loyaltylens.toml or
+    the environment, is an error with a "did you mean" (a typo never falls back to a default).
+    Use ``SecretStr`` for secrets: ``config show``, ``/v1/config`` and errors mask them."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class NoSettings(PluginSettings):
+    """Settings model for implementations that take none: any key is a mistake."""
 
 
 Factory = Callable[[Any, Any], Any]
@@ -53,6 +60,18 @@ class BrokenPlugin:
     distribution: str | None
     version: str | None
     error: str
+    location: str = ""  # file:line in the plugin's own code where it failed
+    traceback: str = ""  # the plugin's traceback, shown with --debug
+
+    def matches(self, name: str) -> bool:
+        """Could this be the plugin a config names? (Its registrations are unknown: it
+        never loaded. Entry-point and distribution names are what users see.)"""
+        wanted = normalise_name(name)
+        names = {normalise_name(self.plugin)}
+        if self.distribution:
+            dist = normalise_name(self.distribution)
+            names |= {dist, dist.removeprefix("loyaltylens_"), dist.rsplit("_", 1)[-1]}
+        return wanted in names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +129,15 @@ class Registry:
             )
         impl = self.find(stage, name)
         if impl is None:
+            broken = next((b for b in self.broken if b.matches(name)), None)
+            if broken is not None:
+                error = PluginError(
+                    f"{stage} plugin {name!r} is installed but broken: {broken.error}"
+                    + (f" (at {broken.location})" if broken.location else ""),
+                    f"fix or reinstall {broken.distribution or broken.plugin}, or select another with --use",
+                )
+                error.detail_traceback = broken.traceback  # type: ignore[attr-defined]
+                raise error
             raise ConfigError(
                 f"no {stage} plugin named {name!r} is installed",
                 self._what_is_installed(stage, name),
@@ -149,6 +177,21 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _broken(plugin: str, dist: str | None, version: str | None, exc: BaseException) -> BrokenPlugin:
+    """Where a plugin failed: the innermost frame outside importlib and this module, so a
+    user sees the line in the plugin that raised, not ours."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "importlib" not in f.filename and not f.filename.endswith("loyaltylens_core/plugins.py")]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        location = f"{exc.filename}:{exc.lineno}"
+    else:
+        location = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return BrokenPlugin(plugin, dist, version, _describe_error(exc), location, text)
+
+
 def new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("loyaltylens")
     pm.add_hookspecs(hookspecs)
@@ -182,7 +225,7 @@ def load_registry(
                 module = ep.load()
                 pm.register(module, name=ep.name)
             except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
-                broken.append(BrokenPlugin(ep.name, dist_name, dist_version, _describe_error(exc)))
+                broken.append(_broken(ep.name, dist_name, dist_version, exc))
                 continue
             dist_of[ep.name] = (dist_name, dist_version)
 
@@ -190,6 +233,19 @@ def load_registry(
         name = pm.register(plugin)
         if name is not None:
             dist_of.setdefault(name, (None, None))
+
+    # Hooks no spec declares (register_retriever for register_retrievers): the plugin is
+    # broken, with a suggestion, rather than silently ignored.
+    for plugin_name, hooks in unknown_hooks(pm).items():
+        known = [n for n in dir(hookspecs) if n.startswith(("register_", "loyaltylens_"))]
+        dist_name, dist_version = dist_of.get(plugin_name, (None, None))
+        hint = suggest(hooks[0], known)
+        broken.append(BrokenPlugin(plugin_name, dist_name, dist_version,
+                                   f"implements {hooks[0]!r}, which is not a loyaltylens hook{hint}"))
+        plugin = pm.get_plugin(plugin_name)
+        if plugin is not None:
+            pm.unregister(plugin)
+    pm.check_pending()
 
     implementations: dict[str, dict[str, Implementation]] = {s: {} for s in hookspecs.STAGES}
     conflicts: dict[tuple[str, str], list[Implementation]] = {}
@@ -225,9 +281,7 @@ def load_registry(
             try:
                 hook_impl.function(register=register)
             except Exception as exc:  # noqa: BLE001 - a plugin that breaks while registering isolates itself
-                broken.append(
-                    BrokenPlugin(plugin_name, dist_name, dist_version, _describe_error(exc))
-                )
+                broken.append(_broken(plugin_name, dist_name, dist_version, exc))
                 continue
             for impl in collected:
                 key = normalise_name(impl.name)
@@ -240,7 +294,72 @@ def load_registry(
                     continue
                 implementations[stage][impl.name] = impl
 
+    guard_event_listeners(pm)
+    if os.environ.get("LOYALTYLENS_TRACE_PLUGINS"):
+        trace_hook_calls(pm)
     return Registry(pm, implementations, broken, conflicts)
+
+
+EVENT_HOOKS = ("loyaltylens_after_stage", "loyaltylens_after_run")
+
+
+def guard_event_listeners(pm: pluggy.PluginManager) -> None:
+    """A listener on an event hook must never fail a run: wrap each plain implementation
+    so an exception is reported on stderr and the remaining listeners still run.
+    (Wrappers, ``wrapper=True``, are generators that pluggy drives itself: left alone.)"""
+    for hook_name in EVENT_HOOKS:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.wrapper or impl.hookwrapper or getattr(impl.function, "_loyaltylens_guarded", False):
+                continue
+            impl.function = _guarded(hook_name, impl.plugin_name, impl.function)
+
+
+def _guarded(hook_name: str, plugin_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    import functools
+    import sys
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - an observer must not break a run
+            print(f"warning: {hook_name} in plugin {plugin_name!r} raised {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return None
+
+    call._loyaltylens_guarded = True  # type: ignore[attr-defined]
+    return call
+
+
+def trace_hook_calls(pm: pluggy.PluginManager) -> None:
+    """LOYALTYLENS_TRACE_PLUGINS=1: every hook call, its plugins and its time, on stderr."""
+    import sys
+    import time
+
+    started: dict[int, float] = {}
+
+    def before(hook_name: str, impls: Any, kwargs: Any) -> None:
+        started[id(kwargs)] = time.perf_counter()
+
+    def after(outcome: Any, hook_name: str, impls: Any, kwargs: Any) -> None:
+        ms = (time.perf_counter() - started.pop(id(kwargs), time.perf_counter())) * 1000
+        names = ", ".join(i.plugin_name for i in impls) or "none"
+        print(f"loyaltylens: hook {hook_name} ({names}) {ms:.3f} ms", file=sys.stderr)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def unknown_hooks(pm: pluggy.PluginManager) -> dict[str, list[str]]:
+    """plugin name -> hooks it implements that no spec declares (a misspelt hook would
+    otherwise be ignored without a word: pluggy's check_pending)."""
+    found: dict[str, list[str]] = {}
+    for name in dir(pm.hook):
+        caller = getattr(pm.hook, name)
+        if name.startswith("_") or not isinstance(caller, pluggy.HookCaller) or caller.spec is not None:
+            continue
+        for impl in caller.get_hookimpls():
+            found.setdefault(impl.plugin_name, []).append(name)
+    return found
 
 
 def protocol_members(protocol: type) -> list[str]:

@@ -21,7 +21,7 @@ class Progress:
     @contextlib.contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[Advance]:
         if self.quiet:
-            yield lambda _n=1: None
+            yield _ignore
             return
         from rich.console import Console
         from rich.progress import (
@@ -35,7 +35,14 @@ class Progress:
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with RichProgress(*columns, console=Console(stderr=True), transient=False) as bar:
             task_id = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task_id, n)
+            def advance(n: float = 1) -> None:
+                bar.advance(task_id, n)
+
+            yield advance
+
+
+def _ignore(n: float = 1) -> None:
+    """What a quiet progress task hands out."""
 
 
 QUIET = Progress(quiet=True)

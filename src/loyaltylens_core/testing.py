@@ -87,7 +87,7 @@ class FakePropensity:
     def predict(self, features: CustomerFeatures) -> PropensityScore:
         score = self.score(features) if callable(self.score) else self.score
         return PropensityScore(
-            customer_id=features.customer_id, score=score, label=int(score >= 0.5), model_version=self.version
+            customer_id=features.customer_id, score=score, label=1 if score >= 0.5 else 0, model_version=self.version
         )
 
     def predict_many(self, features: Sequence[CustomerFeatures]) -> list[PropensityScore]:

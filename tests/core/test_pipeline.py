@@ -7,6 +7,7 @@ import pytest
 from loyaltylens_core.contracts import GeneratedCopy
 from loyaltylens_core.errors import ContractViolation, CustomerNotFound, UsageError
 from loyaltylens_core.hookspecs import hookimpl
+from loyaltylens_core.plugins import load_registry
 from loyaltylens_core.pipeline import FALLBACK_THRESHOLD
 from loyaltylens_core.testing import FakePlugin, FakePropensity, FakeRetriever, make_features
 
@@ -204,3 +205,60 @@ def test_component_serving_from_its_own_fallback_is_recorded(loyaltylens_pipelin
     assert pipeline.run("C001").fallbacks == ("retriever:remote_unreachable",)
     rows = pipeline.run_chunk(["C001", "C002"])
     assert all(row["fallbacks"] == ["retriever:remote_unreachable"] for row in rows)
+
+
+def test_event_hooks_run_through_pluggy_ordering_and_wrappers(loyaltylens_pipeline, capsys):
+    order: list[str] = []
+
+    class Plain:
+        @hookimpl
+        def loyaltylens_after_run(self, result):
+            order.append("plain")
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def loyaltylens_after_run(self, result):
+            order.append("first")
+
+    class Broken:
+        @hookimpl
+        def loyaltylens_after_run(self, result):
+            raise RuntimeError("listener failed")
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def loyaltylens_after_run(self, result):
+            order.append("wrapper-before")
+            outcome = yield
+            order.append("wrapper-after")
+            return outcome
+
+    # Plain registered before First: only pluggy's ordering puts First first.
+    loyaltylens_pipeline(extra_plugins=[Plain(), Broken(), First(), Wrapper()]).run("C001")
+    assert order == ["wrapper-before", "first", "plain", "wrapper-after"]
+    assert "listener failed" in capsys.readouterr().err
+
+
+def test_a_misspelt_hook_is_a_broken_plugin_with_a_suggestion():
+    class Misspelt:
+        @hookimpl
+        def register_retriever(self, register):  # singular: not a loyaltylens hook
+            register("never", lambda s, c: None)
+
+    registry = load_registry([Misspelt()], entry_points=False)
+    assert "never" not in registry.names("retriever")
+    assert len(registry.broken) == 1
+    assert "'register_retriever', which is not a loyaltylens hook (did you mean 'register_retrievers'?)" in registry.broken[0].error
+
+
+def test_trace_plugins_prints_each_hook_call(loyaltylens_pipeline, monkeypatch, capsys):
+    monkeypatch.setenv("LOYALTYLENS_TRACE_PLUGINS", "1")
+
+    class Listener:
+        @hookimpl
+        def loyaltylens_after_run(self, result):
+            pass
+
+    loyaltylens_pipeline(extra_plugins=[Listener()]).run("C001")
+    err = capsys.readouterr().err
+    assert "loyaltylens: hook loyaltylens_after_run" in err and " ms" in err

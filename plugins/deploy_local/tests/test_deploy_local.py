@@ -105,3 +105,62 @@ def test_archive_with_parent_paths_is_refused_and_server_does_not_start(tmp_path
     with pytest.raises(StageError, match="exited at start: .*points outside the archive"):
         target.up(evil)
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+REFERENCE_ROW = {"recency_days": 3, "frequency_30d": 4, "monetary_90d": 320.5, "offer_redemption_rate": 0.4,
+                 "channel_preference": "mobile", "engagement_score": 0.7}
+
+
+def test_a_reference_client_without_tier_gets_the_mean_over_tiers(endpoint):
+    """Clients written for the reference endpoint send six features and no tier."""
+    _, info = endpoint
+    per_tier = [post(info["url"], json.dumps(dict(REFERENCE_ROW, tier=t)).encode())[1]["propensity_score"]
+                for t in ("bronze", "silver", "gold", "platinum")]
+    status, reply = post(info["url"], json.dumps(REFERENCE_ROW).encode())
+    assert status == 200 and reply["propensity_score"] == pytest.approx(sum(per_tier) / 4, abs=1e-6)
+    status, reply = post(info["url"], json.dumps([REFERENCE_ROW, REFERENCE_ROW]).encode())
+    assert status == 200 and len(reply["predictions"]) == 2
+    status, reply = post(info["url"], json.dumps({k: v for k, v in REFERENCE_ROW.items() if k != "recency_days"}).encode())
+    assert status == 400 and reply["error"] == "feature 'recency_days' is missing"
+
+
+def raw_exchange(url: str, data: bytes, wait: float = 30) -> tuple[bytes, float]:
+    import socket
+    import time
+
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(data)
+        reply = sock.recv(4096)
+    return reply, time.monotonic() - started
+
+
+@pytest.fixture
+def strict_endpoint(archive, tmp_path):
+    settings = LocalDeploySettings(body_timeout_s=1, header_timeout_s=1)
+    target = build(settings, make_context(tmp_path, "deploy_target", "local"))
+    info = target.up(archive)
+    yield target, info
+    target.down()
+
+
+def test_bad_content_length_stalled_bodies_and_stalled_headers_are_bounded(strict_endpoint):
+    target, info = strict_endpoint
+    reply, _ = raw_exchange(info["url"], b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400")
+    reply, took = raw_exchange(info["url"], b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                            b"Content-Length: 500\r\n\r\n{\"recency")
+    assert reply.startswith(b"HTTP/1.1 408") and took < 5
+    reply, took = raw_exchange(info["url"], b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+    assert reply.startswith(b"HTTP/1.1 408") and took < 5
+    assert target.status()["status"] == "InService"
+
+
+def test_the_server_leaves_nothing_in_the_system_temp_dir(strict_endpoint, tmp_path):
+    import tempfile
+    from pathlib import Path
+
+    assert not [p for p in Path(tempfile.gettempdir()).glob("ll-serve-*") if str(tmp_path) not in str(p)
+                and p.stat().st_mtime > __import__("time").time() - 60]
+    assert list((tmp_path / "deploy_target-local" / "serving").glob("ll-serve-*"))

@@ -35,5 +35,8 @@ def test_state_dict_archive_fails_with_model_load_error(tmp_path):
 
 def test_bad_request_is_reported_by_the_handler(tmp_path):
     archive = write_tiny_archive(tmp_path / "model.tar.gz")
-    with pytest.raises(StageError, match="handler answered 400: feature 'recency_days' must be a number"):
+    with pytest.raises(StageError, match="handler answered 400: feature 'recency_days' is missing"):
         invoke_in_container_handler(archive, [{"tier": "gold"}])
+    row = dict(make_features().model_dump(mode="json"), recency_days="soon")
+    with pytest.raises(StageError, match="handler answered 400: feature 'recency_days' must be a number"):
+        invoke_in_container_handler(archive, [row])

@@ -153,8 +153,8 @@ def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> 
         with (out / "transactions.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["transaction_id", "customer_id", "tx_date", "amount", "channel"])
-            for t, (c, d, a, ch) in enumerate(zip(cust_rows, day_rows, amounts, tx_channel)):
-                writer.writerow([t + 1, ids[c], START_DATE + dt.timedelta(days=int(d)), f"{a:.2f}", CHANNELS[ch]])
+            for t, (row, d, a, ch) in enumerate(zip(cust_rows, day_rows, amounts, tx_channel)):
+                writer.writerow([t + 1, ids[row], START_DATE + dt.timedelta(days=int(d)), f"{a:.2f}", CHANNELS[ch]])
         advance(1)
 
         catalogue = build_catalogue(seed)

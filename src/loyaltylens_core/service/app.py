@@ -13,7 +13,6 @@ many LLM-bound requests wait concurrently without a thread each.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -31,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..asgi import BodyError, Disconnected, read_body, send_json
 from ..contracts import CHANNELS, TIERS, AsyncGenerator, CustomerFeatures, PipelineResult
 from ..errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
 from . import metrics
@@ -40,7 +40,7 @@ from .ratelimit import TokenBuckets, retry_after_header
 from .settings import OPTIONS_ENV, ServeOptions, ServeSettings  # noqa: F401 - re-exported
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
-SCORE_SPEC = {
+SCORE_SPEC: dict[str, Any] = {
     "numeric_features": ["recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"],
     "categorical_features": {"channel_preference": list(CHANNELS), "tier": list(TIERS)},
 }
@@ -113,7 +113,7 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
     settings = ServeSettings.model_validate(options.settings)
     state = State(options, settings)
 
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(app: FastAPI) -> Any:
         warm = asyncio.create_task(_warm(state))
         try:
             yield
@@ -135,7 +135,7 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
     app.state.loyaltylens = state
     _routes(app, state)
     _error_handlers(app)
-    app.add_middleware(GuardMiddleware, state=state)  # type: ignore[arg-type]
+    app.add_middleware(GuardMiddleware, state=state)
     return app
 
 
@@ -420,7 +420,7 @@ class GuardMiddleware:
             headers = dict(scope.get("headers") or [])
             name = authenticate(headers.get(b"authorization", b"").decode("latin-1"), self.state.keys)
             if name is None:
-                await _send_json(send, 401, {"error": "missing or invalid API key",
+                await send_json(send, 401, {"error": "missing or invalid API key",
                                              "hint": "send Authorization: Bearer <key>"},
                                  {"www-authenticate": "Bearer"})
                 return
@@ -428,43 +428,13 @@ class GuardMiddleware:
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                length = int(declared)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                await _send_json(send, 400, {"error": "Content-Length is not a non-negative integer",
-                                             "hint": "send a valid Content-Length"})
-                return
-            if length > settings.max_body_bytes:
-                await _send_json(send, 413, {"error": f"body over {settings.max_body_bytes} bytes",
-                                             "hint": "send less, or raise [serve] max_body_bytes"})
-                return
-        chunks: list[bytes] = []
-        size = 0
         try:
-            with anyio.fail_after(settings.body_timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > settings.max_body_bytes:
-                        await _send_json(send, 413, {"error": f"body over {settings.max_body_bytes} bytes",
-                                                     "hint": "send less, or raise [serve] max_body_bytes"})
-                        return
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            await _send_json(send, 408, {"error": f"the request body did not arrive within {settings.body_timeout_s:g} s",
-                                         "hint": "send the whole body promptly"}, {"connection": "close"})
+            body = await read_body(scope, receive, settings.max_body_bytes, settings.body_timeout_s)
+        except Disconnected:
             return
-        body = b"".join(chunks)
+        except BodyError as exc:
+            await send_json(send, exc.status, {"error": exc.message, "hint": exc.hint}, exc.headers)
+            return
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -475,14 +445,6 @@ class GuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-async def _send_json(send: Callable, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(payload).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 def data_dir_of(options: ServeOptions) -> Path:

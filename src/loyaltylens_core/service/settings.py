@@ -42,6 +42,7 @@ class ServeSettings(BaseModel):
     batch_limit: int = Field(1000, ge=1, le=100_000, description="Most customer ids in one POST /v1/offers")
     max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30, description="Larger bodies get 413")
     body_timeout_s: float = Field(10.0, gt=0, le=600, description="A body not received in this time gets 408")
+    header_timeout_s: float = Field(10.0, gt=0, le=600, description="Request headers not received in this time get 408")
     keep_alive_s: float = Field(5.0, gt=0, le=600, description="Idle keep-alive connections close after this")
     limit_concurrency: int = Field(1024, ge=1, description="Connections per worker before 503")
     llm_rate_per_s: float = Field(

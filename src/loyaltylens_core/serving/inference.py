@@ -24,7 +24,7 @@ try:  # the container's error type, so the toolkit reports load failures as it s
     from sagemaker_pytorch_serving_container.default_pytorch_inference_handler import ModelLoadError
 except ImportError:  # deploy_local, or any server without the toolkit
 
-    class ModelLoadError(Exception):
+    class ModelLoadError(Exception):  # type: ignore[no-redef]
         pass
 
 
@@ -32,7 +32,7 @@ try:  # in the container, the toolkit turns this error type into the HTTP status
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
 except ImportError:
 
-    class _ToolkitError(Exception):
+    class _ToolkitError(Exception):  # type: ignore[no-redef]
         def __init__(self, status_code, message, phrase):
             super().__init__(message)
             self.status_code, self.message, self.phrase = status_code, message, phrase

@@ -2,7 +2,9 @@
 
 It extracts the archive safely, imports its code/inference.py and calls model_fn /
 input_fn / predict_fn / output_fn exactly as the SageMaker toolkit does. Bad requests
-get a 4xx with a JSON error and the server stays up.
+get a 4xx with a JSON error and the server stays up. It runs on uvicorn, like
+`loyaltylens serve`: a bad Content-Length gets 400, a body that stalls gets 408 after the
+body time-out, and idle keep-alive connections close after 5 s.
 
     python -m loyaltylens_deploy_local.server --archive model.tar.gz --port 8080
 """
@@ -14,13 +16,11 @@ import importlib.util
 import json
 import sys
 import tempfile
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-from loyaltylens_core.httpserver import LocalHTTPServer
 from loyaltylens_core.archive import safe_extract
+from loyaltylens_core.asgi import BodyError, Disconnected, read_body, send_json
 
 
 class LoadedModel:
@@ -43,76 +43,77 @@ class LoadedModel:
         return self.module.output_fn(prediction, accept)
 
 
-def make_handler(model: LoadedModel, max_body: int) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "loyaltylens-local/1"
+def make_app(model: LoadedModel, max_body: int, body_timeout_s: float) -> Callable[..., Awaitable[None]]:
+    """The SageMaker serving contract as a plain ASGI app: GET /ping, POST /invocations."""
+    version = model.model["spec"]["model_version"]
 
-        def log_message(self, format: str, *args: Any) -> None:  # quiet by default
-            pass
-
-        def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
-            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            if self.path == "/ping":
-                self._send(HTTPStatus.OK, {"status": "healthy", "model_version": model.model["spec"]["model_version"]})
-            else:
-                self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
-
-        def do_POST(self) -> None:
-            if self.path != "/invocations":
-                self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self._send(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
-                return
-            if length > max_body:
-                # Drain a moderately large body so the client reads our 413 rather than
-                # a reset; beyond that, just close.
-                remaining = length if length <= 16 * max_body else 0
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 65536))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-                self.close_connection = True
-                self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {max_body} bytes"})
-                return
-            body = self.rfile.read(length)
-            content_type = self.headers.get("Content-Type", "")
-            if content_type.split(";")[0].strip() != "application/json":
-                self._send(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "content type must be application/json"})
-                return
-            try:
-                payload, out_type = model.invoke(body, content_type, self.headers.get("Accept", "application/json"))
-            except model.bad_request as exc:
-                self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                return
-            except Exception as exc:  # noqa: BLE001 - a failed prediction must not kill the server
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
-                return
-            self._send(HTTPStatus.OK, payload.encode() if isinstance(payload, str) else payload, out_type)
-
-    return Handler
-
-
-def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path | None) -> None:
-    with tempfile.TemporaryDirectory(prefix="ll-serve-") as work:
-        model = LoadedModel(archive, Path(work))
-        server = LocalHTTPServer((host, port), make_handler(model, max_body))
-        if ready_file is not None:
-            ready_file.write_text(json.dumps({"host": host, "port": server.server_address[1]}))
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        if path == "/ping" and method == "GET":
+            await send_json(send, 200, {"status": "healthy", "model_version": version})
+            return
+        if path != "/invocations" or method != "POST":
+            await send_json(send, 404, {"error": f"no route {method} {path}"})
+            return
         try:
-            server.serve_forever()
-        finally:
-            server.server_close()
+            body = await read_body(scope, receive, max_body, body_timeout_s)
+        except Disconnected:
+            return
+        except BodyError as exc:
+            await send_json(send, exc.status, {"error": exc.message}, exc.headers)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        content_type = headers.get("content-type", "")
+        if content_type.split(";")[0].strip() != "application/json":
+            await send_json(send, 415, {"error": "content type must be application/json"})
+            return
+        try:
+            # A tiny TorchScript model scores in well under a millisecond: inline.
+            payload, _ = model.invoke(body, content_type, headers.get("accept", "application/json"))
+        except model.bad_request as exc:
+            await send_json(send, 400, {"error": str(exc)})
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed prediction must not kill the server
+            await send_json(send, 500, {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        await send_json(send, 200, payload.encode() if isinstance(payload, str) else payload)
+
+    return app
+
+
+def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path | None,
+          workdir: Path | None = None, body_timeout_s: float = 10.0, header_timeout_s: float = 10.0) -> None:
+    """Serve on uvicorn: bounded header size, keep-alive and body read time, a listen
+    socket bound before the ready file names its port, graceful stop on SIGTERM."""
+    import socket
+
+    import uvicorn
+
+    from loyaltylens_core.uvicorn_http import with_header_timeout
+
+    parent = workdir or Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ll-serve-", dir=parent) as work:
+        model = LoadedModel(archive, Path(work))
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        config = uvicorn.Config(
+            make_app(model, max_body, body_timeout_s), lifespan="on", log_level="warning", access_log=False,
+            timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024, limit_concurrency=256,
+            server_header=False, http=with_header_timeout(header_timeout_s),
+        )
+        if ready_file is not None:
+            ready_file.write_text(json.dumps({"host": host, "port": sock.getsockname()[1]}))
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,9 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-body", type=int, default=1_048_576)
     parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--workdir", type=Path, help="Where the archive is extracted (default: the temp dir)")
+    parser.add_argument("--body-timeout", type=float, default=10.0, help="Seconds to receive a request body")
+    parser.add_argument("--header-timeout", type=float, default=10.0, help="Seconds to receive request headers")
     args = parser.parse_args(argv)
     try:
-        serve(args.archive, args.host, args.port, args.max_body, args.ready_file)
+        serve(args.archive, args.host, args.port, args.max_body, args.ready_file, args.workdir, args.body_timeout,
+              args.header_timeout)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # noqa: BLE001 - one line for the parent to show

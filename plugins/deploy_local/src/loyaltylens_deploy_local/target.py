@@ -70,7 +70,10 @@ class LocalDeployTarget:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "loyaltylens_deploy_local.server", "--archive", str(archive),
                  "--host", self.settings.host, "--port", str(self.settings.port),
-                 "--max-body", str(self.settings.max_body_bytes), "--ready-file", str(ready)],
+                 "--max-body", str(self.settings.max_body_bytes), "--ready-file", str(ready),
+                 "--workdir", str(self.state_file.parent / "serving"),
+                 "--body-timeout", str(self.settings.body_timeout_s),
+                 "--header-timeout", str(self.settings.header_timeout_s)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + self.settings.start_timeout_s

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 ROLE_PATTERN = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,128}$"
 NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
 
 
-class SageMakerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SageMakerSettings(PluginSettings):
     region: str = Field("us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     role_arn: str | None = Field(None, pattern=ROLE_PATTERN, description="Execution role SageMaker assumes")
     bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
@@ -33,13 +31,13 @@ class SageMakerSettings(BaseModel):
     wait_timeout_s: int = Field(1800, ge=1, le=7200, description="How long `up` waits for InService")
 
 
-def build(settings: SageMakerSettings, context: Any) -> Any:
+def build(settings: SageMakerSettings, context: StageContext) -> Any:
     from .target import SageMakerTarget
 
     return SageMakerTarget(settings, context)
 
 
 @hookimpl
-def register_deploy_targets(register: Any) -> None:
+def register_deploy_targets(register: Register) -> None:
     register("sagemaker", build, settings=SageMakerSettings,
              description="SageMaker real-time endpoint (raw boto3)")

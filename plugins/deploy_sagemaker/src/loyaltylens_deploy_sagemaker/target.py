@@ -55,10 +55,7 @@ class SageMakerTarget:
         try:
             return fn(**kwargs)
         except NoCredentialsError:
-            raise StageError(
-                f"SageMaker {operation}: no AWS credentials found",
-                "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run on a role",
-            ) from None
+            raise _no_credentials(operation) from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "Unknown")
             message = _one_line(exc.response.get("Error", {}).get("Message", ""))
@@ -86,6 +83,8 @@ class SageMakerTarget:
         try:
             self.s3.head_bucket(Bucket=bucket)
             return
+        except NoCredentialsError:
+            raise _no_credentials("HeadBucket") from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("403", "AccessDenied"):
@@ -103,6 +102,8 @@ class SageMakerTarget:
     def _endpoint(self) -> dict[str, Any] | None:
         try:
             return self.sagemaker.describe_endpoint(EndpointName=self.settings.endpoint_name)
+        except NoCredentialsError:
+            raise _no_credentials("DescribeEndpoint") from None
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ValidationException":
                 return None
@@ -261,3 +262,11 @@ def _one_line(text: str, limit: int = 200) -> str:
     text = re.sub(r"<[^>]+>", " ", text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_credentials(operation: str) -> StageError:
+    return StageError(
+        f"SageMaker {operation}: no AWS credentials found",
+        "set them for boto3's credential chain: AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials, or run on an instance or task role",
+    )

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 
-class VertexSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class VertexSettings(PluginSettings):
     project: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", description="GCP project id")
     location: str = Field("us-central1", pattern=r"^[a-z]+-[a-z]+\d$")
     bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$",
@@ -37,13 +35,13 @@ class VertexSettings(BaseModel):
     anonymous: bool = Field(False, description="Anonymous credentials: only for emulators and local stand-ins")
 
 
-def build(settings: VertexSettings, context: Any) -> Any:
+def build(settings: VertexSettings, context: StageContext) -> Any:
     from .target import VertexTarget
 
     return VertexTarget(settings, context)
 
 
 @hookimpl
-def register_deploy_targets(register: Any) -> None:
+def register_deploy_targets(register: Register) -> None:
     register("vertex", build, settings=VertexSettings,
              description="Vertex AI endpoint serving a TorchServe model.mar")

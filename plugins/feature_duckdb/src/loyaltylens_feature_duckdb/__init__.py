@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 
-class DuckDBFeatureSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DuckDBFeatureSettings(PluginSettings):
     path: Path | None = Field(None, description="DuckDB file; default <data_dir>/loyaltylens.duckdb")
     source_dir: Path | None = Field(
         None,
@@ -26,13 +24,13 @@ class DuckDBFeatureSettings(BaseModel):
     snapshots: int = Field(4, ge=2, le=52, description="How many snapshots to keep (the last is the latest)")
 
 
-def build(settings: DuckDBFeatureSettings, context: Any) -> Any:
+def build(settings: DuckDBFeatureSettings, context: StageContext) -> Any:
     from .store import DuckDBFeatureStore
 
     return DuckDBFeatureStore(settings, context)
 
 
 @hookimpl
-def register_feature_stores(register: Any) -> None:
+def register_feature_stores(register: Register) -> None:
     register("duckdb", build, settings=DuckDBFeatureSettings,
              description="Features computed in SQL in an embedded DuckDB file")

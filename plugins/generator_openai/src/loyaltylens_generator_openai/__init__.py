@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 
-class OpenAIGeneratorSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OpenAIGeneratorSettings(PluginSettings):
     model: str = Field("gpt-4o-mini", min_length=1)
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:11434/v1")
     api_key: SecretStr | None = Field(None, description="Default: $OPENAI_API_KEY")
@@ -41,13 +39,13 @@ class OpenAIGeneratorSettings(BaseModel):
     max_cta_chars: int = Field(40, ge=5, le=200)
 
 
-def build(settings: OpenAIGeneratorSettings, context: Any) -> Any:
+def build(settings: OpenAIGeneratorSettings, context: StageContext) -> Any:
     from .generator import OpenAIGenerator
 
     return OpenAIGenerator(settings, context)
 
 
 @hookimpl
-def register_generators(register: Any) -> None:
+def register_generators(register: Register) -> None:
     register("openai", build, settings=OpenAIGeneratorSettings,
              description="OpenAI-compatible chat completions with structured output and guardrails")

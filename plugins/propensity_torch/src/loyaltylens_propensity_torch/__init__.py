@@ -9,14 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 
-class TorchPropensitySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TorchPropensitySettings(PluginSettings):
     model_dir: Path | None = Field(None, description="Where versioned models live; default <data_dir>/models")
     version: str | None = Field(None, description="Pin a model version, e.g. propensity_v2; default: latest")
     horizon_days: int = Field(30, ge=1, le=180, description="Label: a redemption within this many days")
@@ -32,13 +30,13 @@ class TorchPropensitySettings(BaseModel):
     )
 
 
-def build(settings: TorchPropensitySettings, context: Any) -> Any:
+def build(settings: TorchPropensitySettings, context: StageContext) -> Any:
     from .model import TorchPropensityModel
 
     return TorchPropensityModel(settings, context)
 
 
 @hookimpl
-def register_propensity_models(register: Any) -> None:
+def register_propensity_models(register: Register) -> None:
     register("torch", build, settings=TorchPropensitySettings,
              description="Tabular transformer (per-feature embeddings, encoder, MLP)")

@@ -31,6 +31,8 @@ from loyaltylens_core.errors import StageError
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, classification_metrics, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
 
+ABSENT_TIER = ("tier may be left out of an endpoint request (clients of the reference endpoint send six "
+               "features): the score is then the mean of the scores for the four tiers")
 WEIGHTS = "weights.safetensors"
 LEGACY_WEIGHTS = "weights.pt"
 
@@ -223,6 +225,7 @@ class TorchPropensityModel:
             },
             "scaler": {"mean": self._mean.tolist(), "std": self._std.tolist()},
             "weights_format": "safetensors (the torch state dict's tensors)",
+            "serving": {"absent_tier": ABSENT_TIER},
             "torch_version": torch.__version__,
         }
         self._save(version, network, card)
@@ -348,6 +351,7 @@ class TorchPropensityModel:
             "categorical_features": {k: list(v) for k, v in CATEGORICAL_FEATURES.items()},
             "threshold": self.settings.threshold,
             "format": "torchscript",
+            "absent_tier": ABSENT_TIER,
         }
         (out_dir / "spec.json").write_text(json.dumps(spec, indent=2))
         return spec

@@ -8,14 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 
-class DuckDBRetrieverSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DuckDBRetrieverSettings(PluginSettings):
     path: Path | None = Field(None, description="DuckDB file; default <data_dir>/loyaltylens.duckdb")
     catalogue: Path | None = Field(None, description="Offers as a JSON list; default: the demo catalogue")
     table: str = Field("offer_vectors", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -24,13 +22,13 @@ class DuckDBRetrieverSettings(BaseModel):
     )
 
 
-def build(settings: DuckDBRetrieverSettings, context: Any) -> Any:
+def build(settings: DuckDBRetrieverSettings, context: StageContext) -> Any:
     from .retriever import DuckDBRetriever
 
     return DuckDBRetriever(settings, context)
 
 
 @hookimpl
-def register_retrievers(register: Any) -> None:
+def register_retrievers(register: Register) -> None:
     register("duckdb", build, settings=DuckDBRetrieverSettings,
              description="Exact cosine top-k over offer vectors stored in DuckDB")

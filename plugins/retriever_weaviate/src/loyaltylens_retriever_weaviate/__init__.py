@@ -8,14 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from loyaltylens_core import hookimpl
+from loyaltylens_core import PluginSettings, Register, StageContext, hookimpl
 
 
-class WeaviateRetrieverSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WeaviateRetrieverSettings(PluginSettings):
     url: str = Field("http://localhost:8080", description="REST endpoint of a self-hosted Weaviate")
     grpc_port: int = Field(50051, ge=1, le=65535, description="gRPC port on the same host")
     cluster_url: str | None = Field(None, description="Weaviate Cloud cluster URL (then url/grpc_port are unused)")
@@ -32,13 +30,13 @@ class WeaviateRetrieverSettings(BaseModel):
     )
 
 
-def build(settings: WeaviateRetrieverSettings, context: Any) -> Any:
+def build(settings: WeaviateRetrieverSettings, context: StageContext) -> Any:
     from .retriever import WeaviateRetriever
 
     return WeaviateRetriever(settings, context)
 
 
 @hookimpl
-def register_retrievers(register: Any) -> None:
+def register_retrievers(register: Register) -> None:
     register("weaviate", build, settings=WeaviateRetrieverSettings,
              description="Weaviate v4: self-indexing collection, near_vector top-k with filters")
