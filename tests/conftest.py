@@ -33,3 +33,11 @@ def cli(tmp_path_factory):
     run.env = env  # type: ignore[attr-defined]
     run.workdir = workdir  # type: ignore[attr-defined]
     return run
+
+
+@pytest.fixture(scope="session")
+def built(cli):
+    """The shared data dir, built (demo data, features, model, index) before a test uses it."""
+    proc = cli("run", "C001", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return cli

@@ -223,8 +223,11 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
 
 
 @app.command()
-def index() -> None:
-    """(Re)index the offer catalogue in the selected retriever."""
+def index(
+    rebuild: bool = typer.Option(False, "--rebuild", help="Re-embed everything, not only what changed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Index the offer catalogue in the selected retriever: what changed, or everything with --rebuild."""
     pipeline = _pipeline(needed=("retriever",))
     retriever = pipeline.component("retriever", prepare=False)
     indexer = getattr(retriever, "index", None)
@@ -235,8 +238,13 @@ def index() -> None:
             f"retriever plugin {pipeline.config.stages['retriever']!r} has no index step",
             "it indexes on its own",
         )
-    count = indexer(rebuild=True)
-    typer.echo(f"indexed {count} offers with retriever {pipeline.config.stages['retriever']!r}")
+    count = indexer(rebuild=rebuild)
+    details = dict(getattr(retriever, "last_index", None) or {})
+    if as_json:
+        _print_json({"retriever": pipeline.config.stages["retriever"], "offers": count, **details})
+        return
+    changed = f" ({details['embedded']} embedded, {details['kept']} unchanged)" if "embedded" in details else ""
+    typer.echo(f"indexed {count} offers with retriever {pipeline.config.stages['retriever']!r}{changed}")
 
 
 @app.command()

@@ -177,17 +177,25 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _broken(plugin: str, dist: str | None, version: str | None, exc: BaseException) -> BrokenPlugin:
-    """Where a plugin failed: the innermost frame outside importlib and this module, so a
-    user sees the line in the plugin that raised, not ours."""
+def _broken(plugin: str, dist: str | None, version: str | None, exc: BaseException,
+            module: str | None = None) -> BrokenPlugin:
+    """Where a plugin failed: the innermost frame in the plugin's own package (else the
+    innermost outside the standard library and this module), so a user sees the line in
+    the plugin that raised, not ours or json's."""
+    import sysconfig
     import traceback
 
+    stdlib = sysconfig.get_paths()["stdlib"]
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if "importlib" not in f.filename and not f.filename.endswith("loyaltylens_core/plugins.py")]
+              if not f.filename.startswith(stdlib) and "<frozen" not in f.filename
+              and not f.filename.endswith("loyaltylens_core/plugins.py")]
+    top = (module or "").split(".")[0]
+    own = [f for f in frames if top and (f"/{top}/" in f.filename or f.filename.endswith(f"/{top}.py"))]
+    chosen = (own or frames)[-1] if (own or frames) else None
     if isinstance(exc, SyntaxError) and exc.filename:
         location = f"{exc.filename}:{exc.lineno}"
     else:
-        location = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        location = f"{chosen.filename}:{chosen.lineno}" if chosen else ""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return BrokenPlugin(plugin, dist, version, _describe_error(exc), location, text)
 
@@ -225,7 +233,7 @@ def load_registry(
                 module = ep.load()
                 pm.register(module, name=ep.name)
             except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
-                broken.append(_broken(ep.name, dist_name, dist_version, exc))
+                broken.append(_broken(ep.name, dist_name, dist_version, exc, ep.module))
                 continue
             dist_of[ep.name] = (dist_name, dist_version)
 

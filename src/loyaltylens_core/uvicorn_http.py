@@ -32,7 +32,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def _start_header_timer(self) -> None:
         self._cancel_header_timer()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+        self._header_timer = self.loop.call_later(self.timeout_s(), self._headers_too_slow)
+
+    def timeout_s(self) -> float:
+        return self.header_timeout_s
 
     def _cancel_header_timer(self) -> None:
         timer = getattr(self, "_header_timer", None)
@@ -64,6 +67,27 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(_RESPONSE)
             self.transport.close()
+
+
+class ServeHeaderTimeoutProtocol(HeaderTimeoutProtocol):
+    """The service's protocol, named by import string so uvicorn can hand it to worker
+    processes (a class made at run time cannot be pickled): its time-out comes from the
+    options `loyaltylens serve` passes its workers."""
+
+    def timeout_s(self) -> float:
+        return _serve_header_timeout()
+
+
+def _serve_header_timeout() -> float:
+    global _SERVE_TIMEOUT
+    if _SERVE_TIMEOUT is None:
+        from .service.settings import ServeOptions
+
+        _SERVE_TIMEOUT = float(ServeOptions.from_env().settings.get("header_timeout_s", HEADER_TIMEOUT_S))
+    return _SERVE_TIMEOUT
+
+
+_SERVE_TIMEOUT: float | None = None
 
 
 def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:

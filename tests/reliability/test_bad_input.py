@@ -20,14 +20,6 @@ from .helpers import assert_one_clear_line, files_under
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def built(cli):
-    """The shared data dir, built (demo data, features, model, index) before these tests."""
-    proc = cli("run", "C001", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return cli
-
-
 @pytest.mark.parametrize("args, code, fragments", [
     (["run", "C999999"], 2, ["customer 'C999999' not found", "C001 to C1000"]),
     (["run", "C 001"], 2, ["customer id 'C 001' is malformed"]),

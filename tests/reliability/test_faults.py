@@ -18,12 +18,6 @@ from .helpers import assert_one_clear_line
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def built(cli):
-    assert cli("run", "C001", "--json").returncode == 0
-    return cli
-
-
 def llm_env(stub, **extra):
     return {"LOYALTYLENS_GENERATOR": "openai", "LOYALTYLENS_GENERATOR_OPENAI__BASE_URL": stub.base_url,
             "LOYALTYLENS_GENERATOR_OPENAI__MAX_RETRIES": "1", "LOYALTYLENS_GENERATOR_OPENAI__TIMEOUT_S": "0.5",

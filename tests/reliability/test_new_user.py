@@ -17,13 +17,6 @@ from .helpers import assert_one_clear_line
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def built(cli):
-    proc = cli("run", "C001", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return cli
-
-
 # --- 1, 2: the model endpoint ------------------------------------------------------------
 
 REFERENCE_ROW = {"recency_days": 3, "frequency_30d": 4, "monetary_90d": 320.5, "offer_redemption_rate": 0.4,
@@ -123,7 +116,7 @@ def test_unknown_customers_go_to_rejects_and_the_batch_goes_on(built, tmp_path):
     rejects = (tmp_path / "r.rejects.csv").read_text().splitlines()
     assert rejects[0] == "customer_id,line,reason"
     assert rejects[1:] == ["C999999,3,customer 'C999999' not found", "C888888,5,customer 'C888888' not found"]
-    strict = built("batch", "--ids", str(ids), "--out", str(tmp_path / "s.parquet"), "--strict")
+    strict = built("--quiet", "batch", "--ids", str(ids), "--out", str(tmp_path / "s.parquet"), "--strict")
     assert_one_clear_line(strict, 2, "2 customers were not found (--strict)", "r.rejects.csv".replace("r.", "s."))
     assert (tmp_path / "s.parquet").is_file()  # the rest is still written
 

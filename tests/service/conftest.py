@@ -74,10 +74,8 @@ def launch(cli: Any, log_dir: Path, *flags: str, env: dict[str, str] | None = No
 
 
 @pytest.fixture(scope="session")
-def built_cli(cli):
-    proc = cli("run", "C001", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return cli
+def built_cli(built):
+    return built
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_score_speaks_the_endpoint_contract(server):
 
 def test_health_readiness_plugins_config_and_openapi(server):
     assert httpx.get(server.url + "/healthz").json()["status"] == "alive"
-    assert httpx.get(server.url + "/readyz").json() == {"status": "ready"}
+    assert httpx.get(server.url + "/readyz").json() == {"status": "ready", "workers": 1}
     plugins = httpx.get(server.url + "/v1/plugins").json()
     assert plugins["retriever"]["name"] == "duckdb" and plugins["generator"]["name"] == "template"
     config = httpx.get(server.url + "/v1/config").json()

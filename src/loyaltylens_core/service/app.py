@@ -144,6 +144,7 @@ async def _warm(state: State) -> None:
     try:
         await anyio.to_thread.run_sync(_build_and_warm, state)
         state.ready = True
+        mark_ready()
     except LoyaltyLensError as exc:
         state.failure = exc
         print(f"error: {exc}", file=sys.stderr)
@@ -187,6 +188,36 @@ def _build_and_warm(state: State) -> None:
         refs["feature_store"].name, refs["propensity"].name, refs["retriever"].name, refs["generator"].name,
         model_version, getattr(generator, "prompt_version", ""), __version__,
     ).set(1)
+
+
+def _ready_dir() -> Path | None:
+    """Where workers say they are ready: this service's own directory (``serve`` gives
+    each service instance one, for its metrics)."""
+    root = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(root) if root else None
+
+
+def mark_ready() -> None:
+    directory = _ready_dir()
+    if directory is not None:
+        (directory / f"ready-{os.getpid()}").touch()
+
+
+def ready_workers() -> int:
+    """Workers of this service that finished warming and are still alive."""
+    directory = _ready_dir()
+    if directory is None:
+        return 1
+    alive = 0
+    for marker in directory.glob("ready-*"):
+        try:
+            os.kill(int(marker.name.removeprefix("ready-")), 0)
+            alive += 1
+        except (ValueError, ProcessLookupError):
+            marker.unlink(missing_ok=True)
+        except PermissionError:
+            alive += 1
+    return alive
 
 
 def _routes(app: FastAPI, state: State) -> None:
@@ -233,7 +264,11 @@ def _routes(app: FastAPI, state: State) -> None:
             return _error(503, state.failure.message, state.failure.hint)
         if not state.ready:
             return _error(503, "warming up", "retry shortly", headers={"Retry-After": "1"})
-        return JSONResponse({"status": "ready"})
+        ready, wanted = ready_workers(), state.settings.workers
+        if ready < wanted:  # the service is ready when every worker is, not one of them
+            return _error(503, f"warming up ({ready} of {wanted} workers ready)", "retry shortly",
+                          headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ready", "workers": wanted})
 
     @app.get("/metrics", tags=["service"], summary="Prometheus exposition (all workers)")
     async def prometheus() -> Response:

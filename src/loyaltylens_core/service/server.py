@@ -107,8 +107,6 @@ def _alive(pid: int) -> bool:
 def _run_uvicorn(settings: ServeSettings) -> None:
     import uvicorn
 
-    from ..uvicorn_http import with_header_timeout
-
     uvicorn.run(
         "loyaltylens_core.service.app:create_app",
         factory=True,
@@ -116,7 +114,7 @@ def _run_uvicorn(settings: ServeSettings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="auto",
-        http=with_header_timeout(settings.header_timeout_s),
+        http="loyaltylens_core.uvicorn_http:ServeHeaderTimeoutProtocol",
         timeout_keep_alive=int(max(1, settings.keep_alive_s)),
         timeout_graceful_shutdown=int(max(1, settings.graceful_timeout_s)),
         limit_concurrency=settings.limit_concurrency,

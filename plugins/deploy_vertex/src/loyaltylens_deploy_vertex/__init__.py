@@ -36,6 +36,12 @@ class VertexSettings(PluginSettings):
 
 
 def build(settings: VertexSettings, context: StageContext) -> Any:
+    import warnings
+
+    # google-api-core warns at import that grpcio < 1.83 lacks post-quantum TLS; grpcio is
+    # capped below 1.80 by weaviate-client. The notice is not the user's to act on, and a
+    # warning line in the middle of a one-line error is noise.
+    warnings.filterwarnings("ignore", message=".*Post-Quantum Cryptography", category=FutureWarning)
     from .target import VertexTarget
 
     return VertexTarget(settings, context)
