@@ -6,6 +6,32 @@ import sys
 
 import pytest
 
+LITTER = ("ll-serve-*", "local-vertex-*", "ll-bench-*")
+
+
+def _litter() -> set[str]:
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.gettempdir())
+    return {str(p) for pattern in LITTER for p in root.glob(pattern)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._loyaltylens_litter = _litter()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite writes under pytest's tmp_path: anything it leaves in the system temp
+    dir fails the run."""
+    before = getattr(session.config, "_loyaltylens_litter", None)
+    if before is None:
+        return
+    left = sorted(_litter() - before)
+    if left:
+        print(f"\nerror: the test suite left {len(left)} directories in the temp dir: {', '.join(left[:5])}")
+        session.exitstatus = 1
+
 
 @pytest.fixture(scope="session")
 def cli(tmp_path_factory):

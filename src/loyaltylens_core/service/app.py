@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import os
 import sys
@@ -62,6 +63,7 @@ class State:
         workers = max(1, settings.workers)
         self.buckets = TokenBuckets(settings.llm_rate_per_s / workers, settings.llm_burst / workers)
         self.audit: AuditLog | None = None
+        self.warm_ids: list[str] = []
         self.started = time.monotonic()
 
 
@@ -114,7 +116,7 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
     state = State(options, settings)
 
     async def lifespan(app: FastAPI) -> Any:
-        warm = asyncio.create_task(_warm(state))
+        warm = asyncio.create_task(_warm(state, app))
         try:
             yield
         finally:
@@ -139,11 +141,25 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
     return app
 
 
-async def _warm(state: State) -> None:
-    """Build, prepare and exercise the pipeline off the event loop, then flip ready."""
+async def _warm(state: State, app: Any) -> None:
+    """Build, prepare and exercise the pipeline off the event loop, then send a few
+    requests through the whole ASGI stack in-process (routing, serialisation, metrics
+    children, the audit descriptor are all made on first use), then say ready."""
     try:
         await anyio.to_thread.run_sync(_build_and_warm, state)
+        audit, state.audit = state.audit, None  # warm-up requests are not served offers
         state.ready = True
+        for customer_id in state.warm_ids[:5]:
+            await _self_request(app, "GET", f"/v1/offers/{customer_id}")
+            await _self_request(app, "POST", "/v1/offers", json.dumps({"customer_ids": [customer_id]}).encode())
+        state.audit = audit
+        if audit is not None:
+            audit.open()
+        metrics.prepare_children()
+        # Warming made many objects (the index, the score memo): collect now and move the
+        # survivors out of the collector's way, so no early request pays a full collection.
+        gc.collect()
+        gc.freeze()
         mark_ready()
     except LoyaltyLensError as exc:
         state.failure = exc
@@ -152,6 +168,32 @@ async def _warm(state: State) -> None:
         state.failure = PluginError(f"the pipeline failed to start: {type(exc).__name__}: {exc}",
                                     "see the server log")
         print(f"error: {state.failure}", file=sys.stderr)
+
+
+async def _self_request(app: Any, method: str, path: str, body: bytes = b"") -> None:
+    """One request through the app without a socket; GuardMiddleware leaves it out of
+    the metrics (scope["loyaltylens_warmup"])."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"warmup"), (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "loyaltylens_warmup": True,
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app(scope, receive, send)
 
 
 def _build_and_warm(state: State) -> None:
@@ -172,6 +214,7 @@ def _build_and_warm(state: State) -> None:
     )
     store = pipeline.component("feature_store")
     sample = list(getattr(store, "customer_ids", lambda: [])()[:20])
+    state.warm_ids = [] if state.llm else sample
     first = None
     for i in range(state.settings.warmup_runs if sample and not state.llm else 0):
         first = pipeline.run(sample[i % len(sample)])
@@ -443,6 +486,8 @@ class GuardMiddleware:
         try:
             await self._guarded(scope, receive, send_tracking)
         finally:
+            if scope.get("loyaltylens_warmup"):
+                return  # noqa: B012 - the warm-up's own requests are not traffic
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             metrics.REQUESTS.labels(label, scope.get("method", ""), str(status_holder["status"])).inc()

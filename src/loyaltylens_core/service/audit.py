@@ -66,6 +66,11 @@ class AuditLog:
             os.close(self._fd)
             self._fd = None
 
+    def open(self) -> None:
+        """Open the descriptor now (a service warming up), not on the first served offer."""
+        with self._lock:
+            fcntl.flock(self._locked(), fcntl.LOCK_UN)
+
     def close(self) -> None:
         with self._lock:
             if self._fd is not None:

@@ -37,6 +37,17 @@ BUILD_INFO = Gauge(
 )
 
 
+def prepare_children() -> None:
+    """Make the label children of the hot path now: in multiprocess mode the first use of
+    a label set allocates its entry in the worker's metrics file, which the first real
+    request would otherwise pay for."""
+    for route, method in (("/v1/offers/{customer_id}", "GET"), ("/v1/offers", "POST"), ("/v1/score", "POST")):
+        REQUESTS.labels(route, method, "200")
+        REQUEST_SECONDS.labels(route)
+    for stage in ("feature_store", "propensity", "retriever", "generator", "total"):
+        STAGE_SECONDS.labels(stage)
+
+
 def observe_result(result: Any, *, llm: bool) -> None:
     """Stage latencies, fallbacks and LLM figures of one PipelineResult."""
     for stage, ms in result.latency_ms.items():

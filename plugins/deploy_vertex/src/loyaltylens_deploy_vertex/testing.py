@@ -18,6 +18,7 @@ import json
 import re
 import subprocess
 import sys
+import shutil
 import tempfile
 import threading
 import time
@@ -74,6 +75,8 @@ class LocalVertex:
     def __exit__(self, *exc: Any) -> None:
         self.http.shutdown()
         self.http.server_close()
+        # Deployed models' artifacts: gone with the server, never left in the temp dir.
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --- resources ------------------------------------------------------------------
 
