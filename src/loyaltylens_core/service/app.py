@@ -197,15 +197,13 @@ async def _self_request(app: Any, method: str, path: str, body: bytes = b"") -> 
 
 
 def _build_and_warm(state: State) -> None:
-    from ..config import load_config
     from ..pipeline import RUN_STAGES, Pipeline
 
     state.keys = load_keys(os.environ, state.settings.api_keys_file)
     pipeline = Pipeline.from_config(state.options.config, use=state.options.use, read_only=True)
     pipeline.prepare()
     state.pipeline = pipeline
-    config = load_config(state.options.config, use=state.options.use)
-    state.audit = AuditLog(config.core.data_dir / "audit" / "audit.jsonl",
+    state.audit = AuditLog(pipeline.config.core.data_dir / "audit" / "audit.jsonl",
                            state.settings.audit_max_bytes, state.settings.audit_backups)
     generator = pipeline.component("generator")
     state.llm = isinstance(generator, AsyncGenerator)
@@ -525,9 +523,3 @@ class GuardMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
-
-
-def data_dir_of(options: ServeOptions) -> Path:
-    from ..config import load_config
-
-    return load_config(options.config, use=options.use).core.data_dir
