@@ -88,6 +88,21 @@ async def read_body(scope: dict[str, Any], receive: Receive, max_bytes: int, tim
     return b"".join(chunks)
 
 
+def body_once(body: bytes, then: Receive) -> Receive:
+    """An ASGI ``receive`` that hands over ``body`` (already read) as one message, then
+    defers to ``then`` (the connection's own receive, which reports a disconnect)."""
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
+
+
 async def send_json(send: Send, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..asgi import BodyError, Disconnected, read_body, send_json
+from ..asgi import BodyError, Disconnected, body_once, read_body, send_json
 from ..contracts import CHANNELS, TIERS, AsyncGenerator, CustomerFeatures, PipelineResult
 from ..errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
 from . import metrics
@@ -180,20 +180,14 @@ async def _self_request(app: Any, method: str, path: str, body: bytes = b"") -> 
                     (b"content-length", str(len(body)).encode())],
         "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "loyaltylens_warmup": True,
     }
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def never_disconnects() -> dict[str, Any]:
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         pass
 
-    await app(scope, receive, send)
+    await app(scope, body_once(body, never_disconnects), send)
 
 
 def _build_and_warm(state: State) -> None:
@@ -513,13 +507,4 @@ class GuardMiddleware:
         except BodyError as exc:
             await send_json(send, exc.status, {"error": exc.message, "hint": exc.hint}, exc.headers)
             return
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, body_once(body, receive), send)
