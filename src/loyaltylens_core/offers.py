@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from pydantic import ValidationError
 
@@ -68,10 +68,20 @@ def validate_catalogue(raw: Sequence[Any], where: str) -> list[Offer]:
     return offers
 
 
+def embedder_name(embedder: Any) -> str:
+    """What identifies an embedding model in fingerprints and content hashes."""
+    return str(getattr(embedder, "name", type(embedder).__name__))
+
+
 def catalogue_fingerprint(offers: Sequence[Offer], embedder: Any) -> str:
     """Changes when any offer or the embedding model changes: an index built under another
     fingerprint is stale."""
-    digest = hashlib.sha256(getattr(embedder, "name", type(embedder).__name__).encode())
-    for offer in offers:
-        digest.update(offer.model_dump_json().encode())
+    return texts_fingerprint((offer.model_dump_json() for offer in offers), embedder)
+
+
+def texts_fingerprint(texts: Iterable[str], embedder: Any) -> str:
+    """Changes when any text or the embedding model changes (catalogues, query vocabularies)."""
+    digest = hashlib.sha256(embedder_name(embedder).encode())
+    for text in texts:
+        digest.update(text.encode())
     return digest.hexdigest()[:16]

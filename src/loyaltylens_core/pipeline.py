@@ -464,18 +464,17 @@ class Pipeline:
 
     def read_known(
         self, customer_ids: Sequence[str], as_of: dt.date | None = None
-    ) -> tuple[list[str], list[CustomerFeatures], dict[str, LoyaltyLensError]]:
-        """Features for the ids the store knows, and the error for each it does not.
+    ) -> tuple[list[CustomerFeatures], dict[str, LoyaltyLensError]]:
+        """Features for the ids the store knows (in order), and the error for each it does not.
 
         One batched read when every id is known; only when the store reports an unknown
         customer are the ids read one by one to find which (a batch over millions must not
         die for one unknown customer, nor pay per-id reads when there is none)."""
         try:
-            return list(customer_ids), self.read_many(customer_ids, as_of), {}
+            return self.read_many(customer_ids, as_of), {}
         except CustomerNotFound:
             pass
         store = self.component("feature_store")
-        known: list[str] = []
         features: list[CustomerFeatures] = []
         unknown: dict[str, LoyaltyLensError] = {}
         for customer_id in customer_ids:
@@ -483,9 +482,7 @@ class Pipeline:
                 features.append(self._expect("feature_store", store.read_latest(customer_id, as_of), CustomerFeatures))
             except CustomerNotFound as exc:
                 unknown[customer_id] = exc
-                continue
-            known.append(customer_id)
-        return known, features, unknown
+        return features, unknown
 
     def _many(self, features: list[CustomerFeatures]) -> "_Many":
         """Every stage after the feature store for many customers, batched, timed per stage."""
@@ -534,7 +531,7 @@ class Pipeline:
             if rejects is None:
                 features = self.read_many(customer_ids)
             else:
-                _, features, unknown = self.read_known(customer_ids)
+                features, unknown = self.read_known(customer_ids)
                 rejects.update(unknown)
         many = self._many(features)
         prompt_version = getattr(self.component("generator"), "prompt_version", None)
@@ -555,7 +552,7 @@ class Pipeline:
                 out[i] = exc
         started = time.perf_counter()
         with self._calling("feature_store"):
-            _, features, unknown = self.read_known([customer_ids[i] for i in valid], as_of)
+            features, unknown = self.read_known([customer_ids[i] for i in valid], as_of)
         read_ms = (time.perf_counter() - started) * 1000
         served = [i for i in valid if customer_ids[i] not in unknown]  # aligned with features
         for i in valid:
@@ -628,6 +625,7 @@ class Pipeline:
         ``wrapper=True`` implementations work; each listener is guarded when the registry
         loads (plugins.guard_event_listeners): one that raises is reported and skipped."""
         getattr(self._hooks, hook_name)(**kwargs)
+
 
 def ensure_writable(data_dir: Any) -> None:
     """Every stage keeps files in the data dir; say so once, plainly, if it cannot."""

@@ -134,7 +134,6 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
         lifespan=lifespan,
         responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
-    app.state.loyaltylens = state
     _routes(app, state)
     _error_handlers(app)
     app.add_middleware(GuardMiddleware, state=state)
@@ -204,17 +203,16 @@ def _build_and_warm(state: State) -> None:
     state.inline = not state.llm and all(
         getattr(pipeline.component(stage), "nonblocking", False) is True for stage in RUN_STAGES
     )
-    store = pipeline.component("feature_store")
-    sample = list(getattr(store, "customer_ids", lambda: [])()[:20])
-    state.warm_ids = [] if state.llm else sample
+    # Warm-up runs call no LLM (they would cost money and count against its limits).
+    everyone = [] if state.llm else list(getattr(pipeline.component("feature_store"), "customer_ids", list)())
+    sample = state.warm_ids = everyone[:20]
     first = None
-    for i in range(state.settings.warmup_runs if sample and not state.llm else 0):
+    for i in range(state.settings.warmup_runs if sample else 0):
         first = pipeline.run(sample[i % len(sample)])
-    if sample and not state.llm and state.settings.warmup_runs:
+    if sample and state.settings.warmup_runs:
         pipeline.run_many(sample)
         # Score the whole latest snapshot once: a model that memoises scores by feature
         # values then answers any known customer's first request from memory.
-        everyone = list(getattr(store, "customer_ids", lambda: [])())
         for start in range(0, len(everyone), 10_000):
             pipeline.predict_many(pipeline.read_many(everyone[start : start + 10_000]))
     refs = pipeline.run_plugin_refs()

@@ -21,7 +21,7 @@ import pyarrow as pa
 from loyaltylens_core.adapters import query_vocabulary
 from loyaltylens_core.contracts import TIERS, Offer, OfferCandidate, RetrievalQuery
 from loyaltylens_core.errors import StageError
-from loyaltylens_core.offers import catalogue_fingerprint, load_catalogue, offer_text
+from loyaltylens_core.offers import catalogue_fingerprint, embedder_name, load_catalogue, offer_text, texts_fingerprint
 
 
 def top_k(similarity: np.ndarray, k: int) -> np.ndarray:
@@ -41,10 +41,10 @@ def vectors_of(table: Any, column: str, dim: int) -> np.ndarray:
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
 
 
-def content_hash(offer: Offer, embedder_name: str) -> str:
+def content_hash(offer: Offer, model: str) -> str:
     """What decides an offer's vector: its embedded text and the model. An offer whose
     hash is unchanged keeps its vector when the catalogue is re-indexed."""
-    return hashlib.sha256(f"{embedder_name}\n{offer_text(offer)}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{model}\n{offer_text(offer)}".encode()).hexdigest()[:16]
 
 
 class DuckDBRetriever:
@@ -114,10 +114,7 @@ class DuckDBRetriever:
         return query_vocabulary() or ()
 
     def _vocabulary_fingerprint(self, vocabulary: Sequence[str]) -> str:
-        digest = hashlib.sha256(getattr(self.embedder, "name", type(self.embedder).__name__).encode())
-        for text in vocabulary:
-            digest.update(text.encode() + b"\n")
-        return digest.hexdigest()[:16]
+        return texts_fingerprint((text + "\n" for text in vocabulary), self.embedder)
 
     def _meta(self) -> tuple[str | None, str | None]:
         """(catalogue fingerprint, vocabulary fingerprint) of the stored index."""
@@ -153,7 +150,7 @@ class DuckDBRetriever:
         re-embeds everything."""
         offers = offers or load_catalogue(self._catalogue_path())
         con = self._connect()
-        name = getattr(self.embedder, "name", type(self.embedder).__name__)
+        name = embedder_name(self.embedder)
         hashes = [content_hash(o, name) for o in offers]
         kept = {} if rebuild else self._stored_offer_vectors()
         todo = [i for i, h in enumerate(hashes) if h not in kept]
