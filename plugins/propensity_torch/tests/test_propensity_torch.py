@@ -101,24 +101,28 @@ def test_missing_pinned_version_is_a_clear_error(tmp_path):
         model_for(tmp_path, version="propensity_v9").prepare()
 
 
+def version_with_card(tmp_path, trained):
+    """A model version directory holding the trained card and no weights yet."""
+    target = tmp_path / "models" / "propensity_v1"
+    target.mkdir(parents=True)
+    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    return target
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))
 
 
 def test_checkpoint_with_a_pickled_object_is_refused(tmp_path, trained):
-    target = tmp_path / "models" / "propensity_v1"
-    target.mkdir(parents=True)
-    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    target = version_with_card(tmp_path, trained)
     torch.save({"weights": Evil()}, target / "weights.pt")
     with pytest.raises(StageError, match="holds pickled objects"):
         model_for(tmp_path).prepare()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, trained):
-    target = tmp_path / "models" / "propensity_v1"
-    target.mkdir(parents=True)
-    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    target = version_with_card(tmp_path, trained)
     (target / "weights.pt").write_bytes(b"\x00not a checkpoint")
     with pytest.raises(StageError, match="corrupt"):
         model_for(tmp_path).prepare()
@@ -175,9 +179,7 @@ def test_scoring_a_trained_model_never_imports_torch(trained):
 
 
 def test_a_legacy_torch_checkpoint_still_loads_with_the_same_scores(tmp_path, trained):
-    target = tmp_path / "models" / "propensity_v1"
-    target.mkdir(parents=True)
-    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    target = version_with_card(tmp_path, trained)
     torch.save(trained.torch_network().state_dict(), target / "weights.pt")
     legacy = model_for(tmp_path)
     legacy.prepare()
@@ -185,9 +187,7 @@ def test_a_legacy_torch_checkpoint_still_loads_with_the_same_scores(tmp_path, tr
 
 
 def test_corrupt_safetensors_checkpoint_is_a_clear_error(tmp_path, trained):
-    target = tmp_path / "models" / "propensity_v1"
-    target.mkdir(parents=True)
-    (target / "card.json").write_text((trained.model_dir / "propensity_v1" / "card.json").read_text())
+    target = version_with_card(tmp_path, trained)
     (target / "weights.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
     with pytest.raises(StageError, match="corrupt"):
         model_for(tmp_path).prepare()
