@@ -27,8 +27,9 @@ def inference_script() -> bytes:
 
 def build_archive(model: Any, out_path: Path) -> dict[str, Any]:
     """Export the propensity component into ``out_path`` (a .tar.gz), atomically."""
-    export = getattr(model, "export", None)
-    if not callable(export):
+    from .contracts import Exportable
+
+    if not isinstance(model, Exportable):
         raise UsageError(
             "the selected propensity plugin cannot export a model for serving",
             "select one with an export() method, e.g. --use propensity=torch",
@@ -36,7 +37,7 @@ def build_archive(model: Any, out_path: Path) -> dict[str, Any]:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".ll-archive-") as work:
-        spec = export(Path(work))
+        spec = model.export(Path(work))
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
         try:
             with tarfile.open(tmp, "w:gz") as tar:

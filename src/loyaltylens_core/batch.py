@@ -80,7 +80,7 @@ def _ids_text(path: Path) -> str:
 
 def read_ids(path: Path) -> tuple[list[str], dict[str, int]]:
     """The ids of a file, in order, and the line each came from."""
-    from .pipeline import validate_customer_id
+    from .contracts import validate_customer_id
 
     ids: list[str] = []
     seen: dict[str, int] = {}

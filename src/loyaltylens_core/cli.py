@@ -83,7 +83,7 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the PipelineResult as JSON."),
 ) -> None:
     """Score one customer, pick the best-fitting offer and write its copy."""
-    from .pipeline import validate_customer_id
+    from .contracts import validate_customer_id
 
     validate_customer_id(customer_id)
     pipeline = _pipeline()
@@ -100,7 +100,11 @@ def run(
 
 
 @app.command()
-def plugins(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+def plugins(
+    as_json: bool = typer.Option(
+        False, "--json", help="Print as JSON, with the capabilities each active plugin's component declares."
+    ),
+) -> None:
     """List installed plugins: stage, name, distribution, version, status."""
     from .config import load_config
     from .plugins import load_registry
@@ -134,6 +138,7 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
             "description": "",
         })
     if as_json:
+        _add_capabilities(rows)
         _print_json(rows)
         return
     from rich.console import Console
@@ -151,6 +156,31 @@ def plugins(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
     if not console.is_terminal:
         console = Console(width=200)  # piped output: never truncate names
     console.print(table)
+
+
+def _add_capabilities(rows: list[dict[str, Any]]) -> None:
+    """Each active plugin's component is built (not prepared: no data, training or index
+    work) to list the optional capabilities it declares (contracts.CAPABILITIES). A
+    component that cannot be built says why instead."""
+    from .errors import LoyaltyLensError
+    from .pipeline import Pipeline
+
+    try:
+        pipeline = Pipeline.from_config(state.config, use=state.use, needed=())
+    except LoyaltyLensError as exc:
+        for row in rows:
+            row["capabilities"] = None
+            row["capabilities_error"] = exc.message if row["status"] == "active" else None
+        return
+    with pipeline:
+        for row in rows:
+            row["capabilities"], row["capabilities_error"] = None, None
+            if row["status"] != "active":
+                continue
+            try:
+                row["capabilities"] = sorted(pipeline.capabilities(row["stage"]))
+            except LoyaltyLensError as exc:
+                row["capabilities_error"] = exc.message
 
 
 @config_app.command("show")
@@ -192,8 +222,7 @@ def seed(
         rebuild=True,
     )
     store = pipeline.component("feature_store")
-    materialize = getattr(store, "materialize", None)
-    rows = materialize(rebuild=True) if callable(materialize) else None
+    rows = store.materialize(rebuild=True) if "Materializable" in pipeline.capabilities("feature_store") else None
     typer.echo(f"demo data: {demo.customers} customers in {demo.directory}"
                + (f"; feature store: {rows} rows" if rows is not None else ""))
 
@@ -203,15 +232,14 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
     """Train a new version of the propensity model and print its metrics."""
     pipeline = _pipeline(needed=("feature_store", "propensity"))
     model = pipeline.component("propensity", prepare=False)
-    trainer = getattr(model, "train", None)
-    if not callable(trainer):
+    if "Trainable" not in pipeline.capabilities("propensity"):
         from .errors import UsageError
 
         raise UsageError(
             f"propensity plugin {pipeline.config.stages['propensity']!r} cannot be trained here",
             "train it with its own tooling",
         )
-    card = trainer()
+    card = model.train()
     if as_json:
         _print_json(card)
         return
@@ -230,15 +258,14 @@ def index(
     """Index the offer catalogue in the selected retriever: what changed, or everything with --rebuild."""
     pipeline = _pipeline(needed=("retriever",))
     retriever = pipeline.component("retriever", prepare=False)
-    indexer = getattr(retriever, "index", None)
-    if not callable(indexer):
+    if "Indexable" not in pipeline.capabilities("retriever"):
         from .errors import UsageError
 
         raise UsageError(
             f"retriever plugin {pipeline.config.stages['retriever']!r} has no index step",
             "it indexes on its own",
         )
-    count = indexer(rebuild=rebuild)
+    count = retriever.index(rebuild=rebuild)
     details = dict(getattr(retriever, "last_index", None) or {})
     if as_json:
         _print_json({"retriever": pipeline.config.stages["retriever"], "offers": count, **details})
@@ -273,13 +300,12 @@ def batch(
     customer_ids, lines = read_ids(Path(ids)) if ids is not None else (None, None)  # before the slow prepare
     pipeline.prepare()
     if customer_ids is None:
-        lister = getattr(pipeline.component("feature_store"), "customer_ids", None)
-        if not callable(lister):
+        if "ListsCustomers" not in pipeline.capabilities("feature_store"):
             raise UsageError(
                 f"feature store {pipeline.config.stages['feature_store']!r} cannot list its customers",
                 "pass --ids FILE instead of --all",
             )
-        customer_ids = list(lister())
+        customer_ids = list(pipeline.component("feature_store").customer_ids())
     summary = run_batch(
         pipeline, customer_ids, Path(out), chunk_size=chunk_size, overwrite=overwrite,
         progress=Progress(quiet=state.quiet), lines=lines,
@@ -390,7 +416,7 @@ def deploy_invoke(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score one customer's current features on the deployed endpoint."""
-    from .pipeline import validate_customer_id
+    from .contracts import validate_customer_id
 
     validate_customer_id(customer_id)
     pipeline = _deploy_pipeline(target, ("feature_store", "deploy_target"))

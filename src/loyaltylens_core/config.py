@@ -18,20 +18,12 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import ConfigError
-from .hookspecs import STAGES
+from .stages import DEFAULT_STAGES, STAGES
 from .plugins import Implementation, Registry, normalise_name, suggest
 
 ENV_PREFIX = "LOYALTYLENS_"
 CONFIG_FILE_NAME = "loyaltylens.toml"
 
-DEFAULT_STAGES: dict[str, str] = {
-    "feature_store": "duckdb",
-    "propensity": "torch",
-    "embedder": "sentence-transformers",
-    "retriever": "duckdb",
-    "generator": "template",
-    "deploy_target": "local",
-}
 
 # Variables the seed project used, kept working: name -> stage it selects.
 LEGACY_STAGE_VARIABLES: dict[str, str] = {"DEPLOY_TARGET": "deploy_target"}

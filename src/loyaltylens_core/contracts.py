@@ -7,6 +7,7 @@ Add fields freely; never rename one without bumping ``CONTRACT_VERSION``.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +16,7 @@ CONTRACT_VERSION = "1"
 
 # 1-64 letters, digits, ".", "_" or "-", not starting with punctuation (C001, 7f3a-22).
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
 Channel = Literal["in-store", "mobile", "web"]
 Tier = Literal["bronze", "silver", "gold", "platinum"]
@@ -233,11 +235,111 @@ class Preparable(Protocol):
     def prepare(self) -> None: ...
 
 
-STAGE_PROTOCOLS: dict[str, type] = {
-    "feature_store": FeatureStore,
-    "propensity": PropensityModel,
-    "embedder": Embedder,
-    "retriever": Retriever,
-    "generator": Generator,
-    "deploy_target": DeployTarget,
+# --- Optional capabilities ---------------------------------------------------------
+# Declared, not guessed: the core checks a component against these once, when it is
+# built, and `loyaltylens plugins --json` lists what each active component offers.
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """Holds files, connections or clients: ``Pipeline.close()`` releases them (CLI exit,
+    service shutdown, tests)."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Indexable(Protocol):
+    """A retriever with an index step. ``rebuild=False`` embeds only what changed since the
+    last index; ``rebuild=True`` re-embeds every offer. Returns the number of offers indexed.
+    May set ``last_index`` to a dict of details (``embedded``, ``kept``, ...)."""
+
+    def index(self, rebuild: bool = False) -> int: ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """A propensity model that `loyaltylens train` can train; returns its model card."""
+
+    def train(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """A propensity model that writes ``model.pt`` and ``spec.json`` into ``out_dir`` for a
+    deploy target's archive; returns the spec."""
+
+    def export(self, out_dir: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ListsCustomers(Protocol):
+    """A feature store that can list every customer it knows (`batch --all`)."""
+
+    def customer_ids(self) -> list[str]: ...
+
+
+@runtime_checkable
+class ProvidesTrainingExamples(Protocol):
+    """A feature store with point-in-time training data: labels observed strictly after
+    each snapshot's ``as_of`` (what `train` uses)."""
+
+    def training_examples(self, horizon_days: int = 30) -> TrainingSet: ...
+
+
+@runtime_checkable
+class Materializable(Protocol):
+    """A feature store built from source data (`loyaltylens seed`); returns rows written."""
+
+    def materialize(self, rebuild: bool = False) -> int: ...
+
+
+@runtime_checkable
+class ReportsFallback(Protocol):
+    """A component that may serve from its own fallback (a remote retriever answering from
+    the embedded one while its server is down) sets ``fallback_reason``; the pipeline
+    records ``stage:reason`` in ``PipelineResult.fallbacks``. ``None`` when not falling back."""
+
+    fallback_reason: str | None
+
+
+CAPABILITIES: dict[str, type] = {
+    protocol.__name__: protocol
+    for protocol in (
+        Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
+        Materializable, BatchPropensityModel, Trainable, Exportable, BatchRetriever, Indexable,
+        ReportsFallback, BatchGenerator, AsyncGenerator,
+    )
 }
+
+
+def _stage_protocols() -> dict[str, type]:
+    from .stages import STAGE_TABLE
+
+    return {stage.name: globals()[stage.protocol] for stage in STAGE_TABLE}
+
+
+STAGE_PROTOCOLS: dict[str, type] = _stage_protocols()
+
+
+def capabilities_of(component: Any) -> list[str]:
+    """The capability Protocols a component satisfies, by name (checked once per component).
+
+    ``NonBlocking`` means the component declares ``nonblocking``; its value may depend on
+    ``prepare()`` (a retriever is non-blocking once its query vectors are loaded), so
+    read it after preparing."""
+    return [name for name, protocol in CAPABILITIES.items() if isinstance(component, protocol)]
+
+
+def validate_customer_id(customer_id: str) -> None:
+    """Reject a malformed id before any stage sees it (CUSTOMER_ID_PATTERN, in words)."""
+    from .errors import UsageError
+
+    if not isinstance(customer_id, str) or not customer_id.strip():
+        raise UsageError("customer id is empty", "pass an id such as C001")
+    if not _CUSTOMER_ID.match(customer_id):
+        shown = customer_id if len(customer_id) <= 40 else customer_id[:40] + "..."
+        raise UsageError(
+            f"customer id {shown!r} is malformed",
+            "ids are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. C001",
+        )

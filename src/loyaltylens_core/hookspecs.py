@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import pluggy
 
+from .stages import REGISTRATION_HOOKS, STAGES
+
 if TYPE_CHECKING:
     from .contracts import PipelineResult
     from .plugins import Register, StageEvent
@@ -28,24 +30,9 @@ if TYPE_CHECKING:
 hookspec = pluggy.HookspecMarker("loyaltylens")
 hookimpl = pluggy.HookimplMarker("loyaltylens")
 
-STAGES: tuple[str, ...] = (
-    "feature_store",
-    "propensity",
-    "embedder",
-    "retriever",
-    "generator",
-    "deploy_target",
-)
-
-# stage -> name of its registration hook
-REGISTRATION_HOOKS: dict[str, str] = {
-    "feature_store": "register_feature_stores",
-    "propensity": "register_propensity_models",
-    "embedder": "register_embedders",
-    "retriever": "register_retrievers",
-    "generator": "register_generators",
-    "deploy_target": "register_deploy_targets",
-}
+# Re-exported: the stage facts live in one table (stages.py); each entry's ``hook`` is
+# one of the registration hookspecs below.
+__all__ = ["REGISTRATION_HOOKS", "STAGES", "hookimpl", "hookspec"]
 
 
 @hookspec

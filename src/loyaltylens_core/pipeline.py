@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import re
 import time
 import uuid
 from typing import Any, Iterator, Sequence, TypeVar
@@ -22,30 +21,22 @@ from . import adapters
 from .config import Config, load_config
 from .context import StageContext
 from .contracts import (
-    CUSTOMER_ID_PATTERN,
     STAGE_PROTOCOLS,
-    AsyncGenerator,
-    BatchFeatureStore,
-    BatchGenerator,
-    BatchPropensityModel,
-    BatchRetriever,
     CustomerFeatures,
     GeneratedCopy,
     OfferCandidate,
     PipelineResult,
     PluginRef,
-    Preparable,
     PropensityScore,
     RetrievalQuery,
+    capabilities_of,
+    validate_customer_id,
 )
 from .errors import ContractViolation, CustomerNotFound, LoyaltyLensError, PluginError, UsageError
 from .plugins import Implementation, Registry, StageEvent, check_protocol, load_registry
 from .progress import QUIET, Progress
+from .stages import RUN_STAGES
 
-# The stages a run needs; embedder is pulled in by retrievers that want it.
-RUN_STAGES: tuple[str, ...] = ("feature_store", "propensity", "retriever", "generator")
-
-_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 
 FALLBACK_THRESHOLD = "threshold_filtered_all"
 FALLBACK_NO_OFFER = "no_offer"
@@ -127,6 +118,7 @@ class Pipeline:
         # Service workers share one data dir that the parent prepared: they only read it.
         self.read_only = read_only
         self._components: dict[str, Any] = {}
+        self._capabilities: dict[str, frozenset[str]] = {}  # component key -> capability names
         self._building: set[str] = set()
         self._prepared: set[str] = set()
         self._plugin_refs: dict[str, PluginRef] | None = None
@@ -155,15 +147,15 @@ class Pipeline:
         """Close every component that holds a resource (files, connections, clients):
         at CLI exit, service shutdown, and before another process opens the same files."""
         for key, component in list(self._components.items()):
-            closer = getattr(component, "close", None)
-            if callable(closer):
+            if "Closeable" in self._capabilities.get(key, ()):
                 try:
-                    closer()
+                    component.close()
                 except Exception as exc:  # noqa: BLE001 - closing must not hide the real outcome
                     import sys
 
                     print(f"warning: closing {key} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         self._components.clear()
+        self._capabilities.clear()
         self._prepared.clear()
 
     def __enter__(self) -> "Pipeline":
@@ -194,7 +186,7 @@ class Pipeline:
         that work themselves and must not do it twice on a fresh install."""
         component = self._components.get(stage)
         if component is None:
-            component = self._components[stage] = self._build(self.implementation(stage))
+            component = self._components[stage] = self._build(self.implementation(stage), stage)
         if prepare:
             self._prepare(stage, component)
         return component
@@ -206,11 +198,20 @@ class Pipeline:
             return self.component(stage)
         key = f"{stage}:{impl.name}"
         if key not in self._components:
-            self._components[key] = self._build(impl)
+            self._components[key] = self._build(impl, key)
         self._prepare(key, self._components[key])
         return self._components[key]
 
-    def _build(self, impl: Implementation) -> Any:
+    def capabilities(self, stage: str) -> frozenset[str]:
+        """The optional capabilities (contracts.CAPABILITIES) the stage's component declares:
+        checked once, when it was built."""
+        self.component(stage, prepare=False)
+        return self._capabilities[stage]
+
+    def _has(self, stage: str, capability: str) -> bool:
+        return capability in self._capabilities.get(stage, ())
+
+    def _build(self, impl: Implementation, component_key: str) -> Any:
         stage = impl.stage
         key = f"{stage}:{impl.name}"
         if key in self._building:
@@ -232,6 +233,7 @@ class Pipeline:
             with self._plugin_errors(impl):
                 component = impl.factory(settings, context)
                 check_protocol(component, impl, STAGE_PROTOCOLS[stage])
+                self._capabilities[component_key] = frozenset(capabilities_of(component))
         finally:
             self._building.discard(key)
         return component
@@ -241,7 +243,7 @@ class Pipeline:
         # and component() runs for every customer of a batch.
         if key in self._prepared:
             return
-        if isinstance(component, Preparable):
+        if "Preparable" in self._capabilities.get(key, ()):
             stage, _, name = key.partition(":")
             impl = self.registry.get(stage, name) if name else self.implementation(stage)
             with self._plugin_errors(impl):
@@ -333,7 +335,7 @@ class Pipeline:
         draft = await anyio.to_thread.run_sync(self._score_and_retrieve, customer_id, as_of, limiter=threads)
         generator = self.component("generator")
         t = time.perf_counter()
-        if not draft.candidates or not isinstance(generator, AsyncGenerator):
+        if not draft.candidates or not self._has("generator", "AsyncGenerator"):
             copy = self._generate(draft.features, draft.propensity, draft.candidates, draft.fallbacks)
         else:
             variables = adapters.template_variables(draft.features, draft.propensity, draft.candidates[0].offer)
@@ -390,7 +392,7 @@ class Pipeline:
         k = self.config.core.top_k
         query = adapters.retrieval_query(features, propensity, k)
         candidates = self._expect_list("retriever", retriever.retrieve(query), OfferCandidate)
-        self._note_component_fallback("retriever", retriever, fallbacks)
+        self._note_component_fallback("retriever", fallbacks)
         if not candidates:
             # Every offer needs more propensity than this customer has: keep the
             # reference behaviour (offer the best match anyway) and say so.
@@ -399,12 +401,13 @@ class Pipeline:
             candidates = self._expect_list("retriever", retriever.retrieve(unfiltered), OfferCandidate)
         return candidates
 
-    @staticmethod
-    def _note_component_fallback(stage: str, component: Any, fallbacks: list[str]) -> None:
+    def _note_component_fallback(self, stage: str, fallbacks: list[str]) -> None:
         """A component that is serving from its own fallback (say, a remote retriever
         answering from the embedded one while its server is down) sets
-        ``fallback_reason``; the result must say so."""
-        reason = getattr(component, "fallback_reason", None)
+        ``fallback_reason`` (contracts.ReportsFallback); the result must say so."""
+        if "ReportsFallback" not in self._capabilities.get(stage, ()):
+            return
+        reason = self._components[stage].fallback_reason
         if reason:
             fallbacks.append(f"{stage}:{reason}")
 
@@ -433,7 +436,7 @@ class Pipeline:
 
     def read_many(self, customer_ids: Sequence[str], as_of: dt.date | None = None) -> list[CustomerFeatures]:
         store = self.component("feature_store")
-        if isinstance(store, BatchFeatureStore):
+        if self._has("feature_store", "BatchFeatureStore"):
             out = store.read_many(customer_ids, as_of)
         else:
             out = [store.read_latest(c, as_of) for c in customer_ids]
@@ -441,7 +444,7 @@ class Pipeline:
 
     def predict_many(self, features: Sequence[CustomerFeatures]) -> list[PropensityScore]:
         model = self.component("propensity")
-        if isinstance(model, BatchPropensityModel):
+        if self._has("propensity", "BatchPropensityModel"):
             out = model.predict_many(features)
         else:
             out = [model.predict(f) for f in features]
@@ -449,7 +452,7 @@ class Pipeline:
 
     def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
         retriever = self.component("retriever")
-        if isinstance(retriever, BatchRetriever):
+        if self._has("retriever", "BatchRetriever"):
             out = retriever.retrieve_many(queries)
         else:
             out = [retriever.retrieve(q) for q in queries]
@@ -498,7 +501,7 @@ class Pipeline:
             candidates = self.retrieve_many(queries)
         fallbacks: list[list[str]] = [[] for _ in features]
         retriever_notes: list[str] = []
-        self._note_component_fallback("retriever", self.component("retriever"), retriever_notes)
+        self._note_component_fallback("retriever", retriever_notes)
         for notes in fallbacks:
             notes.extend(retriever_notes)
         empty = [i for i, c in enumerate(candidates) if not c]
@@ -534,7 +537,7 @@ class Pipeline:
                 features, unknown = self.read_known(customer_ids)
                 rejects.update(unknown)
         many = self._many(features)
-        prompt_version = getattr(self.component("generator"), "prompt_version", None)
+        prompt_version = self.component("generator").prompt_version
         return [batch_row(f, p, c, n, copy, prompt_version) for f, p, c, n, copy in many.rows()]
 
     def run_many(
@@ -584,7 +587,7 @@ class Pipeline:
         """Copy for every customer with an offer: one batched call when the generator has
         ``generate_many`` (an LLM generator runs them concurrently), else a loop."""
         generator = self.component("generator")
-        if not isinstance(generator, BatchGenerator):
+        if not self._has("generator", "BatchGenerator"):
             return [self._generate(f, p, c, n) for f, p, c, n in zip(features, scores, candidates, fallbacks)]
         wanted = [i for i, c in enumerate(candidates) if c]
         variables = [adapters.template_variables(features[i], scores[i], candidates[i][0].offer) for i in wanted]
@@ -641,15 +644,3 @@ def ensure_writable(data_dir: Any) -> None:
             f"data dir {data_dir} is not writable ({exc.strerror or type(exc).__name__})",
             "set LOYALTYLENS_DATA_DIR or data_dir in loyaltylens.toml to a writable directory",
         ) from None
-
-
-def validate_customer_id(customer_id: str) -> None:
-    """Reject malformed ids before any stage sees them."""
-    if not isinstance(customer_id, str) or not customer_id.strip():
-        raise UsageError("customer id is empty", "pass an id such as C001")
-    if not _CUSTOMER_ID.match(customer_id):
-        shown = customer_id if len(customer_id) <= 40 else customer_id[:40] + "..."
-        raise UsageError(
-            f"customer id {shown!r} is malformed",
-            "ids are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. C001",
-        )

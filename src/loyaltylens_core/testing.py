@@ -30,7 +30,9 @@ from .contracts import (
     RetrievalQuery,
 )
 from .errors import CustomerNotFound
-from .hookspecs import STAGES, hookimpl
+from .hookspecs import hookimpl
+from .plugins import Register
+from .stages import REGISTRATION_HOOKS, STAGES
 
 AS_OF = dt.date(2026, 6, 29)
 
@@ -165,49 +167,40 @@ class FakeDeployTarget:
         return {"status": self.state}
 
 
+FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
+    "feature_store": FakeFeatureStore,
+    "propensity": FakePropensity,
+    "embedder": FakeEmbedder,
+    "retriever": FakeRetriever,
+    "generator": FakeGenerator,
+    "deploy_target": FakeDeployTarget,
+}
+
+
 class FakePlugin:
-    """A pluggy plugin registering ``fake`` for every stage; pass instances to control them."""
+    """A pluggy plugin registering ``fake`` for every stage; pass instances to control them.
+
+    Its registration hooks are made from the stage table (one per stage), so a new stage
+    needs only its fake component in FAKE_COMPONENTS."""
 
     def __init__(self, **components: Any) -> None:
-        self.components = {
-            "feature_store": FakeFeatureStore(),
-            "propensity": FakePropensity(),
-            "embedder": FakeEmbedder(),
-            "retriever": FakeRetriever(),
-            "generator": FakeGenerator(),
-            "deploy_target": FakeDeployTarget(),
-        }
-        unknown = set(components) - set(self.components)
+        unknown = set(components) - set(STAGES)
         if unknown:
-            raise TypeError(f"no such stage: {sorted(unknown)}")
-        self.components.update(components)
+            raise TypeError(f"no such stage: {sorted(unknown)}; stages are: {', '.join(STAGES)}")
+        self.components = {s: components[s] if s in components else FAKE_COMPONENTS[s]() for s in STAGES}
 
-    def _factory(self, stage: str) -> Callable[[Any, Any], Any]:
-        return lambda settings, context: self.components[stage]
 
-    @hookimpl
-    def register_feature_stores(self, register: Any) -> None:
-        register("fake", self._factory("feature_store"))
+def _fake_registration(stage: str) -> Callable[[FakePlugin, Register], None]:
+    def register_fake(self: FakePlugin, register: Register) -> None:
+        register("fake", lambda settings, context: self.components[stage])
 
-    @hookimpl
-    def register_propensity_models(self, register: Any) -> None:
-        register("fake", self._factory("propensity"))
+    register_fake.__name__ = REGISTRATION_HOOKS[stage]
+    register_fake.__doc__ = f"Register ``fake`` for the {stage} stage."
+    return register_fake
 
-    @hookimpl
-    def register_embedders(self, register: Any) -> None:
-        register("fake", self._factory("embedder"))
 
-    @hookimpl
-    def register_retrievers(self, register: Any) -> None:
-        register("fake", self._factory("retriever"))
-
-    @hookimpl
-    def register_generators(self, register: Any) -> None:
-        register("fake", self._factory("generator"))
-
-    @hookimpl
-    def register_deploy_targets(self, register: Any) -> None:
-        register("fake", self._factory("deploy_target"))
+for _stage in STAGES:
+    setattr(FakePlugin, REGISTRATION_HOOKS[_stage], hookimpl(_fake_registration(_stage)))
 
 
 ALL_FAKE = [f"{stage}=fake" for stage in STAGES]

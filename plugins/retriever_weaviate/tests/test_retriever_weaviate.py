@@ -139,3 +139,16 @@ def test_bad_url_is_a_config_error(tmp_path, catalogue):
 
     with pytest.raises(ConfigError, match="is not an http"):
         retriever_for(tmp_path, None, catalogue, url="localhost:8080")
+
+
+def test_index_skips_an_unchanged_catalogue_and_rebuild_reembeds_it(tmp_path, server, catalogue):
+    r = retriever_for(tmp_path, server, catalogue)
+    assert server.batches == 1
+    assert r.index() == 3 and r.last_index == {"offers": 3, "embedded": 0, "kept": 3}
+    assert server.batches == 1  # nothing written: the collection already holds this catalogue
+    assert r.index(rebuild=True) == 3 and r.last_index["embedded"] == 3
+    assert server.batches == 2
+    catalogue.write_text(json.dumps(OFFERS[:2]))
+    assert r.index() == 2 and r.last_index["embedded"] == 2
+    assert len(server.objects("LoyaltyLensOffers")) == 2
+    r.close()

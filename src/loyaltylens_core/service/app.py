@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..asgi import BodyError, Disconnected, body_once, read_body, send_json
-from ..contracts import CHANNELS, TIERS, AsyncGenerator, CustomerFeatures, PipelineResult
+from ..contracts import CHANNELS, TIERS, CustomerFeatures, PipelineResult
 from ..errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
 from . import metrics
 from .audit import AuditLog
@@ -198,13 +198,14 @@ def _build_and_warm(state: State) -> None:
     state.pipeline = pipeline
     state.audit = AuditLog(pipeline.config.core.data_dir / "audit" / "audit.jsonl",
                            state.settings.audit_max_bytes, state.settings.audit_backups)
-    generator = pipeline.component("generator")
-    state.llm = isinstance(generator, AsyncGenerator)
+    state.llm = "AsyncGenerator" in pipeline.capabilities("generator")
     state.inline = not state.llm and all(
-        getattr(pipeline.component(stage), "nonblocking", False) is True for stage in RUN_STAGES
+        "NonBlocking" in pipeline.capabilities(stage) and pipeline.component(stage).nonblocking is True
+        for stage in RUN_STAGES
     )
     # Warm-up runs call no LLM (they would cost money and count against its limits).
-    everyone = [] if state.llm else list(getattr(pipeline.component("feature_store"), "customer_ids", list)())
+    lists = "ListsCustomers" in pipeline.capabilities("feature_store")
+    everyone = pipeline.component("feature_store").customer_ids() if lists and not state.llm else []
     sample = state.warm_ids = everyone[:20]
     first = None
     for i in range(state.settings.warmup_runs if sample else 0):
@@ -219,7 +220,7 @@ def _build_and_warm(state: State) -> None:
     model_version = first.propensity.model_version if first else ""
     metrics.BUILD_INFO.labels(
         refs["feature_store"].name, refs["propensity"].name, refs["retriever"].name, refs["generator"].name,
-        model_version, getattr(generator, "prompt_version", ""), __version__,
+        model_version, pipeline.component("generator").prompt_version, __version__,
     ).set(1)
 
 

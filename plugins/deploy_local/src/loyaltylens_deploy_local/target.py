@@ -15,10 +15,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from loyaltylens_core.contracts import CustomerFeatures
 from loyaltylens_core.errors import StageError, UsageError
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_deploy_local import LocalDeploySettings
 
 
 def _alive(pid: int) -> bool:
@@ -30,7 +35,7 @@ def _alive(pid: int) -> bool:
 
 
 class LocalDeployTarget:
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: LocalDeploySettings, context: StageContext) -> None:
         self.settings = settings
         self.state_file = context.plugin_dir() / "endpoint.json"
         self.log_file = context.plugin_dir() / "server.log"

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
@@ -21,6 +21,11 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from loyaltylens_core.archive import read_spec
 from loyaltylens_core.contracts import CustomerFeatures
 from loyaltylens_core.errors import ConfigError, StageError, UsageError
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_deploy_sagemaker import SageMakerSettings
 
 # AWS Deep Learning Containers account for most commercial regions.
 DLC_ACCOUNT = "763104351884"
@@ -36,7 +41,7 @@ ADVICE = {
 
 
 class SageMakerTarget:
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: SageMakerSettings, context: StageContext) -> None:
         self.settings = settings
         self.state_file = context.plugin_dir() / f"{settings.endpoint_name}.json"
         self._seen_endpoint = False

@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from google.api_core import exceptions as google_exceptions
 
@@ -23,9 +23,14 @@ from loyaltylens_core.errors import StageError, UsageError
 from .clients import credentials, google_error, init_aiplatform, require, storage_client
 from .mar import build_mar
 
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_deploy_vertex import VertexSettings
+
 
 class VertexTarget:
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: VertexSettings, context: StageContext) -> None:
         self.settings = settings
         self.state_file = context.plugin_dir() / f"{settings.endpoint_name}.json"
         self.creds = credentials(settings)

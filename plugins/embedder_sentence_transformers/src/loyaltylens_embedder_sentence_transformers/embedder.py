@@ -12,11 +12,14 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 
 from loyaltylens_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from loyaltylens_embedder_sentence_transformers import SentenceTransformerSettings
 
 
 def default_model_path() -> Path:
@@ -64,7 +67,7 @@ class SentenceTransformerEmbedder:
     embedded the whole query vocabulary at index time never gets that far in a run.
     """
 
-    def __init__(self, settings: Any, cache_file: Path | None = None, onnx_dir: Path | None = None) -> None:
+    def __init__(self, settings: SentenceTransformerSettings, cache_file: Path | None = None, onnx_dir: Path | None = None) -> None:
         self.path = Path(settings.model_path) if settings.model_path else default_model_path()
         if not (self.path / "modules.json").is_file() and not (self.path / "config.json").is_file():
             raise ConfigError(

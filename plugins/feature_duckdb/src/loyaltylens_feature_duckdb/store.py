@@ -11,12 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import duckdb
 
 from loyaltylens_core.contracts import CustomerFeatures, TrainingSet
 from loyaltylens_core.errors import ConfigError, CustomerNotFound, StageError
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_feature_duckdb import DuckDBFeatureSettings
 
 FEATURE_VERSION = "v1"
 FEATURE_COLUMNS = (
@@ -118,7 +123,7 @@ class DuckDBFeatureStore:
     # service may call it on its event loop.
     nonblocking = True
 
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: DuckDBFeatureSettings, context: StageContext) -> None:
         self.settings = settings
         self.context = context
         self.path = settings.path or context.data_dir / "loyaltylens.duckdb"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any, Generator, Sequence
+from typing import Any, Generator, Sequence, TYPE_CHECKING
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -25,6 +25,11 @@ from loyaltylens_core.contracts import GeneratedCopy
 from loyaltylens_core.errors import ConfigError, StageError
 
 from .prompts import load_prompt
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_generator_openai import OpenAIGeneratorSettings
 
 TRANSIENT = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
 FIELDS = ("headline", "body", "cta")
@@ -66,7 +71,7 @@ def _reason(exc: Exception) -> str:
 
 
 class OpenAIGenerator:
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: OpenAIGeneratorSettings, context: StageContext) -> None:
         self.settings = settings
         self.context = context
         self.prompt = load_prompt(settings.prompt_version, settings.prompts)

@@ -21,15 +21,20 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 
-from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, TrainingSet
+from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, ProvidesTrainingExamples, TrainingSet
 from loyaltylens_core.errors import StageError
 
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, classification_metrics, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_propensity_torch import TorchPropensitySettings
 
 ABSENT_TIER = ("tier may be left out of an endpoint request (clients of the reference endpoint send six "
                "features): the score is then the mean of the scores for the four tiers")
@@ -51,7 +56,7 @@ class TorchPropensityModel:
     # it on its event loop.
     nonblocking = True
 
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: TorchPropensitySettings, context: StageContext) -> None:
         self.settings = settings
         self.context = context
         self.model_dir = Path(settings.model_dir or context.data_dir / "models")
@@ -141,13 +146,12 @@ class TorchPropensityModel:
 
     def _training_set(self) -> TrainingSet:
         store = self.context.component("feature_store")
-        examples = getattr(store, "training_examples", None)
-        if not callable(examples):
+        if not isinstance(store, ProvidesTrainingExamples):
             raise StageError(
                 "the selected feature store cannot provide training examples",
                 "train with a feature store that has training_examples(), e.g. duckdb",
             )
-        return examples(self.settings.horizon_days)
+        return store.training_examples(self.settings.horizon_days)
 
     def train(self) -> dict[str, Any]:
         """Train a new version from the feature store's point-in-time examples."""

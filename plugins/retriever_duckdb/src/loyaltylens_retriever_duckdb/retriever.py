@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -22,6 +22,11 @@ from loyaltylens_core.adapters import query_vocabulary
 from loyaltylens_core.contracts import TIERS, Offer, OfferCandidate, RetrievalQuery
 from loyaltylens_core.errors import StageError
 from loyaltylens_core.offers import catalogue_fingerprint, embedder_name, load_catalogue, offer_text, texts_fingerprint
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_retriever_duckdb import DuckDBRetrieverSettings
 
 
 def top_k(similarity: np.ndarray, k: int) -> np.ndarray:
@@ -48,7 +53,7 @@ def content_hash(offer: Offer, model: str) -> str:
 
 
 class DuckDBRetriever:
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: DuckDBRetrieverSettings, context: StageContext) -> None:
         self.settings = settings
         self.context = context
         self.path = settings.path or context.data_dir / "loyaltylens.duckdb"

@@ -15,7 +15,7 @@ import queue
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
@@ -28,6 +28,11 @@ from weaviate.exceptions import WeaviateBaseError
 from loyaltylens_core.contracts import Offer, OfferCandidate, RetrievalQuery
 from loyaltylens_core.errors import ConfigError, StageError
 from loyaltylens_core.offers import catalogue_fingerprint, load_catalogue, offer_text
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+
+    from loyaltylens_retriever_weaviate import WeaviateRetrieverSettings
 
 NAMESPACE = uuid.UUID("5b1c1f0e-6a0b-4c47-9a55-6c6f79616c74")
 
@@ -67,11 +72,12 @@ class DaemonPool:
 
 
 class WeaviateRetriever:
-    def __init__(self, settings: Any, context: Any) -> None:
+    def __init__(self, settings: WeaviateRetrieverSettings, context: StageContext) -> None:
         self.settings = settings
         self.context = context
         self.embedder = context.component("embedder")
         self.fallback_reason: str | None = None
+        self.last_index: dict[str, Any] = {}
         self._fallback: Any = None
         self.where = settings.cluster_url or settings.url
         self.client: Any = None
@@ -141,19 +147,28 @@ class WeaviateRetriever:
             return
         offers = load_catalogue(self._catalogue_path())
         self.offers = {o.offer_id: o for o in offers}
-        description = f"loyaltylens offers fingerprint={self._fingerprint(offers)}"
         try:
-            existing = self.client.collections.list_all(simple=True).get(self.settings.collection)
-            if existing is None or existing.description != description:
-                self.index(offers=offers)
-            self.collection = self.client.collections.get(self.settings.collection)
+            self.index(offers=offers)
         except WeaviateBaseError as exc:
             raise self._down(exc) from None
 
-    def index(self, rebuild: bool = True, offers: list[Offer] | None = None) -> int:
-        """(Re)create the collection and insert every offer with its vector."""
+    def _current(self, offers: list[Offer]) -> bool:
+        """Does the collection already hold exactly this catalogue, embedded by this embedder?"""
+        description = f"loyaltylens offers fingerprint={self._fingerprint(offers)}"
+        existing = self.client.collections.list_all(simple=True).get(self.settings.collection)
+        return existing is not None and existing.description == description
+
+    def index(self, rebuild: bool = False, offers: list[Offer] | None = None) -> int:
+        """Index the catalogue: nothing to do when the collection already holds it (same
+        offers, same embedder), else recreate the collection with every offer's vector.
+        ``rebuild=True`` recreates it regardless. Sets ``last_index``."""
         offers = offers or load_catalogue(self._catalogue_path())
         name = self.settings.collection
+        if not rebuild and self._current(offers):
+            self.offers = {o.offer_id: o for o in offers}
+            self.collection = self.client.collections.get(name)
+            self.last_index = {"offers": len(offers), "embedded": 0, "kept": len(offers)}
+            return len(offers)
         vectors = np.asarray(self.embedder.embed([offer_text(o) for o in offers]), dtype=np.float32)
         with self.context.progress.task("Indexing offers in Weaviate", total=len(offers)) as advance:
             if self.client.collections.exists(name):
@@ -189,6 +204,7 @@ class WeaviateRetriever:
             advance(len(offers))
         self.offers = {o.offer_id: o for o in offers}
         self.collection = collection
+        self.last_index = {"offers": len(offers), "embedded": len(offers), "kept": 0}
         return len(offers)
 
     # --- search ---------------------------------------------------------------------
