@@ -32,7 +32,7 @@ PART_PATTERN = re.compile(r"^part-(\d{6})\.parquet$")
 def schema() -> Any:
     import pyarrow as pa
 
-    from .pipeline import BATCH_COLUMNS
+    from .rows import BATCH_COLUMNS
 
     types = {"string": pa.string(), "float64": pa.float64(), "int8": pa.int8(), "list<string>": pa.list_(pa.string())}
     return pa.schema([(name, types[kind]) for name, kind in BATCH_COLUMNS])

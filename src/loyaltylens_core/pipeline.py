@@ -1,96 +1,44 @@
 """Run the stages for one customer or many.
 
-The pipeline builds each stage's component on first use from the configured plugin,
-checks it against its stage Protocol, validates every output against the contracts,
-times each stage, and applies the propensity-threshold fallback the same way whatever
-retriever is selected.
+The pipeline joins the stages: it times each one, applies the propensity-threshold
+fallback the same way whatever retriever is selected, and batches many customers
+through the stage methods that have batched forms. Building and checking each stage's
+component is components.py; batch rows are rows.py; events are events.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import time
 import uuid
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, Sequence
 
-from pydantic import BaseModel, ValidationError
-
-from . import adapters
+from . import adapters, events
+from .components import Components, ensure_writable
 from .config import Config, load_config
-from .context import StageContext
 from .contracts import (
-    STAGE_PROTOCOLS,
     CustomerFeatures,
     GeneratedCopy,
     OfferCandidate,
     PipelineResult,
-    PluginRef,
     PropensityScore,
     RetrievalQuery,
-    capabilities_of,
     validate_customer_id,
 )
-from .errors import ContractViolation, CustomerNotFound, LoyaltyLensError, PluginError, UsageError
-from .plugins import Implementation, Registry, StageEvent, check_protocol, load_registry
+from .errors import ContractViolation, CustomerNotFound, LoyaltyLensError, UsageError
+from .plugins import Registry, load_registry
 from .progress import QUIET, Progress
+from .rows import BATCH_COLUMNS, Many, batch_row
 from .stages import RUN_STAGES
 
+__all__ = [  # names other modules and users import from here
+    "BATCH_COLUMNS", "FALLBACK_NO_OFFER", "FALLBACK_THRESHOLD", "RUN_STAGES", "Pipeline", "batch_row",
+    "ensure_writable", "validate_customer_id",
+]
 
 FALLBACK_THRESHOLD = "threshold_filtered_all"
 FALLBACK_NO_OFFER = "no_offer"
-
-M = TypeVar("M", bound=BaseModel)
-
-
-BATCH_COLUMNS: tuple[tuple[str, str], ...] = (
-    # (column, arrow type): the one list behind batch rows and the parquet schema
-    ("customer_id", "string"), ("score", "float64"), ("label", "int8"), ("model_version", "string"),
-    ("top_offer_id", "string"), ("top_offer_title", "string"), ("top_offer_category", "string"),
-    ("similarity", "float64"), ("candidate_offer_ids", "list<string>"), ("headline", "string"),
-    ("body", "string"), ("cta", "string"), ("prompt_version", "string"), ("fallbacks", "list<string>"),
-)
-
-
-def batch_row(
-    features: CustomerFeatures, score: PropensityScore, candidates: Sequence[OfferCandidate],
-    fallbacks: Sequence[str], copy: GeneratedCopy | None, prompt_version: str | None,
-) -> dict[str, Any]:
-    """One customer's flat row in ``loyaltylens batch`` output (columns: BATCH_COLUMNS)."""
-    top = candidates[0] if candidates else None
-    return {
-        "customer_id": features.customer_id,
-        "score": score.score,
-        "label": score.label,
-        "model_version": score.model_version,
-        "top_offer_id": top.offer.offer_id if top else None,
-        "top_offer_title": top.offer.title if top else None,
-        "top_offer_category": top.offer.category if top else None,
-        "similarity": top.similarity if top else None,
-        "candidate_offer_ids": [c.offer.offer_id for c in candidates],
-        "headline": copy.headline if copy else None,
-        "body": copy.body if copy else None,
-        "cta": copy.cta if copy else None,
-        "prompt_version": copy.prompt_version if copy else prompt_version,
-        "fallbacks": list(fallbacks),
-    }
-
-
-@dataclasses.dataclass
-class _Many:
-    """Many customers through the stages after the feature store, aligned by position."""
-
-    features: list[CustomerFeatures]
-    scores: list[PropensityScore]
-    candidates: list[list[OfferCandidate]]
-    fallbacks: list[list[str]]
-    copies: list[GeneratedCopy | None]
-    timing: dict[str, float]
-
-    def rows(self) -> Iterator[tuple[Any, ...]]:
-        return iter(zip(self.features, self.scores, self.candidates, self.fallbacks, self.copies))
-
 
 @dataclasses.dataclass
 class _Draft:
@@ -106,22 +54,13 @@ class _Draft:
     latency: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-class Pipeline:
-    """The configured stages, built lazily, plus the logic that joins them."""
+class Pipeline(Components):
+    """The configured stages (components.py) plus the logic that joins them."""
 
     def __init__(
         self, config: Config, registry: Registry, progress: Progress = QUIET, *, read_only: bool = False
     ) -> None:
-        self.config = config
-        self.registry = registry
-        self.progress = progress
-        # Service workers share one data dir that the parent prepared: they only read it.
-        self.read_only = read_only
-        self._components: dict[str, Any] = {}
-        self._capabilities: dict[str, frozenset[str]] = {}  # component key -> capability names
-        self._building: set[str] = set()
-        self._prepared: set[str] = set()
-        self._plugin_refs: dict[str, PluginRef] | None = None
+        super().__init__(config, registry, progress, read_only=read_only)
         self._hooks = registry.plugin_manager.hook
 
     @classmethod
@@ -143,175 +82,6 @@ class Pipeline:
             ensure_writable(config.core.data_dir)
         return cls(config, registry, progress, read_only=read_only)
 
-    def close(self) -> None:
-        """Close every component that holds a resource (files, connections, clients):
-        at CLI exit, service shutdown, and before another process opens the same files."""
-        for key, component in list(self._components.items()):
-            if "Closeable" in self._capabilities.get(key, ()):
-                try:
-                    component.close()
-                except Exception as exc:  # noqa: BLE001 - closing must not hide the real outcome
-                    import sys
-
-                    print(f"warning: closing {key} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        self._components.clear()
-        self._capabilities.clear()
-        self._prepared.clear()
-
-    def __enter__(self) -> "Pipeline":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- components -----------------------------------------------------------------
-
-    def implementation(self, stage: str) -> Implementation:
-        return self.registry.get(stage, self.config.stages[stage])
-
-    def plugin_ref(self, stage: str) -> PluginRef:
-        impl = self.implementation(stage)
-        return PluginRef(name=impl.name, distribution=impl.distribution, version=impl.version)
-
-    def run_plugin_refs(self) -> dict[str, PluginRef]:
-        """The run stages' plugins, resolved once: every result carries them, and the
-        selection cannot change during the pipeline's life."""
-        if self._plugin_refs is None:
-            self._plugin_refs = {stage: self.plugin_ref(stage) for stage in RUN_STAGES}
-        return self._plugin_refs
-
-    def component(self, stage: str, *, prepare: bool = True) -> Any:
-        """The stage's component, built on first use and prepared (data, training,
-        index) unless ``prepare=False``: `loyaltylens train` and `index` are about to do
-        that work themselves and must not do it twice on a fresh install."""
-        component = self._components.get(stage)
-        if component is None:
-            component = self._components[stage] = self._build(self.implementation(stage), stage)
-        if prepare:
-            self._prepare(stage, component)
-        return component
-
-    def named_component(self, stage: str, name: str) -> Any:
-        """A specific implementation of a stage (a plugin's fallback), built once."""
-        impl = self.registry.get(stage, name)
-        if impl is self.implementation(stage):
-            return self.component(stage)
-        key = f"{stage}:{impl.name}"
-        if key not in self._components:
-            self._components[key] = self._build(impl, key)
-        self._prepare(key, self._components[key])
-        return self._components[key]
-
-    def capabilities(self, stage: str) -> frozenset[str]:
-        """The optional capabilities (contracts.CAPABILITIES) the stage's component declares:
-        checked once, when it was built."""
-        self.component(stage, prepare=False)
-        return self._capabilities[stage]
-
-    def _has(self, stage: str, capability: str) -> bool:
-        return capability in self._capabilities.get(stage, ())
-
-    def _build(self, impl: Implementation, component_key: str) -> Any:
-        stage = impl.stage
-        key = f"{stage}:{impl.name}"
-        if key in self._building:
-            raise PluginError(f"{stage} plugin {impl.name!r} depends on itself while being built", "check the plugins")
-        settings = self.config.settings_for(impl)
-        context = StageContext(
-            stage=stage,
-            name=impl.name,
-            data_dir=self.config.core.data_dir,
-            seed=self.config.core.seed,
-            progress=self.progress,
-            demo_customers=self.config.core.demo_customers,
-            _component=self.component,
-            _named=self.named_component,
-            read_only=self.read_only,
-        )
-        self._building.add(key)
-        try:
-            with self._plugin_errors(impl):
-                component = impl.factory(settings, context)
-                check_protocol(component, impl, STAGE_PROTOCOLS[stage])
-                self._capabilities[component_key] = frozenset(capabilities_of(component))
-        finally:
-            self._building.discard(key)
-        return component
-
-    def _prepare(self, key: str, component: Any) -> None:
-        # Checked once per component: isinstance on a runtime Protocol costs microseconds,
-        # and component() runs for every customer of a batch.
-        if key in self._prepared:
-            return
-        if "Preparable" in self._capabilities.get(key, ()):
-            stage, _, name = key.partition(":")
-            impl = self.registry.get(stage, name) if name else self.implementation(stage)
-            with self._plugin_errors(impl):
-                component.prepare()
-        self._prepared.add(key)
-
-    @contextlib.contextmanager
-    def _plugin_errors(self, impl: Implementation) -> Iterator[None]:
-        """Anything but our own errors, raised while a plugin starts, names the plugin."""
-        try:
-            yield
-        except LoyaltyLensError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"{impl.stage} plugin {impl.name!r} failed to start: {type(exc).__name__}: {exc}",
-                "rerun with --debug for the traceback",
-            ) from exc
-
-    def prepare(self, stages: Sequence[str] = RUN_STAGES) -> None:
-        """Build every stage now (first-use data, training, indexing) rather than lazily."""
-        for stage in stages:
-            self.component(stage)
-
-    # --- validation -----------------------------------------------------------------
-
-    def _expect(self, stage: str, value: Any, model: type[M]) -> M:
-        """Validate a plugin's output. An instance is checked field by field again:
-        ``model_construct`` skips validation, and a plugin must not get past the contract
-        that way. Nested contract instances (an ``Offer`` inside a candidate) are trusted."""
-        try:
-            # type() first: pydantic's isinstance goes through a slow hasattr.
-            if type(value) is model or isinstance(value, model):
-                return model.model_validate(value.__dict__)  # dict(model) would probe .keys (slow)
-            return model.model_validate(value)
-        except ValidationError as exc:
-            raise self._violation(stage, model, exc) from None
-
-    def _expect_list(self, stage: str, values: Any, model: type[M]) -> list[M]:
-        if not isinstance(values, (list, tuple)):
-            impl = self.implementation(stage)
-            raise ContractViolation(
-                f"{stage} plugin {impl.name!r} returned {type(values).__name__}, "
-                f"expected a list of {model.__name__}",
-                "fix the plugin",
-            )
-        return [self._expect(stage, v, model) for v in values]
-
-    def _violation(self, stage: str, model: type[BaseModel] | str, exc: ValidationError) -> ContractViolation:
-        impl = self.implementation(stage)
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(whole value)"
-        name = model if isinstance(model, str) else model.__name__
-        return ContractViolation(
-            f"{stage} plugin {impl.name!r} ({impl.distribution or impl.plugin}) broke the "
-            f"{name} contract: field {field!r}: {err['msg']}",
-            "fix the plugin or select another with --use",
-        )
-
-    @contextlib.contextmanager
-    def _calling(self, stage: str) -> Iterator[None]:
-        """A plugin that builds a contract itself with a bad value (rank 0, a NaN) raises
-        pydantic's ValidationError inside its own code: report it like any contract
-        violation, naming the plugin, the stage and the field."""
-        try:
-            yield
-        except ValidationError as exc:
-            raise self._violation(stage, exc.title, exc) from None
 
     # --- one customer ---------------------------------------------------------------
 
@@ -487,7 +257,7 @@ class Pipeline:
                 unknown[customer_id] = exc
         return features, unknown
 
-    def _many(self, features: list[CustomerFeatures]) -> "_Many":
+    def _many(self, features: list[CustomerFeatures]) -> Many:
         """Every stage after the feature store for many customers, batched, timed per stage."""
         k = self.config.core.top_k
         timing: dict[str, float] = {}
@@ -516,7 +286,7 @@ class Pipeline:
         with self._calling("generator"):
             copies = self._generate_many(features, scores, candidates, fallbacks)
         timing["generator"] = (time.perf_counter() - t) * 1000
-        return _Many(features, scores, candidates, fallbacks, copies, timing)
+        return Many(features, scores, candidates, fallbacks, copies, timing)
 
     def run_chunk(
         self, customer_ids: Sequence[str], *, rejects: dict[str, LoyaltyLensError] | None = None
@@ -613,34 +383,7 @@ class Pipeline:
     def _after_stage(
         self, run_id: str, customer_id: str, stage: str, latency: dict[str, float], started: float
     ) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
-        latency[stage] = elapsed
-        if self._hooks.loyaltylens_after_stage.get_hookimpls():
-            event = StageEvent(run_id, customer_id, stage, self.config.stages[stage], elapsed)
-            self._broadcast("loyaltylens_after_stage", event=event)
+        events.after_stage(self._hooks, run_id, customer_id, stage, self.config.stages[stage], latency, started)
 
     def _after_run(self, result: PipelineResult) -> None:
-        if self._hooks.loyaltylens_after_run.get_hookimpls():
-            self._broadcast("loyaltylens_after_run", result=result)
-
-    def _broadcast(self, hook_name: str, **kwargs: Any) -> None:
-        """Call the event hook through pluggy, so tryfirst/trylast ordering and
-        ``wrapper=True`` implementations work; each listener is guarded when the registry
-        loads (plugins.guard_event_listeners): one that raises is reported and skipped."""
-        getattr(self._hooks, hook_name)(**kwargs)
-
-
-def ensure_writable(data_dir: Any) -> None:
-    """Every stage keeps files in the data dir; say so once, plainly, if it cannot."""
-    import os
-    import tempfile
-
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-check-"):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            f"data dir {data_dir} is not writable ({exc.strerror or type(exc).__name__})",
-            "set LOYALTYLENS_DATA_DIR or data_dir in loyaltylens.toml to a writable directory",
-        ) from None
+        events.after_run(self._hooks, result)
