@@ -32,6 +32,8 @@ deploy_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(deploy_app, name="deploy")
+plugin_app = typer.Typer(help="Write your own stage plugins.", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
 
 
 class State:
@@ -181,6 +183,27 @@ def _add_capabilities(rows: list[dict[str, Any]]) -> None:
                 row["capabilities"] = sorted(pipeline.capabilities(row["stage"]))
             except LoyaltyLensError as exc:
                 row["capabilities_error"] = exc.message
+
+
+@plugin_app.command("new")
+def plugin_new(
+    name: str = typer.Argument(..., help="The plugin's name, e.g. acme-store (selected with --use STAGE=NAME)."),
+    stage: str = typer.Option(..., "--stage", "-s", help="The stage it implements, e.g. retriever."),
+    directory: str = typer.Option(".", "--dir", "-d", help="Where to create the package directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Write a ready plugin package: pyproject with the entry point, settings, a component
+    that satisfies the stage Protocol, a passing test and a README."""
+    from pathlib import Path
+
+    from .scaffold import new_plugin
+
+    target, files = new_plugin(name, stage, Path(directory))
+    if as_json:
+        _print_json({"directory": str(target), "stage": stage, "name": name, "files": [str(f) for f in files]})
+        return
+    typer.echo(f"wrote {stage} plugin {name!r} to {target} ({len(files)} files)\n"
+               f"next: pip install -e '{target}[test]' && pytest {target}")
 
 
 @config_app.command("show")

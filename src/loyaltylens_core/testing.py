@@ -5,7 +5,7 @@ installed gets the ``loyaltylens_pipeline`` fixture:
 
     def test_my_generator(loyaltylens_pipeline):
         pipeline = loyaltylens_pipeline(extra_plugins=[my_plugin], use=["generator=mine"])
-        assert pipeline.run("C001").copy.headline
+        assert pipeline.run("C001").copy_.headline  # `copy` in JSON
 
 Every stage is set to ``fake`` unless ``use`` says otherwise; no entry points are loaded,
 so the test sees exactly the plugins it passes.
