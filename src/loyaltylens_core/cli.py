@@ -115,7 +115,7 @@ def plugins(
     try:
         selected = load_config(state.config, use=state.use).stages
     except Exception:  # noqa: BLE001 - a bad config must not hide the plugin list
-        from .config import DEFAULT_STAGES
+        from .stages import DEFAULT_STAGES
 
         selected = dict(DEFAULT_STAGES)
     rows = []

@@ -395,7 +395,10 @@ def new_plugin(name: str, stage: str, directory: Path) -> tuple[Path, list[Path]
         "envstage": stage.upper(), "envname": snake.upper(), "core_version": __version__,
     }
     parts = COMPONENTS[stage]
-    fill = lambda text: string.Template(text).substitute(values)  # noqa: E731
+
+    def fill(text: str) -> str:
+        return string.Template(text).substitute(values)
+
     files = {
         "pyproject.toml": fill(PYPROJECT),
         "README.md": fill(README),

@@ -338,7 +338,8 @@ def free_port() -> int:
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def start_local_process(argv: Sequence[str], port: int, what: str, env: dict[str, str] | None = None,

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ..progress import QUIET, Progress
 from .catalogue import build_catalogue
@@ -70,8 +71,9 @@ def customer_id(n: int) -> str:
     return f"C{n:03d}"
 
 
-def load_offers(demo: DemoData) -> list[dict]:
-    return json.loads(demo.offers_json.read_text())
+def load_offers(demo: DemoData) -> list[dict[str, Any]]:
+    offers: list[dict[str, Any]] = json.loads(demo.offers_json.read_text())
+    return offers
 
 
 def ensure_demo_data(
@@ -105,7 +107,7 @@ def ensure_demo_data(
     return _from_manifest(directory, manifest)
 
 
-def _from_manifest(directory: Path, manifest: dict) -> DemoData:
+def _from_manifest(directory: Path, manifest: dict[str, Any]) -> DemoData:
     return DemoData(
         directory=directory,
         seed=manifest["seed"],
@@ -116,7 +118,7 @@ def _from_manifest(directory: Path, manifest: dict) -> DemoData:
     )
 
 
-def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> dict:
+def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> dict[str, Any]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -194,7 +196,7 @@ def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> 
     return manifest
 
 
-def _write_customers(path: Path, ids: list[str], tier_idx, channel_idx, signup) -> None:
+def _write_customers(path: Path, ids: list[str], tier_idx: Any, channel_idx: Any, signup: Any) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["customer_id", "tier", "declared_channel", "signup_date"])

@@ -385,7 +385,8 @@ def _routes(app: FastAPI, state: State) -> None:
     @app.get("/v1/config", tags=["service"], summary="The resolved configuration, secrets masked")
     async def config() -> dict[str, Any]:
         pipeline = pipeline_or_503()
-        return pipeline.config.describe(pipeline.registry)
+        described: dict[str, Any] = pipeline.config.describe(pipeline.registry)
+        return described
 
 
 def _score(pipeline: Any, body: bytes, content_type: str) -> dict[str, Any]:
@@ -462,7 +463,7 @@ class GuardMiddleware:
         self.app = app
         self.state = state
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -484,7 +485,7 @@ class GuardMiddleware:
             metrics.REQUESTS.labels(label, scope.get("method", ""), str(status_holder["status"])).inc()
             metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
 
-    async def _guarded(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def _guarded(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         settings = self.state.settings
         path = scope.get("path", "")
         if self.state.keys and path not in OPEN_PATHS:

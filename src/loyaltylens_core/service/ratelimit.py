@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 
 class TokenBuckets:
-    def __init__(self, rate_per_s: float, burst: float, clock=time.monotonic) -> None:
+    def __init__(self, rate_per_s: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate_per_s
         self.burst = max(1.0, burst)
         self.clock = clock

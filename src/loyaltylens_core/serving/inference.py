@@ -17,8 +17,14 @@ torch is imported inside the functions that need it, so ``loyaltylens serve`` ca
 the request parsing below without importing torch.
 """
 
+from __future__ import annotations  # annotations stay strings: the container may run Python 3.8
+
 import json
 import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+Spec = Dict[str, Any]
+Parsed = Tuple[List[float], Dict[str, Optional[int]]]
 
 try:  # the container's error type, so the toolkit reports load failures as it should
     from sagemaker_pytorch_serving_container.default_pytorch_inference_handler import ModelLoadError
@@ -33,30 +39,30 @@ try:  # in the container, the toolkit turns this error type into the HTTP status
 except ImportError:
 
     class _ToolkitError(Exception):  # type: ignore[no-redef]
-        def __init__(self, status_code, message, phrase):
+        def __init__(self, status_code: int, message: str, phrase: str) -> None:
             super().__init__(message)
             self.status_code, self.message, self.phrase = status_code, message, phrase
 
 
-class BadRequest(_ToolkitError, ValueError):
+class BadRequest(_ToolkitError, ValueError):  # type: ignore[misc]  # the toolkit's class is untyped
     """A request the model cannot score; servers answer it with 400."""
 
-    def __init__(self, message):
+    def __init__(self, message: str) -> None:
         super().__init__(400, message, "Bad Request")
 
-    def __str__(self):
-        return self.message
+    def __str__(self) -> str:
+        return str(self.message)
 
 
 OPTIONAL_CATEGORICAL = ("tier",)
 
 
-def model_fn(model_dir):
+def model_fn(model_dir: str) -> Dict[str, Any]:
     import torch
 
     path = os.path.join(model_dir, "model.pt")
     try:
-        model = torch.jit.load(path, map_location="cpu")
+        model = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
     except (RuntimeError, ValueError) as exc:
         raise ModelLoadError(
             "Failed to load {}: it must be a TorchScript module, not a state dict".format(path)
@@ -67,7 +73,7 @@ def model_fn(model_dir):
     return {"model": model, "spec": spec}
 
 
-def parse_instance(instance, spec):
+def parse_instance(instance: Any, spec: Spec) -> Parsed:
     """One request row -> (numeric values, {categorical feature: index or None if left out})."""
     if not isinstance(instance, dict):
         raise BadRequest("each instance must be a JSON object of customer features")
@@ -82,7 +88,7 @@ def parse_instance(instance, spec):
         if value != value or value in (float("inf"), float("-inf")) or value < 0:
             raise BadRequest("feature {!r} must be a finite number >= 0".format(name))
         numeric.append(value)
-    categorical = {}
+    categorical: Dict[str, Optional[int]] = {}
     for name, values in spec["categorical_features"].items():
         if name not in instance or instance[name] is None:
             if name in OPTIONAL_CATEGORICAL:
@@ -96,17 +102,19 @@ def parse_instance(instance, spec):
     return numeric, categorical
 
 
-def expand_rows(parsed, spec):
+def expand_rows(parsed: Sequence[Parsed], spec: Spec) -> Tuple[List[List[float]], List[List[int]], List[int]]:
     """Rows for the model: an instance whose tier was left out becomes one row per tier.
     Returns (numeric rows, categorical rows, owner of each row)."""
     names = list(spec["categorical_features"])
-    numeric_rows, categorical_rows, owners = [], [], []
+    numeric_rows: List[List[float]] = []
+    categorical_rows: List[List[int]] = []
+    owners: List[int] = []
     for owner, (numeric, categorical) in enumerate(parsed):
-        choices = [
-            range(len(spec["categorical_features"][n])) if categorical[n] is None else [categorical[n]]
-            for n in names
-        ]
-        combos = [[]]
+        choices: List[List[int]] = []
+        for n in names:
+            index = categorical[n]
+            choices.append(list(range(len(spec["categorical_features"][n]))) if index is None else [index])
+        combos: List[List[int]] = [[]]
         for options in choices:
             combos = [c + [o] for c in combos for o in options]
         for combo in combos:
@@ -116,7 +124,7 @@ def expand_rows(parsed, spec):
     return numeric_rows, categorical_rows, owners
 
 
-def mean_by_owner(scores, owners, count):
+def mean_by_owner(scores: Sequence[float], owners: Sequence[int], count: int) -> List[float]:
     totals, counts = [0.0] * count, [0] * count
     for score, owner in zip(scores, owners):
         totals[owner] += float(score)
@@ -124,7 +132,7 @@ def mean_by_owner(scores, owners, count):
     return [t / c for t, c in zip(totals, counts)]
 
 
-def input_fn(request_body, request_content_type):
+def input_fn(request_body: Any, request_content_type: str) -> Dict[str, Any]:
     if request_content_type.split(";")[0].strip() != "application/json":
         raise BadRequest("content type must be application/json")
     if isinstance(request_body, (bytes, bytearray)):
@@ -148,7 +156,7 @@ def input_fn(request_body, request_content_type):
     return {"instances": instances, "single": single}
 
 
-def predict_fn(input_data, model):
+def predict_fn(input_data: Dict[str, Any], model: Dict[str, Any]) -> Any:
     import torch
 
     spec = model["spec"]
@@ -165,5 +173,5 @@ def predict_fn(input_data, model):
     return predictions[0] if input_data["single"] else {"predictions": predictions}
 
 
-def output_fn(prediction, accept):
+def output_fn(prediction: Any, accept: str) -> Tuple[str, str]:
     return json.dumps(prediction), "application/json"
