@@ -41,6 +41,7 @@ class State:
     use: list[str] = []
     debug: bool = False
     quiet: bool = False
+    opened: list["Pipeline"] = []  # closed by main() on the way out, whatever happened
 
 
 state = State()
@@ -67,12 +68,21 @@ def _pipeline(needed: tuple[str, ...] | None = None) -> "Pipeline":
     from .pipeline import RUN_STAGES, Pipeline
     from .progress import Progress
 
-    return Pipeline.from_config(
+    pipeline = Pipeline.from_config(
         state.config,
         use=state.use,
         progress=Progress(quiet=state.quiet),
         needed=needed if needed is not None else RUN_STAGES,
     )
+    state.opened.append(pipeline)
+    return pipeline
+
+
+def _close_pipelines() -> None:
+    """Close every component the command opened (database files, clients): exit paths
+    included, so a remote client's threads and a DuckDB file's lock end with the command."""
+    while state.opened:
+        state.opened.pop().close()
 
 
 def _print_json(data: Any) -> None:
@@ -472,7 +482,10 @@ def main() -> None:
     from .errors import LoyaltyLensError
 
     try:
-        code = app(prog_name="loyaltylens", standalone_mode=False)
+        try:
+            code = app(prog_name="loyaltylens", standalone_mode=False)
+        finally:
+            _close_pipelines()
         if isinstance(code, int) and code:
             sys.exit(code)
     except KeyboardInterrupt:

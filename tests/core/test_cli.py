@@ -141,3 +141,25 @@ def test_help_is_fast_to_import_and_lists_commands(cli):
     assert proc.returncode == 0
     for command in ("run", "plugins", "config", "seed", "train", "index"):
         assert command in proc.stdout
+
+
+CLOSING_MODULE = """
+import os
+from pathlib import Path
+from loyaltylens_core.testing import FakePlugin, FakeRetriever
+
+class ClosingRetriever(FakeRetriever):
+    def close(self):
+        Path(os.environ["CLOSED_MARKER"]).write_text("closed")
+
+plugin = FakePlugin(retriever=ClosingRetriever())
+"""
+
+
+@pytest.mark.parametrize("args", [("run", "C001"), ("run", "NOBODY")])
+def test_the_command_closes_its_components_on_the_way_out(cli, tmp_path, args):
+    make_distribution(cli.site, "loyaltylens-fakes", "llfakes", CLOSING_MODULE, "fakes", "plugin")
+    marker = tmp_path / "closed"
+    proc = cli(*args, extra_env={"CLOSED_MARKER": str(marker)})
+    assert proc.returncode == (0 if args[1] == "C001" else 2), proc.stderr
+    assert marker.read_text() == "closed"  # after success and after an error alike
