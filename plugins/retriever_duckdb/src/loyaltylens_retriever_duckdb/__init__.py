@@ -20,6 +20,16 @@ class DuckDBRetrieverSettings(PluginSettings):
     precompute_queries: bool = Field(
         True, description="Embed the adapter's finite query vocabulary at index time, so runs need no model"
     )
+    candidate_lists: int = Field(
+        16, ge=0, le=200,
+        description="Offers kept per query text, tier and threshold bucket for exact sub-ms search; 0: always scan",
+    )
+    prefilter: int = Field(
+        2048, ge=16, description="Most similar offers per query text considered when building candidate lists"
+    )
+    exact_block_bytes: int = Field(
+        256 * 2**20, ge=2**20, description="Similarity matrix bytes per block of queries searched exactly (batch)"
+    )
 
 
 def build(settings: DuckDBRetrieverSettings, context: StageContext) -> Any:

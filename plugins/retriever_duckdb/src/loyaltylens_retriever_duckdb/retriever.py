@@ -6,6 +6,11 @@ the store and numpy the search. The index follows the catalogue and the embedder
 offer's vector is keyed by a hash of its text and the model, so a changed catalogue costs
 only the offers that changed. The adapter's finite query vocabulary is embedded at index
 time too, so a run looks its query vector up instead of loading the embedding model.
+
+For large catalogues two more things are built at index time: candidate lists per query
+text, tier and threshold bucket (candidates.py: exact answers without scanning every
+offer), and memory-mapped copies of everything a search reads (sidecar.py: a process maps
+the index in milliseconds instead of loading it).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from loyaltylens_core.adapters import query_vocabulary
 from loyaltylens_core.contracts import TIERS, Offer, OfferCandidate, RetrievalQuery
 from loyaltylens_core.errors import StageError
 from loyaltylens_core.offers import catalogue_fingerprint, embedder_name, load_catalogue, offer_text, texts_fingerprint
+
+from . import sidecar
+from .candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -61,13 +69,19 @@ class DuckDBRetriever:
         self.read_only = bool(getattr(context, "read_only", False))
         self.embedder = context.component("embedder")
         self.con: duckdb.DuckDBPyConnection | None = None
-        self.offers: list[Offer] = []
+        self.offers: Sequence[Offer] = []
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         self.thresholds = np.zeros(0)
         self.tier_mask = np.zeros((len(TIERS), 0), dtype=bool)
         # The adapter's finite query vocabulary, embedded at index time: text -> row.
         self.query_rows: dict[str, int] = {}
         self.query_vectors = np.zeros((0, 0), dtype=np.float32)
+        # Candidate lists (texts, tiers + any, buckets, size), and whether a list that ran
+        # out holds every eligible offer; None: every search is exact over all offers.
+        self.lists: np.ndarray | None = None
+        self.lists_complete = False
+        self.sidecar_root = self.path.parent / f"{self.path.stem}-{self.table}"
+        self.last_index: dict[str, Any] = {}
 
     @property
     def nonblocking(self) -> bool:
@@ -133,20 +147,42 @@ class DuckDBRetriever:
         rows = con.execute(f"SELECT fingerprint, vocabulary FROM {self.table}_meta").fetchall()
         return (rows[0][0], rows[0][1]) if rows else (None, None)
 
+    def _stamp(self) -> dict[str, Any]:
+        """Everything besides the catalogue and vocabulary that decides the stored files."""
+        return {"layout": LAYOUT, "table": self.table, "embedder": embedder_name(self.embedder),
+                "lists": self.settings.candidate_lists, "prefilter": self.settings.prefilter,
+                "queries": bool(self._vocabulary())}
+
     def prepare(self) -> None:
-        offers = load_catalogue(self._catalogue_path())
+        """Map the stored index when it is current, else (re)index what changed.
+
+        The fast path reads one small JSON file and maps arrays: the catalogue is not even
+        parsed when its file is unchanged on disk since the index was written."""
+        path = self._catalogue_path()
+        source = sidecar.source_stamp(path)
+        pointer = sidecar.read_pointer(self.sidecar_root)
+        if source and pointer and pointer.get("source") == source and pointer.get("stamp") == self._stamp():
+            if self._open(pointer):
+                return
+        offers = load_catalogue(path)
+        fingerprint = self._fingerprint(offers)
+        vocabulary_fp = self._vocabulary_fingerprint(self._vocabulary())
         stored, stored_vocabulary = self._meta()
-        vocabulary = self._vocabulary()
-        stale = stored != self._fingerprint(offers) or stored_vocabulary != self._vocabulary_fingerprint(vocabulary)
-        if stale:
+        if stored != fingerprint or stored_vocabulary != vocabulary_fp:
             if self.read_only:
                 raise StageError(
                     f"the offer index in {self.path} is missing or stale and this process may not write it",
                     "run `loyaltylens index` (or start `loyaltylens serve`, which prepares the data dir first)",
                 )
             self.index(rebuild=False, offers=offers)
-        else:
-            self._load()
+            return
+        current = (pointer and pointer.get("fingerprint") == fingerprint and pointer.get("vocabulary") == vocabulary_fp
+                   and pointer.get("stamp") == self._stamp())
+        if current and self._open(pointer):
+            if not self.read_only:
+                sidecar.restamp(self.sidecar_root, source)  # same content, touched file
+            return
+        self._publish_from_duckdb(source)
 
     def index(self, rebuild: bool = False, offers: list[Offer] | None = None) -> int:
         """Embed what changed and store offers, vectors and the query vocabulary in one
@@ -201,7 +237,7 @@ class DuckDBRetriever:
             advance(1)
         self.last_index = {"offers": len(offers), "embedded": len(todo), "kept": len(offers) - len(todo),
                            "query_texts": len(vocabulary), "query_texts_embedded": 0 if query_matrix is None else len(vocabulary)}
-        self._load()
+        self._publish_from_duckdb(sidecar.source_stamp(self._catalogue_path()))
         return len(offers)
 
     def _embed_all(self, texts: list[str], what: str, batch: int = 64) -> np.ndarray:
@@ -231,20 +267,57 @@ class DuckDBRetriever:
         vectors = vectors_of(table, "embedding", dim)
         return dict(zip(table.column("content_hash").to_pylist(), vectors))
 
-    def _load(self) -> None:
+    def _publish_from_duckdb(self, source: dict[str, Any] | None) -> None:
+        """Read the index from DuckDB, build the candidate lists, and write the mapped files
+        (kept in memory instead when this process may not write)."""
         con = self._connect()
         table = _arrow(con, f"SELECT offer, embedding FROM {self.table} ORDER BY offer_id")
-        self.offers = [Offer.model_validate_json(offer) for offer in table.column("offer").to_pylist()]
+        lines = table.column("offer").to_pylist()
+        offers = [Offer.model_validate_json(line) for line in lines]
         dim = len(table.column("embedding")[0]) if table.num_rows else 0
-        self.vectors = vectors_of(table, "embedding", dim) if dim else np.zeros((0, 0), dtype=np.float32)
-        self.thresholds = np.array([o.min_propensity_threshold for o in self.offers])
-        self.tier_mask = np.array([[tier in o.tiers for o in self.offers] for tier in TIERS])
-        self.query_rows, self.query_vectors = {}, np.zeros((0, dim), dtype=np.float32)
+        vectors = vectors_of(table, "embedding", dim) if dim else np.zeros((0, 0), dtype=np.float32)
+        thresholds = np.array([o.min_propensity_threshold for o in offers], dtype=np.float64)
+        tier_mask = np.array([[tier in o.tiers for o in offers] for tier in TIERS], dtype=bool).reshape(len(TIERS), -1)
+        texts: list[str] = []
+        queries = np.zeros((0, dim), dtype=np.float32)
         if self._vocabulary():
-            queries = _arrow(con, f"SELECT text, embedding FROM {self.table}_queries")
-            if queries.num_rows:
-                self.query_vectors = vectors_of(queries, "embedding", dim)
-                self.query_rows = {text: row for row, text in enumerate(queries.column("text").to_pylist())}
+            stored = _arrow(con, f"SELECT text, embedding FROM {self.table}_queries")
+            if stored.num_rows:
+                texts, queries = stored.column("text").to_pylist(), vectors_of(stored, "embedding", dim)
+        arrays = {"vectors": vectors, "thresholds": thresholds, "tiers": tier_mask, "queries": queries}
+        size = self.settings.candidate_lists
+        if size and len(texts) and len(offers):
+            with self.context.progress.task("Building candidate lists", total=len(texts)) as advance:
+                arrays["lists"] = build_lists(queries, vectors, thresholds, tier_mask, size,
+                                              prefilter=self.settings.prefilter, advance=advance)
+        stored_fp, stored_vocabulary = self._meta()
+        meta = {"fingerprint": stored_fp or "", "vocabulary": stored_vocabulary or "", "source": source,
+                "stamp": self._stamp(), "offers": len(offers), "dim": dim}
+        if not self.read_only:
+            sidecar.write(self.sidecar_root, meta, arrays, lines, texts)
+            pointer = sidecar.read_pointer(self.sidecar_root)
+            if pointer and self._open(pointer):
+                return
+        self._use(arrays, offers, texts, {**meta, "prefilter": self.settings.prefilter})
+
+    def _open(self, pointer: dict[str, Any]) -> bool:
+        """Map the version ``pointer`` names; False if its files are missing or damaged."""
+        found = sidecar.load(self.sidecar_root, pointer)
+        if found is None or "vectors" not in found["arrays"]:
+            return False
+        self._use(found["arrays"], found["offers"], found["texts"], pointer)
+        return True
+
+    def _use(self, arrays: dict[str, np.ndarray], offers: Sequence[Offer], texts: Sequence[str],
+             meta: dict[str, Any]) -> None:
+        self.offers = offers
+        self.vectors = arrays["vectors"]
+        self.thresholds = arrays["thresholds"]
+        self.tier_mask = arrays["tiers"]
+        self.query_vectors = arrays["queries"]
+        self.query_rows = {text: row for row, text in enumerate(texts)}
+        self.lists = arrays.get("lists")
+        self.lists_complete = exhaustive(len(offers), int(meta.get("stamp", {}).get("prefilter", meta.get("prefilter", 0))))
 
     def _query_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for query texts: from the precomputed vocabulary where possible, the
@@ -278,15 +351,52 @@ class DuckDBRetriever:
             for rank, i in enumerate(top_k(scored, min(k, count)).tolist())
         ]
 
+    def _listed(self, query: RetrievalQuery) -> np.ndarray | None:
+        """The answer from the candidate lists, or None when only exact search can give it."""
+        if self.lists is None or query.k > self.lists.shape[-1]:
+            return None
+        row = self.query_rows.get(query.text)
+        if row is None:
+            return None
+        tier = ANY_TIER if query.tier is None else TIERS.index(query.tier)
+        listed = self.lists[row, tier, bucket_of(query.max_threshold)]
+        return pick(listed, self.thresholds, query.max_threshold, query.k, self.lists_complete)
+
+    def _ranked(self, rows: np.ndarray, vector: np.ndarray) -> list[OfferCandidate]:
+        similarity = self.vectors[rows] @ vector
+        return [OfferCandidate(offer=self.offers[i], similarity=float(s), rank=r)
+                for r, (i, s) in enumerate(zip(rows.tolist(), similarity.tolist()), start=1)]
+
     def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]:
+        listed = self._listed(query)
         row = self.query_rows.get(query.text)
         vector = self.query_vectors[row] if row is not None else self._query_vectors([query.text])[0]
+        if listed is not None:
+            return self._ranked(listed, vector)
         return self._candidates(self.vectors @ vector, self._eligible(query), query.k)
 
     def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
-        """All queries at once: one matmul, one mask, one partial sort."""
+        """From the candidate lists where they answer; the rest by exact search in blocks of
+        queries, so memory stays bounded whatever the batch's chunk size."""
         if not queries:
             return []
+        out: list[list[OfferCandidate] | None] = [None] * len(queries)
+        exact: list[int] = []
+        for i, query in enumerate(queries):
+            listed = self._listed(query)
+            if listed is None:
+                exact.append(i)
+            else:
+                out[i] = self._ranked(listed, self.query_vectors[self.query_rows[query.text]])
+        block = max(1, int(self.settings.exact_block_bytes // max(1, 4 * len(self.offers))))
+        for start in range(0, len(exact), block):
+            rows = exact[start : start + block]
+            for i, found in zip(rows, self._exact_many([queries[i] for i in rows])):
+                out[i] = found
+        return [found if found is not None else [] for found in out]
+
+    def _exact_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
+        """Exact search for a block of queries: one matmul, one mask, one partial sort."""
         vectors = self._query_vectors([q.text for q in queries])
         similarity = vectors @ self.vectors.T
         limits = np.array([np.inf if q.max_threshold is None else q.max_threshold for q in queries])

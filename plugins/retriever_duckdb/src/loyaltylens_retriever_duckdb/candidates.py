@@ -1,0 +1,98 @@
+"""Precomputed candidate lists: exact top-k retrieval in microseconds at any catalogue size.
+
+The adapter's query texts form a finite vocabulary, and a query's filters are a tier (or
+none) and a propensity threshold. For every vocabulary text, tier and threshold *bucket*
+(upper edges 0.05, 0.10, ..., 1.00) the index stores the ``K`` most similar offers among
+those the tier may see with ``min_propensity_threshold`` at or below the bucket's edge,
+best first.
+
+Why that is exact: a query with threshold ``t`` in bucket ``(edge - 0.05, edge]`` may see a
+subset ``E_t`` of the bucket's offers ``E_edge``. The bucket's list is the top-``K`` of
+``E_edge`` in similarity order, so after dropping offers above ``t`` it is the top of
+``E_t`` as far as it goes: any better offer of ``E_t`` is also in ``E_edge`` and would be in
+the list. When fewer than ``k`` remain, the list cannot tell (unless it holds every offer of
+the bucket) and the retriever falls back to exact search over all offers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+BUCKET_WIDTH = 0.05
+BUCKETS = 20  # upper edges 0.05 ... 1.00; thresholds live in [0, 1]
+ANY_TIER = 4  # the tier axis: TIERS' four, then "no tier filter"
+EDGES = np.round(np.arange(1, BUCKETS + 1) * BUCKET_WIDTH, 10)
+
+
+def bucket_of(threshold: float | None) -> int:
+    """The bucket whose list answers a query with this threshold (None: no filter)."""
+    if threshold is None or threshold >= 1.0:
+        return BUCKETS - 1
+    return max(0, int(np.searchsorted(EDGES, threshold - 1e-12, side="left")))
+
+
+def build_lists(
+    query_vectors: np.ndarray,
+    vectors: np.ndarray,
+    thresholds: np.ndarray,
+    tier_mask: np.ndarray,
+    size: int,
+    *,
+    prefilter: int = 4096,
+    block: int = 64,
+    advance: Callable[[float], None] = lambda n: None,
+) -> np.ndarray:
+    """int32 ``(texts, 5, BUCKETS, size)`` offer rows, best first, -1 where a list runs out.
+
+    Per block of texts: one matrix product, the ``prefilter`` most similar offers by
+    ``argpartition`` (no full sort of the catalogue), sorted; then, for each tier and
+    bucket, the first ``size`` of those the filters keep. A list shorter than ``size``
+    therefore holds every eligible offer only when ``prefilter`` covered the catalogue;
+    ``exhaustive(...)`` says so."""
+    texts, offers = len(query_vectors), len(vectors)
+    out = np.full((texts, ANY_TIER + 1, BUCKETS, size), -1, dtype=np.int32)
+    if offers == 0 or texts == 0:
+        return out
+    depth = min(prefilter, offers)
+    tiers = np.vstack([tier_mask, np.ones((1, offers), dtype=bool)])  # (5, offers)
+    for start in range(0, texts, block):
+        similarity = query_vectors[start : start + block] @ vectors.T
+        if depth < offers:
+            top = np.argpartition(-similarity, depth - 1, axis=1)[:, :depth]
+        else:
+            top = np.broadcast_to(np.arange(offers), similarity.shape)
+        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
+        ranked = np.take_along_axis(top, order, axis=1)  # (block, depth) offer rows, best first
+        ranked_thresholds = thresholds[ranked]
+        for tier in range(ANY_TIER + 1):
+            tier_ok = tiers[tier][ranked]
+            for bucket in range(BUCKETS):
+                keep = tier_ok & (ranked_thresholds <= EDGES[bucket] + 1e-12)
+                position = np.cumsum(keep, axis=1, dtype=np.int32) - 1
+                keep &= position < size
+                r, c = np.nonzero(keep)
+                out[start + r, tier, bucket, position[r, c]] = ranked[r, c]
+        advance(len(similarity))
+    return out
+
+
+def exhaustive(offers: int, prefilter: int) -> bool:
+    """Do lists that ran out hold every eligible offer (the prefilter saw them all)?"""
+    return prefilter >= offers
+
+
+def pick(
+    listed: np.ndarray, thresholds: np.ndarray, threshold: float | None, k: int, complete: bool
+) -> np.ndarray | None:
+    """The first ``k`` offers of a list the query may see, or None when only exact search
+    can answer (fewer than ``k`` remain and the list may have missed some)."""
+    rows = listed[listed >= 0]
+    if threshold is not None:
+        rows = rows[thresholds[rows] <= threshold]
+    if len(rows) >= k:
+        return rows[:k]
+    if complete and len(listed) > 0 and listed[-1] < 0:
+        return rows  # the list held every eligible offer: fewer than k exist
+    return None

@@ -1,0 +1,139 @@
+"""Candidate lists answer exactly what exact search answers, or say they cannot."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from loyaltylens_core.adapters import query_vocabulary
+from loyaltylens_core.contracts import TIERS, RetrievalQuery
+from loyaltylens_core.testing import FakeEmbedder, make_context
+from loyaltylens_retriever_duckdb import DuckDBRetrieverSettings, build
+from loyaltylens_retriever_duckdb.candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick
+
+
+def brute_force(similarity, thresholds, tier_ok, threshold, k):
+    eligible = [i for i in np.argsort(-similarity, kind="stable")
+                if tier_ok[i] and (threshold is None or thresholds[i] <= threshold)]
+    return eligible[:k]
+
+
+@pytest.mark.parametrize("offers,prefilter", [(300, 4096), (300, 40), (2000, 256)])
+def test_lists_give_the_exact_top_k_or_defer_to_exact_search(offers, prefilter):
+    rng = np.random.default_rng(offers + prefilter)
+    vectors = rng.normal(size=(offers, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.normal(size=(40, 32)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    thresholds = np.round(rng.uniform(0, 1, size=offers), 2)
+    tier_mask = rng.uniform(size=(4, offers)) < 0.7
+    lists = build_lists(queries, vectors, thresholds, tier_mask, 8, prefilter=prefilter, block=16)
+    complete = exhaustive(offers, prefilter)
+    answered = deferred = 0
+    for _ in range(600):
+        q = int(rng.integers(len(queries)))
+        tier = int(rng.integers(ANY_TIER + 1))
+        threshold = None if rng.uniform() < 0.1 else float(np.round(rng.uniform(0, 1), 3))
+        k = int(rng.integers(1, 9))
+        listed = lists[q, tier, bucket_of(threshold)]
+        got = pick(listed, thresholds, threshold, k, complete)
+        tier_ok = np.ones(offers, bool) if tier == ANY_TIER else tier_mask[tier]
+        expected = brute_force(queries[q] @ vectors.T, thresholds, tier_ok, threshold, k)
+        if got is None:
+            deferred += 1
+            assert listed[-1] >= 0 or not complete  # only a full list, or a partial view, defers
+        else:
+            answered += 1
+            assert got.tolist() == expected
+    assert answered > 400 and answered + deferred == 600  # the lists answer most queries
+
+
+def test_buckets_cover_thresholds_on_their_edges():
+    assert bucket_of(None) == bucket_of(1.0) == 19
+    assert bucket_of(0.0) == 0 and bucket_of(0.05) == 0 and bucket_of(0.0500001) == 1
+    assert bucket_of(0.999) == 19
+
+
+def make_catalogue(path, n, seed=0):
+    rng = np.random.default_rng(seed)
+    words = "coffee points fuel bakery cinema gold silver travel weekend family snacks upgrade".split()
+    offers = []
+    for i in range(n):
+        title = " ".join(rng.choice(words, size=3))
+        offers.append({"offer_id": f"O{i:05d}", "title": title, "description": f"{title} offer {i}",
+                       "category": str(rng.choice(["birthday", "points_multiplier", "tier_upgrade"])),
+                       "min_propensity_threshold": float(np.round(rng.uniform(0, 1), 2)),
+                       "tiers": sorted(set(rng.choice(TIERS, size=2)))})
+    path.write_text(json.dumps(offers))
+    return path
+
+
+def retriever(tmp_path, catalogue, **settings):
+    context = make_context(tmp_path, "retriever", "duckdb", components={"embedder": FakeEmbedder()})
+    r = build(DuckDBRetrieverSettings(catalogue=catalogue, **settings), context)
+    r.prepare()
+    return r
+
+
+def test_the_retriever_answers_from_lists_exactly_as_from_a_scan(tmp_path):
+    catalogue = make_catalogue(tmp_path / "offers.json", 400)
+    listed = retriever(tmp_path / "a", catalogue, prefilter=64)
+    scanned = retriever(tmp_path / "b", catalogue, candidate_lists=0)
+    assert listed.lists is not None and scanned.lists is None
+    rng = np.random.default_rng(1)
+    texts = query_vocabulary()
+    queries = [
+        RetrievalQuery(customer_id="C1", text=texts[int(rng.integers(len(texts)))], k=int(rng.integers(1, 6)),
+                       max_threshold=None if i % 10 == 0 else float(np.round(rng.uniform(0, 1), 3)),
+                       tier=None if i % 7 == 0 else TIERS[int(rng.integers(4))])
+        for i in range(300)
+    ]
+    from_lists = sum(listed._listed(q) is not None for q in queries)
+    assert from_lists > 150
+    for q in queries:
+        a, b = listed.retrieve(q), scanned.retrieve(q)
+        same_answer(a, b)  # bag-of-words vectors tie often
+        assert [c.rank for c in a] == list(range(1, len(a) + 1))
+        assert all(c.offer.min_propensity_threshold <= (q.max_threshold if q.max_threshold is not None else 1)
+                   and (q.tier is None or q.tier in c.offer.tiers) for c in a)
+    for many, single in zip(listed.retrieve_many(queries), [listed.retrieve(q) for q in queries]):
+        same_answer(many, single)
+
+
+def same_answer(a, b):
+    """Equal similarities in order, and the same offer wherever its similarity is not tied
+    (within the list, or with an offer just past its end)."""
+    sims = [round(c.similarity, 5) for c in a]
+    assert sims == [round(c.similarity, 5) for c in b]
+    for i, sim in enumerate(sims):
+        if sims.count(sim) == 1 and sim > sims[-1]:
+            assert a[i].offer.offer_id == b[i].offer.offer_id
+
+
+def test_a_new_process_maps_the_index_without_reading_the_catalogue(tmp_path, monkeypatch):
+    catalogue = make_catalogue(tmp_path / "offers.json", 50)
+    first = retriever(tmp_path, catalogue)
+    import loyaltylens_retriever_duckdb.retriever as module
+
+    monkeypatch.setattr(module, "load_catalogue", lambda path: pytest.fail("the catalogue was parsed"))
+    second = retriever(tmp_path, catalogue)
+    assert isinstance(second.vectors, np.memmap) and isinstance(second.lists, np.memmap)
+    q = RetrievalQuery(customer_id="C1", text=query_vocabulary()[7], k=3, max_threshold=0.5)
+    assert second.retrieve(q) == first.retrieve(q)
+
+
+def test_a_touched_but_unchanged_catalogue_is_not_reindexed_and_a_changed_one_is(tmp_path):
+    catalogue = make_catalogue(tmp_path / "offers.json", 50)
+    retriever(tmp_path, catalogue)
+    catalogue.write_text(catalogue.read_text())  # new mtime, same content
+    again = retriever(tmp_path, catalogue)
+    assert again.last_index == {}  # mapped, not indexed
+    offers = json.loads(catalogue.read_text())
+    offers[0]["title"] = "something else entirely"
+    catalogue.write_text(json.dumps(offers))
+    changed = retriever(tmp_path, catalogue)
+    assert changed.last_index["embedded"] == 1 and changed.offers[0].title == "something else entirely"
+    q = RetrievalQuery(customer_id="C1", text="something else entirely", k=1)
+    assert changed.retrieve(q)[0].offer.offer_id == "O00000"
