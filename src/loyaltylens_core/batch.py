@@ -18,9 +18,9 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .errors import UsageError
+from .errors import LoyaltyLensError, UsageError
 from .progress import QUIET, Progress
 
 if TYPE_CHECKING:
@@ -47,10 +47,45 @@ class BatchSummary:
     seconds: float
     rejects: int = 0
     rejects_file: Path | None = None
+    engine: str = "local"
+    workers: int = 1
 
     @property
     def per_second(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclasses.dataclass
+class BatchJob:
+    """What a batch engine (stage ``batch_engine``) computes: the chunks not written yet.
+
+    The core decided the chunks (from the ids and the job's chunk size) and will merge the
+    parts; an engine only turns each chunk into rows and hands them to ``write_part``, from
+    this process. ``config_path`` and ``use`` rebuild the same pipeline on a worker."""
+
+    pipeline: "Pipeline"
+    parts: Path
+    chunks: list[tuple[int, list[str]]]
+    advance: Callable[[float], None]
+    lines: dict[str, int] = dataclasses.field(default_factory=dict)
+    config_path: str | None = None
+    use: list[str] = dataclasses.field(default_factory=list)
+
+    def write_part(self, index: int, rows: list[dict[str, Any]], rejected: dict[str, LoyaltyLensError] | dict[str, str]) -> None:
+        """One chunk's rows and rejects (id -> error or message), each file whole or absent.
+        The rejects go first: a part that exists always has its rejects beside it."""
+        notes = [[c, self.lines.get(c), e if isinstance(e, str) else e.message] for c, e in rejected.items()]
+        _atomic_write_bytes(self.parts / f"part-{index:06d}.rejects.json", json.dumps(notes).encode())
+        _write_parquet(self.parts / f"part-{index:06d}.parquet", rows)
+
+
+def run_in_process(job: BatchJob) -> None:
+    """The local engine: each chunk through this process's pipeline, in order."""
+    for index, chunk in job.chunks:
+        rejected: dict[str, LoyaltyLensError] = {}
+        rows = job.pipeline.run_chunk(chunk, rejects=rejected)
+        job.write_part(index, rows, rejected)
+        job.advance(len(chunk))
 
 
 def read_ids_file(path: Path) -> list[str]:
@@ -148,6 +183,8 @@ def run_batch(
     overwrite: bool = False,
     progress: Progress = QUIET,
     lines: dict[str, int] | None = None,
+    config_path: str | None = None,
+    use: Sequence[str] = (),
 ) -> BatchSummary:
     """Run every id, chunk by chunk. A customer the feature store does not know is not a
     reason to stop: it goes to ``<out stem>.rejects.csv`` (customer_id, line, reason) and
@@ -183,27 +220,28 @@ def run_batch(
     chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
     done = {int(m.group(1)) for p in parts.iterdir() if (m := PART_PATTERN.match(p.name))}
     resumed = sum(len(chunks[i]) for i in done if i < len(chunks))
+    todo = [(index, list(chunk)) for index, chunk in enumerate(chunks) if index not in done]
+    engine = pipeline.component("batch_engine")
     started = time.perf_counter()
-    computed = 0
     with progress.task(f"Batch → {out.name}", total=len(ids)) as advance:
         advance(resumed)
-        for index, chunk in enumerate(chunks):
-            if index in done:
-                continue
-            rejected: dict[str, Any] = {}
-            rows = pipeline.run_chunk(chunk, rejects=rejected)
-            # The rejects first: a part that exists always has its rejects beside it.
-            _atomic_write_bytes(parts / f"part-{index:06d}.rejects.json", json.dumps(
-                [[c, (lines or {}).get(c), e.message] for c, e in rejected.items()]
-            ).encode())
-            _write_parquet(parts / f"part-{index:06d}.parquet", rows)
-            computed += len(chunk)
-            advance(len(chunk))
+        engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use)))
+    missing = [i for i in range(len(chunks)) if not (parts / f"part-{i:06d}.parquet").is_file()]
+    if missing:
+        from .errors import PluginError
+
+        raise PluginError(
+            f"batch engine {pipeline.config.stages['batch_engine']!r} finished without writing "
+            f"{len(missing)} of {len(chunks)} parts (first: part {missing[0]})",
+            "rerun the same command to compute only what is missing, or fix the engine",
+        )
+    computed = sum(len(chunk) for _, chunk in todo)
     seconds = time.perf_counter() - started
     rejects = _merge(parts, out, len(chunks))
     rejects_file = rejects_path(out)
     return BatchSummary(out=out, customers=len(ids) - rejects, computed=computed, resumed=resumed,
-                        seconds=seconds, rejects=rejects, rejects_file=rejects_file if rejects else None)
+                        seconds=seconds, rejects=rejects, rejects_file=rejects_file if rejects else None,
+                        engine=pipeline.config.stages["batch_engine"], workers=int(engine.workers))
 
 
 def rejects_path(out: Path) -> Path:

@@ -329,7 +329,9 @@ def batch(
 
     if all_customers == (ids is not None):
         raise UsageError("pass exactly one of --all or --ids FILE", "e.g. loyaltylens batch --all --out r.parquet")
-    pipeline = _pipeline()
+    from .stages import RUN_STAGES
+
+    pipeline = _pipeline(needed=(*RUN_STAGES, "batch_engine"))
     customer_ids, lines = read_ids(Path(ids)) if ids is not None else (None, None)  # before the slow prepare
     pipeline.prepare()
     if customer_ids is None:
@@ -341,13 +343,14 @@ def batch(
         customer_ids = list(pipeline.component("feature_store").customer_ids())
     summary = run_batch(
         pipeline, customer_ids, Path(out), chunk_size=chunk_size, overwrite=overwrite,
-        progress=Progress(quiet=state.quiet), lines=lines,
+        progress=Progress(quiet=state.quiet), lines=lines, config_path=state.config, use=state.use,
     )
     data = {
         "out": str(summary.out), "customers": summary.customers, "computed": summary.computed,
         "resumed": summary.resumed, "seconds": round(summary.seconds, 3),
         "customers_per_second": round(summary.per_second, 1), "rejects": summary.rejects,
         "rejects_file": str(summary.rejects_file) if summary.rejects_file else None,
+        "engine": summary.engine, "workers": summary.workers,
     }
     if as_json:
         _print_json(data)

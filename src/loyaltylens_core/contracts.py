@@ -215,6 +215,21 @@ class DeployTarget(Protocol):
 
 
 @runtime_checkable
+class BatchEngine(Protocol):
+    """Computes the chunks of a batch that are not written yet (``loyaltylens_core.batch.BatchJob``).
+
+    For each ``(index, customer_ids)`` in ``job.chunks`` it must call ``job.write_part(index,
+    rows, rejected)`` exactly once with ``job.pipeline.run_chunk``'s rows for those customers
+    (or the same rows computed elsewhere: ``job.rows_for(features)`` on a worker), and
+    ``job.advance(n)`` as customers finish. The core owns resuming, merging and rejects.
+    ``workers`` says how many workers compute chunks (reported in the batch summary)."""
+
+    workers: int
+
+    def run(self, job: Any) -> None: ...
+
+
+@runtime_checkable
 class NonBlocking(Protocol):
     """A component whose methods return in well under a millisecond without waiting on
     I/O (in-memory lookups, small numpy work). When every stage of a run says so, the

@@ -66,6 +66,11 @@ def register_deploy_targets(register: "Register") -> None:
 
 
 @hookspec
+def register_batch_engines(register: "Register") -> None:
+    """Register batch engines (stage ``batch_engine``): where `loyaltylens batch` computes."""
+
+
+@hookspec
 def loyaltylens_after_stage(event: "StageEvent") -> None:
     """Called after every stage of every run, with its name, plugin and latency."""
 

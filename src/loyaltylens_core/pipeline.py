@@ -306,7 +306,12 @@ class Pipeline(Components):
             else:
                 features, unknown = self.read_known(customer_ids)
                 rejects.update(unknown)
-        many = self._many(features)
+        return self.rows_for(features)
+
+    def rows_for(self, features: Sequence[CustomerFeatures]) -> list[dict[str, Any]]:
+        """Batch rows for customers whose features are already read: what a batch engine's
+        worker runs on features the driver resolved (no feature store on the worker)."""
+        many = self._many(list(features))
         prompt_version = self.component("generator").prompt_version
         return [batch_row(f, p, c, n, copy, prompt_version) for f, p, c, n, copy in many.rows()]
 

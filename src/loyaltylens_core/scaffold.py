@@ -277,6 +277,47 @@ def test_up_invoke_down(loyaltylens_pipeline, tmp_path):
         "test_imports": "import pytest\n\nfrom loyaltylens_core.errors import StageError\n"
                         "from loyaltylens_core.testing import make_features\n",
     },
+    "batch_engine": {
+        "settings": "    max_chunks: int = 0  # 0: no limit; else stop after this many chunks (a rerun resumes)\n",
+        "imports": "from typing import TYPE_CHECKING, Any\n",
+        "body": '''
+class $cls:
+    """Computes chunks in this process: replace ``run`` with dispatch to your cluster.
+
+    For each ``(index, customer_ids)`` of ``job.chunks``, produce the rows of
+    ``job.pipeline.run_chunk`` (on a worker: ``pipeline.rows_for(features)``), hand them to
+    ``job.write_part(index, rows, rejected)`` from this process, and ``job.advance(n)``.
+    The core resumes from the parts written and merges them.
+    """
+
+    workers = 1
+
+    def __init__(self, settings: Settings, context: StageContext) -> None:
+        self.settings = settings
+
+    def run(self, job: Any) -> None:
+        for done, (index, chunk) in enumerate(job.chunks):
+            if self.settings.max_chunks and done >= self.settings.max_chunks:
+                return
+            rejected: dict[str, Any] = {}
+            rows = job.pipeline.run_chunk(chunk, rejects=rejected)
+            job.write_part(index, rows, rejected)
+            job.advance(len(chunk))
+''',
+        "test": '''
+def test_writes_every_chunk_and_resumes(loyaltylens_pipeline, tmp_path, monkeypatch):
+    out = tmp_path / "results.parquet"
+    monkeypatch.setenv("LOYALTYLENS_BATCH_ENGINE_${envname}__MAX_CHUNKS", "1")
+    pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["batch_engine=$name"])
+    with pytest.raises(PluginError):  # stopped after one chunk: the core says parts are missing
+        run_batch(pipeline, ["C001", "C002", "C003"], out, chunk_size=1)
+    monkeypatch.delenv("LOYALTYLENS_BATCH_ENGINE_${envname}__MAX_CHUNKS")
+    pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["batch_engine=$name"])
+    summary = run_batch(pipeline, ["C001", "C002", "C003"], out, chunk_size=1)
+    assert summary.customers == 3 and summary.resumed == 1 and summary.computed == 2
+''',
+        "test_imports": "import pytest\n\nfrom loyaltylens_core.batch import run_batch\nfrom loyaltylens_core.errors import PluginError\n",
+    },
 }
 
 INIT = '''"""LoyaltyLens $stage plugin ``$name``: $summary.

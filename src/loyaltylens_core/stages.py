@@ -47,6 +47,9 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("deploy_target", "register_deploy_targets", "DeployTarget", "local", False,
           ("Closeable",),
           "ships the propensity model to an endpoint"),
+    Stage("batch_engine", "register_batch_engines", "BatchEngine", "local", False,
+          ("Closeable",),
+          "computes a batch's chunks: in this process, or on a cluster"),
 )
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}

@@ -167,6 +167,21 @@ class FakeDeployTarget:
         return {"status": self.state}
 
 
+class FakeBatchEngine:
+    """Computes every chunk in this process, recording the chunks it was given."""
+
+    workers = 1
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[int, list[str]]] = []
+
+    def run(self, job: Any) -> None:
+        from .batch import run_in_process
+
+        self.chunks.extend(job.chunks)
+        run_in_process(job)
+
+
 FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "feature_store": FakeFeatureStore,
     "propensity": FakePropensity,
@@ -174,6 +189,7 @@ FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "retriever": FakeRetriever,
     "generator": FakeGenerator,
     "deploy_target": FakeDeployTarget,
+    "batch_engine": FakeBatchEngine,
 }
 
 

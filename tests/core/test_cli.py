@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from loyaltylens_core.stages import STAGES
 from loyaltylens_core.testing import make_distribution
 
 FAKE_MODULE = """
@@ -30,7 +31,7 @@ def cli(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") and k != "DEPLOY_TARGET"}
     env["PYTHONPATH"] = str(site)
     env["LOYALTYLENS_DATA_DIR"] = str(tmp_path / "data")
-    for stage in ("feature_store", "propensity", "embedder", "retriever", "generator", "deploy_target"):
+    for stage in STAGES:
         env[f"LOYALTYLENS_{stage.upper()}"] = "fake"
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -69,8 +70,7 @@ def test_plugins_lists_separate_distributions_and_broken_ones(cli):
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     fakes = [r for r in rows if r["distribution"] == "loyaltylens-fakes"]
-    assert {r["stage"] for r in fakes} == {
-        "feature_store", "propensity", "embedder", "retriever", "generator", "deploy_target"}
+    assert {r["stage"] for r in fakes} == set(STAGES)
     assert all(r["status"] == "active" for r in fakes)
     broken = [r for r in rows if r["name"] == "broken"]
     assert broken and "No module named 'weaviate'" in broken[0]["status"]

@@ -118,7 +118,9 @@ def load(root: Path, pointer: dict[str, Any]) -> dict[str, Any] | None:
     """The mapped arrays, offers and texts of the version ``pointer`` names (None if gone)."""
     directory = root / pointer["dir"]
     try:
-        arrays = {path.stem: np.load(path, mmap_mode="r") for path in directory.glob("*.npy")}
+        # np.asarray: a plain ndarray view of the mapping (np.memmap's subclass hooks cost
+        # microseconds on every index, which a batch does 100,000s of times).
+        arrays = {path.stem: np.asarray(np.load(path, mmap_mode="r")) for path in directory.glob("*.npy")}
         lines = (directory / "offers.jsonl").read_text().split("\n")
         texts = json.loads((directory / "texts.json").read_text())
     except (OSError, ValueError):
