@@ -1,0 +1,234 @@
+"""The Ray engine: the driver resolves features, Ray Data actors score, the driver writes parts.
+
+Data flow that works across machines (a DuckDB file on the driver's disk does not):
+1. The driver reads each chunk's point-in-time features (the feature store lives with the
+   driver) and writes them as one parquet file per chunk to a staging directory, with the
+   chunk and position of every customer. Customers the store does not know become that
+   chunk's rejects, as in the local engine.
+2. ``ray.data.read_parquet`` reads them; ``map_batches`` runs ``Scorer``, a callable class:
+   each Ray actor builds the pipeline once (model, index, generator; read-only, from the data
+   dir the driver prepared) and applies ``Pipeline.rows_for``, the same batched stage methods
+   as the local engine, so the rows are identical.
+3. The driver streams the results back and writes each chunk's part, whole, through the
+   core (``job.write_part``) as soon as all of its customers have arrived: a driver killed
+   mid-job loses no finished part and a rerun computes only the missing chunks. An actor that
+   dies (SIGKILL, OOM) is restarted by Ray and its task retried; rows are keyed by
+   (chunk, position) so a retried batch cannot duplicate a customer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loyaltylens_core.batch import schema
+from loyaltylens_core.contracts import CustomerFeatures
+from loyaltylens_core.errors import ConfigError, LoyaltyLensError, StageError
+
+if TYPE_CHECKING:
+    from loyaltylens_core import StageContext
+    from loyaltylens_core.batch import BatchJob
+
+    from loyaltylens_batch_ray import RayBatchSettings
+
+MARKER = "loyaltylens-block-failed: "
+FEATURES = tuple(CustomerFeatures.model_fields)
+RUN_AFTER_FEATURES = ("propensity", "retriever", "generator")
+
+
+class Scorer:
+    """One per Ray actor: the pipeline built once, then batches of features into rows."""
+
+    def __init__(self, config_path: str | None, use: list[str]) -> None:
+        from loyaltylens_core.pipeline import Pipeline
+
+        self.pipeline = Pipeline.from_config(config_path, use=use, read_only=True)
+        self.pipeline.prepare(RUN_AFTER_FEATURES)
+        self.plugins = ", ".join(f"{s}={self.pipeline.config.stages[s]}" for s in RUN_AFTER_FEATURES)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        records = batch.select(list(FEATURES)).to_pylist()
+        features = [CustomerFeatures.model_validate(record) for record in records]
+        try:
+            rows = self.pipeline.rows_for(features)
+        except Exception as exc:  # noqa: BLE001 - becomes one line on the driver
+            ids = [f.customer_id for f in features]
+            what = exc.message if isinstance(exc, LoyaltyLensError) else f"{type(exc).__name__}: {exc}"
+            raise RuntimeError(
+                f"{MARKER}{len(ids)} customers {ids[0]}..{ids[-1]} (chunk {batch.column('_chunk')[0].as_py()}, "
+                f"plugins {self.plugins}): {what}"
+            ) from None
+        table = pa.Table.from_pylist(rows, schema=schema())
+        return table.append_column("_chunk", batch.column("_chunk")).append_column("_pos", batch.column("_pos"))
+
+
+class RayBatchEngine:
+    def __init__(self, settings: RayBatchSettings, context: StageContext) -> None:
+        self.settings = settings
+        self.context = context
+        self.workers = settings.num_workers
+        self._started_ray = False
+
+    # --- driver ------------------------------------------------------------------
+
+    def run(self, job: BatchJob) -> None:
+        if not job.chunks:
+            return
+        staging = Path(self.settings.staging_dir) / job.parts.name if self.settings.staging_dir else job.parts / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
+            expected, rejects, files = self._stage(job, staging)
+            if files:
+                self._compute(job, files, expected, rejects)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _stage(self, job: BatchJob, staging: Path) -> tuple[dict[int, int], dict[int, Any], list[str]]:
+        """Each chunk's features to ``staging/chunk-NNNNNN.parquet`` (rejects kept aside)."""
+        expected: dict[int, int] = {}
+        rejects: dict[int, Any] = {}
+        files: list[str] = []
+        for index, chunk in job.chunks:
+            features, unknown = job.pipeline.read_known(chunk)
+            rejects[index] = unknown
+            if unknown:
+                job.advance(len(unknown))
+            if not features:
+                job.write_part(index, [], unknown)
+                continue
+            expected[index] = len(features)
+            table = pa.Table.from_pylist([f.model_dump(mode="json") for f in features])
+            table = table.append_column("_chunk", pa.array([index] * len(features), pa.int64()))
+            table = table.append_column("_pos", pa.array(range(len(features)), pa.int64()))
+            path = staging / f"chunk-{index:06d}.parquet"
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+            files.append(str(path))
+        return expected, rejects, files
+
+    def _compute(self, job: BatchJob, files: list[str], expected: dict[int, int], rejects: dict[int, Any]) -> None:
+        import ray.data
+        from ray.data import ActorPoolStrategy
+
+        self._connect()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        # One input file would be one block, so only one actor would work: ask for enough
+        # blocks to keep every actor busy.
+        blocks = max(len(files), 2 * self.workers)
+        dataset = ray.data.read_parquet(files, override_num_blocks=blocks).map_batches(
+            Scorer,
+            fn_constructor_kwargs={"config_path": job.config_path, "use": list(job.use)},
+            batch_size=self.settings.batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=self.workers),
+            num_cpus=self.settings.cpus_per_worker,
+            max_restarts=-1,  # an actor killed mid-job comes back...
+            max_task_retries=-1,  # ...and its batch is retried
+        )
+        arrived: dict[int, dict[int, dict[str, Any]]] = {}
+        for table in self._stream(dataset):
+            chunks = table.column("_chunk").to_pylist()
+            positions = table.column("_pos").to_pylist()
+            rows = table.drop_columns(["_chunk", "_pos"]).to_pylist()
+            for chunk, position, row in zip(chunks, positions, rows):
+                arrived.setdefault(chunk, {})[position] = row
+            job.advance(len(rows))
+            for chunk in set(chunks):
+                got = arrived.get(chunk, {})
+                if chunk in expected and len(got) == expected[chunk]:
+                    job.write_part(chunk, [got[p] for p in sorted(got)], rejects[chunk])
+                    del arrived[chunk], expected[chunk]
+        if expected:
+            raise StageError(
+                f"Ray finished without results for {len(expected)} chunks (first: {min(expected)})",
+                "rerun the same command: finished chunks are kept",
+            )
+
+    def _stream(self, dataset: Any) -> Iterator[pa.Table]:
+        """The dataset's result batches, failing (naming the stage) when none arrives within
+        ``stall_timeout_s``: a Ray job must never hang silently."""
+        results: queue.Queue[Any] = queue.Queue(maxsize=8)
+        done = object()
+
+        def pump() -> None:
+            try:
+                for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                    results.put(table)
+                results.put(done)
+            except BaseException as exc:  # noqa: BLE001 - handed to the driver thread
+                results.put(exc)
+
+        threading.Thread(target=pump, name="loyaltylens-ray-results", daemon=True).start()
+        while True:
+            try:
+                item = results.get(timeout=self.settings.stall_timeout_s)
+            except queue.Empty:
+                raise StageError(
+                    f"Ray made no progress for {self.settings.stall_timeout_s:g} s in stage 'score' "
+                    f"({self.workers} Scorer actors x {self.settings.cpus_per_worker:g} CPU, reading parquet)",
+                    "check `ray status` for free CPUs and memory, or raise [batch_engine.ray] stall_timeout_s",
+                ) from None
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise self._explain(item) from None
+            yield item
+
+    @staticmethod
+    def _explain(exc: BaseException) -> LoyaltyLensError:
+        """A worker's failure as one line naming the customers and the plugins, not a Ray dump."""
+        text = str(exc)
+        if MARKER in text:
+            line = text[text.rindex(MARKER) + len(MARKER):].splitlines()[0]
+            return StageError(f"Ray batch failed for {line}", "fix the plugin, then rerun: finished chunks are kept")
+        first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+        return StageError(f"Ray batch failed: {type(exc).__name__}: {first}",
+                          "rerun the same command to compute only the missing chunks")
+
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        # Workers rebuild the pipeline from the same configuration: pass on the settings
+        # (and where plugins are importable from) through Ray's runtime environment.
+        env = {k: v for k, v in os.environ.items() if k.startswith("LOYALTYLENS_") or k == "PYTHONPATH"}
+        options: dict[str, Any] = {
+            "include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+            "runtime_env": {"env_vars": env},
+        }
+        address = self.settings.address.strip()
+        if address:
+            try:
+                ray.init(address=address, **options)
+            except (ConnectionError, RuntimeError) as exc:
+                raise StageError(f"cannot connect to Ray at {address}: {str(exc).splitlines()[0][:200]}",
+                                 "start it (`ray start --head`) or set [batch_engine.ray] address") from None
+        else:
+            cpus = os.cpu_count() or 1
+            reserved = self.workers * self.settings.cpus_per_worker
+            if reserved > cpus - 0.5:
+                raise ConfigError(
+                    f"{self.workers} Ray workers x {self.settings.cpus_per_worker:g} CPU leave no CPU for Ray Data's "
+                    f"read tasks on this {cpus}-CPU machine (the job would wait forever)",
+                    "lower [batch_engine.ray] num_workers or cpus_per_worker",
+                )
+            ray.init(num_cpus=cpus, object_store_memory=self.settings.object_store_memory_mb * 2**20, **options)
+        self._started_ray = True
+
+    def close(self) -> None:
+        """Stop the Ray this engine started (its internal actors hold ~1 GB after a job)."""
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False

@@ -1,0 +1,120 @@
+"""The Ray engine on a real local Ray (started by the engine, 2 CPUs), through the CLI.
+
+Every other stage is a fake, registered through an entry point on PYTHONPATH so that Ray's
+worker processes load exactly the plugins the driver does. The real pipeline on Ray is
+tested against the local engine in tests/e2e/test_batch_ray.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from loyaltylens_core.stages import STAGES
+from loyaltylens_core.testing import make_distribution
+
+pytestmark = pytest.mark.slow
+
+FAKES = """
+import os
+import signal
+from pathlib import Path
+
+from loyaltylens_core.testing import FakeFeatureStore, FakeGenerator, FakePlugin, make_features
+
+
+class Generator(FakeGenerator):
+    '''Misbehaves on request: RAY_TEST_KILL_ONCE=<marker file> kills its own process (once) at
+    customer C0007; RAY_TEST_FAIL=<id> raises for that customer.'''
+
+    def generate(self, variables):
+        return super().generate(variables)
+
+    def generate_many(self, many):
+        ids = [v["customer_id"] for v in many]
+        marker = os.environ.get("RAY_TEST_KILL_ONCE")
+        if marker and "C0007" in ids and not Path(marker).exists():
+            Path(marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        if os.environ.get("RAY_TEST_FAIL") in ids:
+            raise RuntimeError("the copy service refused " + os.environ["RAY_TEST_FAIL"])
+        return [self.generate(v) for v in many]
+
+
+customers = {f"C{i:04d}": make_features(f"C{i:04d}", recency_days=float(i % 50), engagement_score=(i % 10) / 10)
+             for i in range(1, 41)}
+plugin = FakePlugin(feature_store=FakeFeatureStore(customers), generator=Generator(),
+                    propensity=__import__("loyaltylens_core.testing", fromlist=["x"]).FakePropensity(
+                        lambda f: round(0.1 + 0.8 * f.engagement_score, 3)))
+"""
+
+
+@pytest.fixture
+def cli(tmp_path):
+    site = tmp_path / "site"
+    make_distribution(site, "loyaltylens-rayfakes", "llrayfakes", FAKES, "rayfakes", "plugin")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
+    env.update({"PYTHONPATH": str(site), "LOYALTYLENS_DATA_DIR": str(tmp_path / "data"),
+                **{f"LOYALTYLENS_{stage.upper()}": "fake" for stage in STAGES}})
+    env.pop("RAY_ADDRESS", None)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join([f"C{i:04d}" for i in range(1, 41)] + ["C9999"]) + "\n")
+
+    def run(engine: str, out: str, *extra: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loyaltylens_core.cli", "-q", "--use", f"batch_engine={engine}",
+             "batch", "--ids", str(ids), "--out", str(tmp_path / out), "--chunk-size", "8", "--json", *extra],
+            capture_output=True, text=True, env={**env, **more_env}, timeout=600,
+        )
+
+    run.tmp = tmp_path  # type: ignore[attr-defined]
+    return run
+
+
+def rows(path):
+    return pq.read_table(path).to_pylist()
+
+
+def test_ray_results_equal_the_local_engine_row_for_row(cli):
+    local = cli("local", "local.parquet")
+    assert local.returncode == 0, local.stderr
+    ray = cli("ray", "ray.parquet", LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE="5")
+    assert ray.returncode == 0, ray.stderr
+    summary = json.loads(ray.stdout)
+    assert summary["engine"] == "ray" and summary["workers"] == 2
+    assert summary["customers"] == 40 and summary["rejects"] == 1  # C9999 is unknown
+    assert rows(cli.tmp / "ray.parquet") == rows(cli.tmp / "local.parquet")
+    assert "C9999" in (cli.tmp / "ray.rejects.csv").read_text()
+    assert not (cli.tmp / "ray.parquet.parts").exists()  # staging and parts cleaned up
+
+
+def test_a_worker_killed_mid_job_is_retried_and_every_customer_is_written_once(cli):
+    marker = cli.tmp / "killed"
+    proc = cli("ray", "ray.parquet", RAY_TEST_KILL_ONCE=str(marker), LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE="4")
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists()  # a Scorer actor really died with SIGKILL
+    ids = [r["customer_id"] for r in rows(cli.tmp / "ray.parquet")]
+    assert sorted(ids) == [f"C{i:04d}" for i in range(1, 41)] and len(ids) == len(set(ids))
+
+
+def test_a_failing_block_names_its_customers_and_a_rerun_computes_only_the_rest(cli):
+    failed = cli("ray", "ray.parquet", RAY_TEST_FAIL="C0012")
+    assert failed.returncode == 4, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: Ray batch failed for") and "C0012" in line and "the copy service refused" in line
+    assert "generator=fake" in line and "Traceback" not in failed.stderr
+    again = cli("ray", "ray.parquet")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["resumed"] + summary["computed"] == 41 and summary["customers"] == 40
+
+
+def test_too_many_cpus_per_worker_is_refused_before_it_can_hang(cli):
+    proc = cli("ray", "ray.parquet", LOYALTYLENS_BATCH_ENGINE_RAY__CPUS_PER_WORKER=str(os.cpu_count()))
+    assert proc.returncode == 2
+    assert "leave no CPU for Ray Data's read tasks" in proc.stderr
