@@ -12,7 +12,7 @@ from loyaltylens_core.adapters import query_vocabulary
 from loyaltylens_core.contracts import TIERS, RetrievalQuery
 from loyaltylens_core.testing import FakeEmbedder, make_context
 from loyaltylens_retriever_duckdb import DuckDBRetrieverSettings, build
-from loyaltylens_retriever_duckdb.candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick
+from loyaltylens_retriever_duckdb.candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick, update_lists
 
 
 def brute_force(similarity, thresholds, tier_ok, threshold, k):
@@ -30,7 +30,7 @@ def test_lists_give_the_exact_top_k_or_defer_to_exact_search(offers, prefilter):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     thresholds = np.round(rng.uniform(0, 1, size=offers), 2)
     tier_mask = rng.uniform(size=(4, offers)) < 0.7
-    lists = build_lists(queries, vectors, thresholds, tier_mask, 8, prefilter=prefilter, block=16)
+    lists, _ = build_lists(queries, vectors, thresholds, tier_mask, 8, prefilter=prefilter, block=16)
     complete = exhaustive(offers, prefilter)
     answered = deferred = 0
     for _ in range(600):
@@ -49,6 +49,43 @@ def test_lists_give_the_exact_top_k_or_defer_to_exact_search(offers, prefilter):
             answered += 1
             assert got.tolist() == expected
     assert answered > 400 and answered + deferred == 600  # the lists answer most queries
+
+
+def random_catalogue(rng, offers, dim=24):
+    vectors = rng.normal(size=(offers, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, np.round(rng.uniform(0, 1, size=offers), 2), rng.uniform(size=(4, offers)) < 0.7
+
+
+@pytest.mark.parametrize("prefilter", [64, 4096])
+def test_updated_lists_stay_exact_after_offers_change_disappear_and_arrive(prefilter):
+    rng = np.random.default_rng(5)
+    vectors, thresholds, tiers = random_catalogue(rng, 500)
+    queries = rng.normal(size=(30, 24)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    lists, sims = build_lists(queries, vectors, thresholds, tiers, 8, prefilter=prefilter)
+    # New catalogue: drop rows 0-9, change 10-19 (new vector and threshold), add 15 offers.
+    keep = np.arange(20, 500)
+    changed_vectors, changed_thresholds, changed_tiers = random_catalogue(rng, 25)
+    new_vectors = np.vstack([vectors[keep], changed_vectors])
+    new_thresholds = np.concatenate([thresholds[keep], changed_thresholds])
+    new_tiers = np.hstack([tiers[:, keep], changed_tiers])
+    remap = np.full(500, -1)
+    remap[keep] = np.arange(len(keep))
+    changed = np.arange(len(keep), len(new_vectors))
+    updated, _ = update_lists(lists, sims, remap, changed, queries, new_vectors, new_thresholds, new_tiers,
+                              exhaustive_before=exhaustive(500, prefilter), block=7)
+    answered = 0
+    for _ in range(500):
+        q, tier, k = int(rng.integers(30)), int(rng.integers(ANY_TIER + 1)), int(rng.integers(1, 9))
+        threshold = float(np.round(rng.uniform(0, 1), 3))
+        got = pick(updated[q, tier, bucket_of(threshold)], new_thresholds, threshold, k, complete=False)
+        tier_ok = np.ones(len(new_vectors), bool) if tier == ANY_TIER else new_tiers[tier]
+        expected = brute_force(queries[q] @ new_vectors.T, new_thresholds, tier_ok, threshold, k)
+        if got is not None:
+            answered += 1
+            assert got.tolist() == expected
+    assert answered > 300
 
 
 def test_buckets_cover_thresholds_on_their_edges():
@@ -146,5 +183,6 @@ def test_a_touched_but_unchanged_catalogue_is_not_reindexed_and_a_changed_one_is
     catalogue.write_text(json.dumps(offers))
     changed = retriever(tmp_path, catalogue)
     assert changed.last_index["embedded"] == 1 and changed.offers[0].title == "something else entirely"
+    assert changed.lists_complete is False  # updated in place: short lists no longer prove exhaustive
     q = RetrievalQuery(customer_id="C1", text="something else entirely", k=1)
     assert changed.retrieve(q)[0].offer.offer_id == "O00000"

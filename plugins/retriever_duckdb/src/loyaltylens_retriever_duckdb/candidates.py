@@ -43,8 +43,10 @@ def build_lists(
     prefilter: int = 4096,
     block: int = 64,
     advance: Callable[[float], None] = lambda n: None,
-) -> np.ndarray:
-    """int32 ``(texts, 5, BUCKETS, size)`` offer rows, best first, -1 where a list runs out.
+) -> tuple[np.ndarray, np.ndarray]:
+    """int32 ``(texts, 5, BUCKETS, size)`` offer rows, best first, -1 where a list runs out,
+    and their float32 similarities (-inf where -1), kept so a later index can update the
+    lists for a few changed offers without recomputing them (``update_lists``).
 
     Per block of texts: one matrix product, the ``prefilter`` most similar offers by
     ``argpartition`` (no full sort of the catalogue), sorted; then, for each tier and
@@ -53,8 +55,9 @@ def build_lists(
     ``exhaustive(...)`` says so."""
     texts, offers = len(query_vectors), len(vectors)
     out = np.full((texts, ANY_TIER + 1, BUCKETS, size), -1, dtype=np.int32)
+    sims = np.full(out.shape, -np.inf, dtype=np.float32)
     if offers == 0 or texts == 0:
-        return out
+        return out, sims
     depth = min(prefilter, offers)
     tiers = np.vstack([tier_mask, np.ones((1, offers), dtype=bool)])  # (5, offers)
     for start in range(0, texts, block):
@@ -65,6 +68,7 @@ def build_lists(
             top = np.broadcast_to(np.arange(offers), similarity.shape)
         order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
         ranked = np.take_along_axis(top, order, axis=1)  # (block, depth) offer rows, best first
+        ranked_sims = np.take_along_axis(similarity, ranked, axis=1)
         ranked_thresholds = thresholds[ranked]
         for tier in range(ANY_TIER + 1):
             tier_ok = tiers[tier][ranked]
@@ -74,8 +78,60 @@ def build_lists(
                 keep &= position < size
                 r, c = np.nonzero(keep)
                 out[start + r, tier, bucket, position[r, c]] = ranked[r, c]
+                sims[start + r, tier, bucket, position[r, c]] = ranked_sims[r, c]
         advance(len(similarity))
-    return out
+    return out, sims
+
+
+def update_lists(
+    lists: np.ndarray,
+    sims: np.ndarray,
+    remap: np.ndarray,
+    changed: np.ndarray,
+    query_vectors: np.ndarray,
+    vectors: np.ndarray,
+    thresholds: np.ndarray,
+    tier_mask: np.ndarray,
+    *,
+    exhaustive_before: bool = False,
+    block: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lists for a catalogue in which only the offers ``changed`` (new rows) are new or
+    different, from the previous index's lists: old rows are renumbered through ``remap``
+    (old row -> new row, -1 for a removed or changed offer) and the changed offers merged in
+    by similarity. Each list stays an exact best-first prefix of its bucket's top offers, so
+    ``pick`` stays exact: a removal only shortens it, and a changed offer enters only above
+    the old list's last similarity (below it, an offer the list never held may rank higher),
+    unless the old list ran out and lists were exhaustive. Lists that ran out are no longer known to be
+    exhaustive, so the caller must stop claiming they are."""
+    size = lists.shape[-1]
+    tiers = np.vstack([tier_mask, np.ones((1, len(vectors)), dtype=bool)])
+    within = thresholds[changed][None, :] <= EDGES[:, None] + 1e-12  # (BUCKETS, changed)
+    eligible = tiers[:, changed][:, None, :] & within[None, :, :]  # (5, BUCKETS, changed)
+    out = np.empty_like(lists)
+    out_sims = np.empty_like(sims)
+    for start in range(0, len(lists), block):
+        old = np.asarray(lists[start : start + block])
+        rows = np.where(old >= 0, remap[np.maximum(old, 0)], -1)
+        before = np.asarray(sims[start : start + block])
+        old_sims = np.where(rows >= 0, before, -np.inf).astype(np.float32)
+        # The lowest similarity the old list vouched for (inf when it was empty); no limit for
+        # a list that ran out while lists were exhaustive (it held every eligible offer).
+        boundary = np.where(np.isfinite(before), before, np.inf).min(axis=-1)
+        if exhaustive_before:
+            boundary = np.where(np.isfinite(before[..., -1]), boundary, -np.inf).astype(np.float32)
+        fresh = (query_vectors[start : start + block] @ vectors[changed].T).astype(np.float32)  # (b, changed)
+        fresh = np.where(eligible[None], fresh[:, None, None, :], -np.inf).astype(np.float32)
+        fresh = np.where(fresh >= boundary[..., None], fresh, -np.inf).astype(np.float32)
+        shape = (*rows.shape[:-1], len(changed))
+        merged_rows = np.concatenate([rows, np.broadcast_to(changed.astype(np.int32), shape)], axis=-1)
+        merged_sims = np.concatenate([old_sims, fresh], axis=-1)
+        order = np.argsort(-merged_sims, axis=-1, kind="stable")[..., :size]
+        best_sims = np.take_along_axis(merged_sims, order, axis=-1)
+        best_rows = np.take_along_axis(merged_rows, order, axis=-1)
+        out[start : start + block] = np.where(np.isfinite(best_sims), best_rows, -1)
+        out_sims[start : start + block] = best_sims
+    return out, out_sims
 
 
 def exhaustive(offers: int, prefilter: int) -> bool:

@@ -29,7 +29,11 @@ from loyaltylens_core.errors import StageError
 from loyaltylens_core.offers import catalogue_fingerprint, embedder_name, load_catalogue, offer_text, texts_fingerprint
 
 from . import sidecar
-from .candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick
+from .candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick, update_lists
+
+# Up to this many new or changed offers, an index updates the candidate lists in place
+# instead of rebuilding them (seconds at 50,000 offers instead of ~15 s).
+INCREMENTAL_LIMIT = 1024
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -274,6 +278,7 @@ class DuckDBRetriever:
         table = _arrow(con, f"SELECT offer, embedding FROM {self.table} ORDER BY offer_id")
         lines = table.column("offer").to_pylist()
         offers = [Offer.model_validate_json(line) for line in lines]
+        ids = [o.offer_id for o in offers]
         dim = len(table.column("embedding")[0]) if table.num_rows else 0
         vectors = vectors_of(table, "embedding", dim) if dim else np.zeros((0, 0), dtype=np.float32)
         thresholds = np.array([o.min_propensity_threshold for o in offers], dtype=np.float64)
@@ -285,20 +290,60 @@ class DuckDBRetriever:
             if stored.num_rows:
                 texts, queries = stored.column("text").to_pylist(), vectors_of(stored, "embedding", dim)
         arrays = {"vectors": vectors, "thresholds": thresholds, "tiers": tier_mask, "queries": queries}
+        stored_fp, stored_vocabulary = self._meta()
+        complete = False
         size = self.settings.candidate_lists
         if size and len(texts) and len(offers):
-            with self.context.progress.task("Building candidate lists", total=len(texts)) as advance:
-                arrays["lists"] = build_lists(queries, vectors, thresholds, tier_mask, size,
-                                              prefilter=self.settings.prefilter, advance=advance)
-        stored_fp, stored_vocabulary = self._meta()
+            previous = self._previous_lists(ids, lines, stored_vocabulary or "", dim)
+            if previous is not None:
+                remap, changed, old_lists, old_sims, was_exhaustive = previous
+                with self.context.progress.task(f"Updating candidate lists for {len(changed)} offers", total=1) as done:
+                    arrays["lists"], arrays["list_sims"] = update_lists(
+                        old_lists, old_sims, remap, changed, queries, vectors, thresholds, tier_mask,
+                        exhaustive_before=was_exhaustive)
+                    done(1)
+            else:
+                with self.context.progress.task("Building candidate lists", total=len(texts)) as advance:
+                    arrays["lists"], arrays["list_sims"] = build_lists(
+                        queries, vectors, thresholds, tier_mask, size, prefilter=self.settings.prefilter,
+                        advance=advance)
+                complete = exhaustive(len(offers), self.settings.prefilter)
         meta = {"fingerprint": stored_fp or "", "vocabulary": stored_vocabulary or "", "source": source,
-                "stamp": self._stamp(), "offers": len(offers), "dim": dim}
+                "stamp": self._stamp(), "offers": len(offers), "dim": dim, "exhaustive": complete}
         if not self.read_only:
-            sidecar.write(self.sidecar_root, meta, arrays, lines, texts)
+            sidecar.write(self.sidecar_root, meta, arrays, lines, ids, texts)
             pointer = sidecar.read_pointer(self.sidecar_root)
             if pointer and self._open(pointer):
                 return
-        self._use(arrays, offers, texts, {**meta, "prefilter": self.settings.prefilter})
+        self._use(arrays, offers, texts, meta)
+
+    def _previous_lists(
+        self, ids: list[str], lines: list[str], vocabulary: str, dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool] | None:
+        """(old row -> new row, changed new rows, old lists, old similarities, whether those
+        were exhaustive) when the stored
+        index differs from this one in at most INCREMENTAL_LIMIT offers (any field: a new
+        threshold changes which lists an offer belongs to), else None: rebuild."""
+        pointer = sidecar.read_pointer(self.sidecar_root)
+        if not pointer or pointer.get("stamp") != self._stamp() or pointer.get("vocabulary") != vocabulary \
+                or pointer.get("dim") != dim:
+            return None
+        found = sidecar.load(self.sidecar_root, pointer)
+        if found is None or "lists" not in found["arrays"] or "list_sims" not in found["arrays"]:
+            return None
+        new_row = {offer_id: row for row, offer_id in enumerate(ids)}
+        remap = np.full(len(found["ids"]), -1, dtype=np.int64)
+        kept = np.zeros(len(ids), dtype=bool)
+        for old_row, (offer_id, line) in enumerate(zip(found["ids"], found["lines"])):
+            row = new_row.get(offer_id)
+            if row is not None and lines[row] == line:
+                remap[old_row] = row
+                kept[row] = True
+        changed = np.flatnonzero(~kept)
+        if len(changed) > INCREMENTAL_LIMIT:
+            return None
+        arrays = found["arrays"]
+        return remap, changed, arrays["lists"], arrays["list_sims"], bool(pointer.get("exhaustive", False))
 
     def _open(self, pointer: dict[str, Any]) -> bool:
         """Map the version ``pointer`` names; False if its files are missing or damaged."""
@@ -317,7 +362,7 @@ class DuckDBRetriever:
         self.query_vectors = arrays["queries"]
         self.query_rows = {text: row for row, text in enumerate(texts)}
         self.lists = arrays.get("lists")
-        self.lists_complete = exhaustive(len(offers), int(meta.get("stamp", {}).get("prefilter", meta.get("prefilter", 0))))
+        self.lists_complete = bool(meta.get("exhaustive", False))
 
     def _query_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for query texts: from the precomputed vocabulary where possible, the

@@ -74,6 +74,7 @@ def write(
     meta: dict[str, Any],
     arrays: dict[str, np.ndarray],
     offers_json: Sequence[str],
+    offer_ids: Sequence[str],
     texts: Sequence[str],
 ) -> Path:
     """Write one index version and point ``current.json`` at it, atomically; older versions
@@ -85,6 +86,7 @@ def write(
         for key, array in arrays.items():
             np.save(staging / f"{key}.npy", np.ascontiguousarray(array))
         (staging / "offers.jsonl").write_text("\n".join(offers_json))
+        (staging / "offer_ids.json").write_text(json.dumps(list(offer_ids)))
         (staging / "texts.json").write_text(json.dumps(list(texts)))
         target = root / name
         if target.exists():
@@ -123,8 +125,9 @@ def load(root: Path, pointer: dict[str, Any]) -> dict[str, Any] | None:
         arrays = {path.stem: np.asarray(np.load(path, mmap_mode="r")) for path in directory.glob("*.npy")}
         lines = (directory / "offers.jsonl").read_text().split("\n")
         texts = json.loads((directory / "texts.json").read_text())
+        ids = json.loads((directory / "offer_ids.json").read_text())
     except (OSError, ValueError):
         return None
     if lines == [""]:
         lines = []
-    return {"arrays": arrays, "offers": LazyOffers(lines), "texts": texts}
+    return {"arrays": arrays, "offers": LazyOffers(lines), "lines": lines, "ids": ids, "texts": texts}
