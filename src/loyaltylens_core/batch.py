@@ -6,10 +6,15 @@ the same ids finds the finished parts and computes only the rest; chunk boundari
 from the ids and the chunk size stored in ``job.json``, so no customer can land in two
 parts. When every part exists they are merged into ``<out>`` (again via rename) and the
 parts directory is removed.
+
+``<out>`` may also be an object-store URI (``s3://bucket/prefix/results.parquet``,
+``gs://...``): the parts then live in the data dir (``batches/``) and the merged result
+is written with one PUT through pyarrow's filesystem, so it too exists whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,7 +23,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .errors import LoyaltyLensError, UsageError
 from .progress import QUIET, Progress
@@ -40,13 +45,13 @@ def schema() -> Any:
 
 @dataclasses.dataclass
 class BatchSummary:
-    out: Path
+    out: Path | str
     customers: int
     computed: int
     resumed: int
     seconds: float
     rejects: int = 0
-    rejects_file: Path | None = None
+    rejects_file: Path | str | None = None
     engine: str = "local"
     workers: int = 1
 
@@ -177,7 +182,7 @@ def _job_fingerprint(ids: Sequence[str]) -> str:
 def run_batch(
     pipeline: "Pipeline",
     ids: Sequence[str],
-    out: Path,
+    out: Path | str,
     *,
     chunk_size: int = 10_000,
     overwrite: bool = False,
@@ -189,12 +194,10 @@ def run_batch(
     """Run every id, chunk by chunk. A customer the feature store does not know is not a
     reason to stop: it goes to ``<out stem>.rejects.csv`` (customer_id, line, reason) and
     the batch goes on. ``lines`` maps ids to their line in the ids file, for that file."""
-    if out.suffix != ".parquet":
-        raise UsageError(f"--out {out} must end in .parquet", "e.g. --out results.parquet")
+    target = destination(out, pipeline.config.core.data_dir)
     if not ids:
         raise UsageError("no customers to run", "pass --all or --ids FILE")
-    out = out.resolve()
-    parts = out.with_name(out.name + ".parts")
+    parts = target.parts
     job_file = parts / "job.json"
     fingerprint = _job_fingerprint(ids)
 
@@ -207,8 +210,8 @@ def run_batch(
                     "rerun that batch to finish it, or pass --overwrite to start again",
                 )
             shutil.rmtree(parts)
-    elif out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists", "pass --overwrite to replace it")
+    elif target.exists() and not overwrite:
+        raise UsageError(f"{target.display} already exists", "pass --overwrite to replace it")
 
     if not parts.is_dir():
         parts.mkdir(parents=True)
@@ -223,7 +226,7 @@ def run_batch(
     todo = [(index, list(chunk)) for index, chunk in enumerate(chunks) if index not in done]
     engine = pipeline.component("batch_engine")
     started = time.perf_counter()
-    with progress.task(f"Batch → {out.name}", total=len(ids)) as advance:
+    with progress.task(f"Batch → {target.display.rsplit('/', 1)[-1]}", total=len(ids)) as advance:
         advance(resumed)
         engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use)))
     missing = [i for i in range(len(chunks)) if not (parts / f"part-{i:06d}.parquet").is_file()]
@@ -237,9 +240,9 @@ def run_batch(
         )
     computed = sum(len(chunk) for _, chunk in todo)
     seconds = time.perf_counter() - started
-    rejects = _merge(parts, out, len(chunks))
-    rejects_file = rejects_path(out)
-    return BatchSummary(out=out, customers=len(ids) - rejects, computed=computed, resumed=resumed,
+    rejects = _merge(parts, target, len(chunks))
+    rejects_file: Path | str = Path(target.rejects) if target.filesystem is None else target.rejects_display
+    return BatchSummary(out=Path(target.path) if target.filesystem is None else target.display, customers=len(ids) - rejects, computed=computed, resumed=resumed,
                         seconds=seconds, rejects=rejects, rejects_file=rejects_file if rejects else None,
                         engine=pipeline.config.stages["batch_engine"], workers=int(engine.workers))
 
@@ -248,7 +251,117 @@ def rejects_path(out: Path) -> Path:
     return out.with_name(out.stem + ".rejects.csv")
 
 
-def _merge(parts: Path, out: Path, count: int) -> int:
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+
+
+@dataclasses.dataclass
+class Destination:
+    """Where a batch's merged result goes: a local file, or an object in a pyarrow filesystem
+    (``filesystem`` set, ``path`` without the scheme). Parts are always local."""
+
+    display: str
+    path: str
+    parts: Path
+    filesystem: Any = None
+
+    @property
+    def rejects(self) -> str:
+        return self.path[: -len(".parquet")] + ".rejects.csv"
+
+    @property
+    def rejects_display(self) -> str:
+        return self.display[: -len(".parquet")] + ".rejects.csv"
+
+    def exists(self) -> bool:
+        if self.filesystem is None:
+            return Path(self.path).exists()
+        from pyarrow import fs
+
+        with _storage_errors(self.display):
+            found = self.filesystem.get_file_info(self.path).type != fs.FileType.NotFound
+        return bool(found)
+
+    def write_table(self, table: Any) -> None:
+        if self.filesystem is None:
+            _write_table(Path(self.path), table)
+            return
+        import pyarrow.parquet as pq
+
+        with _storage_errors(self.display):
+            pq.write_table(table, self.path, filesystem=self.filesystem)
+
+    def write_rejects(self, data: bytes | None) -> None:
+        """The rejects CSV beside the result, or no such file when ``data`` is None."""
+        if self.filesystem is None:
+            target = Path(self.rejects)
+            _atomic_write_bytes(target, data) if data is not None else target.unlink(missing_ok=True)
+            return
+        from pyarrow import fs
+
+        with _storage_errors(self.rejects_display):
+            if data is not None:
+                with self.filesystem.open_output_stream(self.rejects) as stream:
+                    stream.write(data)
+            elif self.filesystem.get_file_info(self.rejects).type != fs.FileType.NotFound:
+                self.filesystem.delete_file(self.rejects)
+
+
+def destination(out: str | Path, data_dir: Path) -> Destination:
+    """``--out`` as a Destination: a local path, or s3:// / gs:// through pyarrow's filesystems.
+
+    S3 credentials come from the usual chain (AWS_* variables, ~/.aws, instance roles);
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` points at an S3-compatible server (MinIO,
+    a moto server), as the AWS SDKs do (pyarrow itself ignores those variables)."""
+    text = str(out)
+    if not text.endswith(".parquet"):
+        raise UsageError(f"--out {text} must end in .parquet", "e.g. --out results.parquet")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        local = Path(text).resolve()
+        return Destination(str(local), str(local), local.with_name(local.name + ".parts"))
+    if scheme not in REMOTE_SCHEMES or not rest.strip("/"):
+        raise UsageError(f"--out {text} is not a local path, s3:// or gs:// URI", "e.g. --out s3://bucket/results.parquet")
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    parts = Path(data_dir) / "batches" / f"{Path(rest).name}-{key}.parts"
+    return Destination(text, rest, parts, _filesystem(scheme, text))
+
+
+def _filesystem(scheme: str, uri: str) -> Any:
+    from urllib.parse import urlparse
+
+    from pyarrow import fs
+
+    with _storage_errors(uri):
+        if scheme == "s3":
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            if endpoint:
+                parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+                return fs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme,
+                                       region=region or "us-east-1")
+            return fs.S3FileSystem(region=region) if region else fs.FileSystem.from_uri(uri)[0]
+        return fs.GcsFileSystem()
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """pyarrow's storage errors as one line naming the object; credentials never appear
+    (pyarrow's messages name the bucket and key, never the keys)."""
+    try:
+        yield
+    except LoyaltyLensError:
+        raise
+    except (OSError, ValueError) as exc:
+        from .errors import StageError
+
+        detail = " ".join(str(exc).split())[:300]
+        raise StageError(
+            f"cannot write {what}: {detail}",
+            "check the bucket, the credentials (AWS_* variables or ~/.aws) and AWS_ENDPOINT_URL_S3 for S3-compatible servers",
+        ) from None
+
+
+def _merge(parts: Path, out: Destination, count: int) -> int:
     """Parts into ``out``, their rejects into ``<out stem>.rejects.csv``; returns how
     many customers were rejected."""
     import csv
@@ -263,15 +376,14 @@ def _merge(parts: Path, out: Path, count: int) -> int:
         note = parts / f"part-{i:06d}.rejects.json"
         if note.is_file():
             rejected.extend(json.loads(note.read_text()))
-    target = rejects_path(out)
+    data = None
     if rejected:
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(["customer_id", "line", "reason"])
         writer.writerows(rejected)
-        _atomic_write_bytes(target, text.getvalue().encode())
-    else:
-        target.unlink(missing_ok=True)
-    _write_table(out, pa.concat_tables(tables) if tables else schema().empty_table())
+        data = text.getvalue().encode()
+    out.write_rejects(data)
+    out.write_table(pa.concat_tables(tables) if tables else schema().empty_table())
     shutil.rmtree(parts)
     return len(rejected)

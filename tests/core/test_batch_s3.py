@@ -1,0 +1,91 @@
+"""`batch --out s3://...`: the merged result and its rejects are written through pyarrow's S3
+filesystem to a real S3 protocol server (moto in server mode on 127.0.0.1); the parts stay
+in the data dir so an interrupted batch still resumes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+from pyarrow import fs
+
+from loyaltylens_core.batch import run_batch
+from loyaltylens_core.errors import StageError
+from loyaltylens_core.testing import free_port
+
+SECRET = "s3cr3t-never-printed"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    filesystem = fs.S3FileSystem(endpoint_override=s3_server.removeprefix("http://"), scheme="http",
+                                 region="us-east-1", access_key="testing", secret_key=SECRET,
+                                 allow_bucket_creation=True)
+    filesystem.create_dir("results-bucket")
+    return filesystem
+
+
+def test_results_and_rejects_land_in_the_bucket_whole(loyaltylens_pipeline, s3):
+    pipeline = loyaltylens_pipeline()
+    summary = run_batch(pipeline, ["C001", "C002", "C404", "C003"], "s3://results-bucket/daily/r.parquet",
+                        chunk_size=2)
+    assert summary.out == "s3://results-bucket/daily/r.parquet" and summary.customers == 3 and summary.rejects == 1
+    table = pq.read_table("results-bucket/daily/r.parquet", filesystem=s3)
+    assert table.column("customer_id").to_pylist() == ["C001", "C002", "C003"]
+    with s3.open_input_stream("results-bucket/daily/r.rejects.csv") as stream:
+        assert b"C404" in stream.read()
+    assert summary.rejects_file == "s3://results-bucket/daily/r.rejects.csv"
+    assert not list((pipeline.config.core.data_dir / "batches").iterdir())  # parts merged and removed
+
+
+def test_an_existing_object_is_kept_unless_overwrite(loyaltylens_pipeline, s3):
+    pipeline = loyaltylens_pipeline()
+    run_batch(pipeline, ["C001"], "s3://results-bucket/keep.parquet")
+    with pytest.raises(Exception, match="already exists"):
+        run_batch(pipeline, ["C002"], "s3://results-bucket/keep.parquet")
+    run_batch(pipeline, ["C002"], "s3://results-bucket/keep.parquet", overwrite=True)
+    assert pq.read_table("results-bucket/keep.parquet", filesystem=s3).column("customer_id").to_pylist() == ["C002"]
+
+
+def test_a_missing_bucket_is_one_line_without_credentials(loyaltylens_pipeline, s3):
+    pipeline = loyaltylens_pipeline()
+    with pytest.raises(StageError) as caught:
+        run_batch(pipeline, ["C001"], "s3://no-such-bucket/r.parquet")
+    text = str(caught.value)
+    assert "s3://no-such-bucket/r.parquet" in text and "\n" not in text
+    assert SECRET not in text
+
+
+def test_an_unknown_scheme_is_refused(loyaltylens_pipeline):
+    with pytest.raises(Exception, match="not a local path, s3:// or gs://"):
+        run_batch(loyaltylens_pipeline(), ["C001"], "ftp://host/r.parquet")
