@@ -73,6 +73,12 @@ def embedder_name(embedder: Any) -> str:
     return str(getattr(embedder, "name", type(embedder).__name__))
 
 
+def content_hash(offer: Offer, embedder: Any) -> str:
+    """What decides an offer's vector: its embedded text and the model. An offer whose hash
+    is unchanged keeps its vector when the catalogue is re-indexed (every retriever)."""
+    return hashlib.sha256(f"{embedder_name(embedder)}\n{offer_text(offer)}".encode()).hexdigest()[:16]
+
+
 def catalogue_fingerprint(offers: Sequence[Offer], embedder: Any) -> str:
     """Changes when any offer or the embedding model changes: an index built under another
     fingerprint is stale."""

@@ -56,7 +56,7 @@ def test_creates_collection_and_indexes_offers_on_first_use(tmp_path, server, ca
     assert len(stored) == 3 and server.batches == 1
     config = server.classes["LoyaltyLensOffers"]["config"]
     assert config["description"].startswith("loyaltylens offers fingerprint=")
-    assert {p["name"] for p in config["properties"]} == {"offer_id", "payload", "min_propensity_threshold", "tiers"}
+    assert {p["name"] for p in config["properties"]} == {"offer_id", "content_hash", "payload", "min_propensity_threshold", "tiers"}
     r.close()
 
 
@@ -97,7 +97,8 @@ def test_existing_index_is_reused_and_a_changed_catalogue_reindexes(tmp_path, se
     assert server.batches == 1
     catalogue.write_text(json.dumps(OFFERS[:2]))
     retriever_for(tmp_path, server, catalogue).close()
-    assert server.batches == 2 and len(server.objects("LoyaltyLensOffers")) == 2
+    # one offer removed: deleted by filter, nothing re-embedded or re-inserted
+    assert server.batches == 1 and server.deletes == 1 and len(server.objects("LoyaltyLensOffers")) == 2
 
 
 def test_api_key_is_sent_and_a_wrong_one_is_a_clear_error(tmp_path, catalogue, monkeypatch):
@@ -149,6 +150,41 @@ def test_index_skips_an_unchanged_catalogue_and_rebuild_reembeds_it(tmp_path, se
     assert r.index(rebuild=True) == 3 and r.last_index["embedded"] == 3
     assert server.batches == 2
     catalogue.write_text(json.dumps(OFFERS[:2]))
-    assert r.index() == 2 and r.last_index["embedded"] == 2
+    assert r.index() == 2 and r.last_index == {"offers": 2, "embedded": 0, "kept": 2, "removed": 1}
     assert len(server.objects("LoyaltyLensOffers")) == 2
+    r.close()
+
+
+class CountingEmbedder(FakeEmbedder):
+    name = "FakeEmbedder"  # the same model as the index was built with: vectors are reusable
+
+    def __init__(self):
+        self.texts = []
+
+    def embed(self, texts):
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+def test_only_new_and_changed_offers_are_embedded_and_upserted(tmp_path, server, catalogue):
+    retriever_for(tmp_path, server, catalogue).close()
+    changed = [dict(OFFERS[0], description="free cake birthday treat"), OFFERS[1],
+               dict(OFFERS[2], min_propensity_threshold=0.9),  # same text, new threshold
+               {"offer_id": "D", "title": "Weekend fuel", "description": "fuel discount weekend",
+                "category": "partner", "min_propensity_threshold": 0.2}]
+    catalogue.write_text(json.dumps(changed))
+    embedder = CountingEmbedder()
+    context = make_context(tmp_path, "retriever", "weaviate", components={"embedder": embedder},
+                           fallbacks={("retriever", "duckdb"): FakeRetriever()})
+    r = build(WeaviateRetrieverSettings(url=server.url, grpc_port=server.grpc_port, catalogue=catalogue,
+                                        timeout_s=2), context)
+    r.prepare()
+    assert r.last_index == {"offers": 4, "embedded": 3, "kept": 1, "removed": 0}
+    assert len(embedder.texts) == 3 and not any("Triple points" in t for t in embedder.texts)
+    stored = {o["properties"]["offer_id"]: o["properties"] for o in server.objects("LoyaltyLensOffers").values()}
+    assert set(stored) == {"A", "B", "C", "D"} and json.loads(stored["C"]["payload"])["min_propensity_threshold"] == 0.9
+    got = r.retrieve(RetrievalQuery(customer_id="C1", text="free cake", k=1))
+    assert got[0].offer.description == "free cake birthday treat"
+    assert server.classes["LoyaltyLensOffers"]["config"]["description"].endswith(r._fingerprint(
+        [__import__("loyaltylens_core.contracts", fromlist=["x"]).Offer(**o) for o in changed]))
     r.close()

@@ -15,7 +15,6 @@ the index in milliseconds instead of loading it).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Sequence, TYPE_CHECKING
 
@@ -26,7 +25,14 @@ import pyarrow as pa
 from loyaltylens_core.adapters import query_vocabulary
 from loyaltylens_core.contracts import TIERS, Offer, OfferCandidate, RetrievalQuery
 from loyaltylens_core.errors import StageError
-from loyaltylens_core.offers import catalogue_fingerprint, embedder_name, load_catalogue, offer_text, texts_fingerprint
+from loyaltylens_core.offers import (
+    catalogue_fingerprint,
+    content_hash,
+    embedder_name,
+    load_catalogue,
+    offer_text,
+    texts_fingerprint,
+)
 
 from . import sidecar
 from .candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick, update_lists
@@ -56,12 +62,6 @@ def vectors_of(table: Any, column: str, dim: int) -> np.ndarray:
     """A FLOAT[dim] column fetched as Arrow, as one float32 matrix without Python lists."""
     values = table.column(column).combine_chunks().flatten()
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-
-
-def content_hash(offer: Offer, model: str) -> str:
-    """What decides an offer's vector: its embedded text and the model. An offer whose
-    hash is unchanged keeps its vector when the catalogue is re-indexed."""
-    return hashlib.sha256(f"{model}\n{offer_text(offer)}".encode()).hexdigest()[:16]
 
 
 class DuckDBRetriever:
@@ -195,8 +195,7 @@ class DuckDBRetriever:
         re-embeds everything."""
         offers = offers or load_catalogue(self._catalogue_path())
         con = self._connect()
-        name = embedder_name(self.embedder)
-        hashes = [content_hash(o, name) for o in offers]
+        hashes = [content_hash(o, self.embedder) for o in offers]
         kept = {} if rebuild else self._stored_offer_vectors()
         todo = [i for i, h in enumerate(hashes) if h not in kept]
         fresh = self._embed_all([offer_text(offers[i]) for i in todo], "Indexing offers")

@@ -27,7 +27,7 @@ from weaviate.exceptions import WeaviateBaseError
 
 from loyaltylens_core.contracts import Offer, OfferCandidate, RetrievalQuery
 from loyaltylens_core.errors import ConfigError, StageError
-from loyaltylens_core.offers import catalogue_fingerprint, load_catalogue, offer_text
+from loyaltylens_core.offers import catalogue_fingerprint, content_hash, load_catalogue, offer_text
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -160,8 +160,10 @@ class WeaviateRetriever:
 
     def index(self, rebuild: bool = False, offers: list[Offer] | None = None) -> int:
         """Index the catalogue: nothing to do when the collection already holds it (same
-        offers, same embedder), else recreate the collection with every offer's vector.
-        ``rebuild=True`` recreates it regardless. Sets ``last_index``."""
+        offers, same embedder); only new and changed offers embedded and upserted, and
+        removed ones deleted, when it holds an earlier version (objects carry the same
+        content hash as the DuckDB retriever's); the collection recreated with every offer
+        when ``rebuild=True`` or it predates content hashes. Sets ``last_index``."""
         offers = offers or load_catalogue(self._catalogue_path())
         name = self.settings.collection
         if not rebuild and self._current(offers):
@@ -169,6 +171,9 @@ class WeaviateRetriever:
             self.collection = self.client.collections.get(name)
             self.last_index = {"offers": len(offers), "embedded": 0, "kept": len(offers)}
             return len(offers)
+        stored = None if rebuild else self._stored(name)
+        if stored is not None:
+            return self._update(offers, stored)
         vectors = np.asarray(self.embedder.embed([offer_text(o) for o in offers]), dtype=np.float32)
         with self.context.progress.task("Indexing offers in Weaviate", total=len(offers)) as advance:
             if self.client.collections.exists(name):
@@ -180,31 +185,71 @@ class WeaviateRetriever:
                     vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)),
                 properties=[
                     Property(name="offer_id", data_type=DataType.TEXT),
+                    Property(name="content_hash", data_type=DataType.TEXT),
                     Property(name="payload", data_type=DataType.TEXT, index_searchable=False),
                     Property(name="min_propensity_threshold", data_type=DataType.NUMBER),
                     Property(name="tiers", data_type=DataType.TEXT_ARRAY),
                 ],
             )
-            from weaviate.classes.data import DataObject
-
-            objects = [
-                DataObject(
-                    uuid=uuid.uuid5(NAMESPACE, o.offer_id),
-                    properties={"offer_id": o.offer_id, "payload": o.model_dump_json(),
-                                "min_propensity_threshold": o.min_propensity_threshold, "tiers": list(o.tiers)},
-                    vector=v.tolist(),
-                )
-                for o, v in zip(offers, vectors)
-            ]
-            result = collection.data.insert_many(objects)
-            if result.has_errors:
-                first = next(iter(result.errors.values()))
-                raise StageError(f"Weaviate rejected {len(result.errors)} offers: {first.message}",
-                                 "check the collection schema")
+            self._upsert(collection, offers, vectors)
             advance(len(offers))
         self.offers = {o.offer_id: o for o in offers}
         self.collection = collection
         self.last_index = {"offers": len(offers), "embedded": len(offers), "kept": 0}
+        return len(offers)
+
+    def _objects(self, offers: Sequence[Offer], vectors: np.ndarray) -> list[Any]:
+        from weaviate.classes.data import DataObject
+
+        return [
+            DataObject(
+                uuid=uuid.uuid5(NAMESPACE, o.offer_id),
+                properties={"offer_id": o.offer_id, "content_hash": content_hash(o, self.embedder),
+                            "payload": o.model_dump_json(), "min_propensity_threshold": o.min_propensity_threshold,
+                            "tiers": list(o.tiers)},
+                vector=v.tolist(),
+            )
+            for o, v in zip(offers, vectors)
+        ]
+
+    def _upsert(self, collection: Any, offers: Sequence[Offer], vectors: np.ndarray) -> None:
+        """Batch-import offers; an object with the same uuid (uuid5 of the offer id) is replaced."""
+        result = collection.data.insert_many(self._objects(offers, vectors))
+        if result.has_errors:
+            first = next(iter(result.errors.values()))
+            raise StageError(f"Weaviate rejected {len(result.errors)} offers: {first.message}",
+                             "check the collection schema")
+
+    def _stored(self, name: str) -> dict[str, tuple[str, str]] | None:
+        """offer_id -> (content hash, payload) of the collection's objects, or None when there
+        is no collection or it predates content hashes (then it is rebuilt)."""
+        existing = self.client.collections.list_all(simple=False).get(name)
+        if existing is None or "content_hash" not in {p.name for p in existing.properties}:
+            return None
+        collection = self.client.collections.get(name)
+        return {
+            obj.properties["offer_id"]: (obj.properties.get("content_hash"), obj.properties.get("payload"))
+            for obj in collection.iterator(return_properties=["offer_id", "content_hash", "payload"])
+        }
+
+    def _update(self, offers: list[Offer], stored: dict[str, tuple[str, str]]) -> int:
+        """Upsert the new and changed offers, delete the removed ones, then record the new
+        fingerprint: a crash part-way leaves an old fingerprint, so the next start redoes it."""
+        collection = self.client.collections.get(self.settings.collection)
+        todo = [o for o in offers if stored.get(o.offer_id) != (content_hash(o, self.embedder), o.model_dump_json())]
+        removed = sorted(set(stored) - {o.offer_id for o in offers})
+        with self.context.progress.task(f"Updating {len(todo)} offers in Weaviate", total=len(todo) or 1) as advance:
+            if todo:
+                vectors = np.asarray(self.embedder.embed([offer_text(o) for o in todo]), dtype=np.float32)
+                self._upsert(collection, todo, vectors)
+            for start in range(0, len(removed), 5000):  # a delete matches at most QUERY_MAXIMUM_RESULTS
+                collection.data.delete_many(where=Filter.by_property("offer_id").contains_any(removed[start:start + 5000]))
+            collection.config.update(description=f"loyaltylens offers fingerprint={self._fingerprint(offers)}")
+            advance(len(todo) or 1)
+        self.offers = {o.offer_id: o for o in offers}
+        self.collection = collection
+        self.last_index = {"offers": len(offers), "embedded": len(todo), "kept": len(offers) - len(todo),
+                           "removed": len(removed)}
         return len(offers)
 
     # --- search ---------------------------------------------------------------------

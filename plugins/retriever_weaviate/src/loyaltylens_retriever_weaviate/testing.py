@@ -2,10 +2,11 @@
 
 No Weaviate binary can run here, so this implements the slice of the protocol the v4
 client uses for a self-provided-vector collection, built on the protobuf stubs that
-``weaviate-client`` itself ships. The unmodified client connects to it, creates and
-deletes collections over REST, batch-inserts over ``weaviate.v1.Weaviate/BatchObjects``,
-and searches over ``weaviate.v1.Weaviate/Search`` (near_vector with cosine distance and
-property filters). Not a database: everything lives in memory.
+``weaviate-client`` itself ships. The unmodified client connects to it, creates, updates
+and deletes collections over REST, batch-inserts over ``weaviate.v1.Weaviate/BatchObjects``,
+deletes by filter over ``BatchDelete``, and searches over ``weaviate.v1.Weaviate/Search``
+(near_vector with cosine distance, property filters, and the ``after`` cursor that
+``collection.iterator()`` pages with). Not a database: everything lives in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from loyaltylens_core.testing import free_port  # noqa: F401 - re-exported for t
 from weaviate.proto.v1 import (
     aggregate_pb2,
     base_pb2,
+    batch_delete_pb2,
     batch_pb2,
     health_weaviate_pb2,
     properties_pb2,
@@ -169,6 +171,7 @@ class LocalWeaviate:
         self.lock = threading.RLock()
         self.searches = 0
         self.batches = 0
+        self.deletes = 0
         self.http = LocalHTTPServer(("127.0.0.1", 0), self._rest_handler())
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         weaviate_pb2_grpc.add_WeaviateServicer_to_server(_Servicer(self), self.grpc_server)
@@ -284,6 +287,22 @@ class LocalWeaviate:
                     weaviate.classes[config["class"]] = {"config": config, "objects": {}}
                 self._send(200, config)
 
+            def do_PUT(self) -> None:
+                if not self._guard():
+                    return
+                if not self.path.startswith("/v1/schema/"):
+                    self._send(404)
+                    return
+                update = self._body()
+                with weaviate.lock:
+                    found = weaviate.classes.get(_capitalise(self.path[len("/v1/schema/"):]))
+                    if found is None:
+                        self._send(404)
+                        return
+                    found["config"]["description"] = update.get("description", found["config"].get("description"))
+                    config = found["config"]
+                self._send(200, config)
+
             def do_DELETE(self) -> None:
                 if not self._guard():
                     return
@@ -347,6 +366,10 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
                 v = o["vector"]
                 distances[uid] = float(1.0 - (v @ query) / (np.linalg.norm(v) or 1.0))
             rows.sort(key=lambda r: distances[r[0]])
+        if not request.HasField("near_vector"):
+            rows.sort(key=lambda r: r[0])  # the iterator pages through objects in uuid order
+            if request.after:
+                rows = [r for r in rows if r[0] > request.after]
         limit = request.limit or 10
         wanted = list(request.properties.non_ref_properties)
         results = []
@@ -362,6 +385,22 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
                 metadata=meta))
         self.weaviate.searches += 1
         return search_get_pb2.SearchReply(took=time.perf_counter() - started, results=results)
+
+    def BatchDelete(self, request: batch_delete_pb2.BatchDeleteRequest, context: grpc.ServicerContext) -> Any:
+        self._check(context)
+        started = time.perf_counter()
+        try:
+            objects = self.weaviate.objects(request.collection)
+        except KeyError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"class {request.collection!r} not found")
+        with self.weaviate.lock:
+            doomed = [uid for uid, o in objects.items() if _matches(request.filters, o["properties"])]
+            if not request.dry_run:
+                for uid in doomed:
+                    del objects[uid]
+        self.weaviate.deletes += 1
+        return batch_delete_pb2.BatchDeleteReply(took=time.perf_counter() - started, failed=0,
+                                                 matches=len(doomed), successful=len(doomed))
 
     def Aggregate(self, request: aggregate_pb2.AggregateRequest, context: grpc.ServicerContext) -> Any:
         self._check(context)
