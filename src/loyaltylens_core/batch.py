@@ -277,7 +277,7 @@ class Destination:
             return Path(self.path).exists()
         from pyarrow import fs
 
-        with _storage_errors(self.display):
+        with storage_errors(self.display):
             found = self.filesystem.get_file_info(self.path).type != fs.FileType.NotFound
         return bool(found)
 
@@ -287,7 +287,7 @@ class Destination:
             return
         import pyarrow.parquet as pq
 
-        with _storage_errors(self.display):
+        with storage_errors(self.display):
             pq.write_table(table, self.path, filesystem=self.filesystem)
 
     def write_rejects(self, data: bytes | None) -> None:
@@ -298,7 +298,7 @@ class Destination:
             return
         from pyarrow import fs
 
-        with _storage_errors(self.rejects_display):
+        with storage_errors(self.rejects_display):
             if data is not None:
                 with self.filesystem.open_output_stream(self.rejects) as stream:
                     stream.write(data)
@@ -326,12 +326,25 @@ def destination(out: str | Path, data_dir: Path) -> Destination:
     return Destination(text, rest, parts, _filesystem(scheme, text))
 
 
+def filesystem_for(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) for a local path or an s3:// / gs:// URI, with the
+    same credential and endpoint rules as ``--out``."""
+    scheme, sep, rest = location.partition("://")
+    if not sep:
+        from pyarrow import fs
+
+        return fs.LocalFileSystem(), str(Path(location).resolve())
+    if scheme not in REMOTE_SCHEMES:
+        raise UsageError(f"{location} is not a local path, s3:// or gs:// URI", "e.g. s3://bucket/staging")
+    return _filesystem(scheme, location), rest
+
+
 def _filesystem(scheme: str, uri: str) -> Any:
     from urllib.parse import urlparse
 
     from pyarrow import fs
 
-    with _storage_errors(uri):
+    with storage_errors(uri):
         if scheme == "s3":
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -344,7 +357,7 @@ def _filesystem(scheme: str, uri: str) -> Any:
 
 
 @contextlib.contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
+def storage_errors(what: str) -> Iterator[None]:
     """pyarrow's storage errors as one line naming the object; credentials never appear
     (pyarrow's messages name the bucket and key, never the keys)."""
     try:

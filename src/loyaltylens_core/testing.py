@@ -13,10 +13,11 @@ so the test sees exactly the plugins it passes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
@@ -392,3 +393,47 @@ def make_distribution(site: Path, dist: str, module: str, source: str, entry: st
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
     (info / "entry_points.txt").write_text(f"[loyaltylens]\n{entry} = {module}{':' + obj if obj else ''}\n")
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """A real S3 protocol server on 127.0.0.1 (moto in server mode, its own process) for
+    tests of code that writes to object storage; yields its URL. Needs ``moto[server]``."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("moto server did not start within 20 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def s3_environment(url: str, secret: str = "test-secret") -> dict[str, str]:
+    """AWS_* variables pointing the usual credential chain and AWS_ENDPOINT_URL_S3 at ``url``."""
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": url}
+
+
+def s3_bucket(url: str, bucket: str, secret: str = "test-secret") -> Any:
+    """Create ``bucket`` on the server; returns a pyarrow S3FileSystem for reading it back."""
+    from pyarrow import fs
+
+    filesystem = fs.S3FileSystem(endpoint_override=url.removeprefix("http://"), scheme="http", region="us-east-1",
+                                 access_key="testing", secret_key=secret, allow_bucket_creation=True)
+    filesystem.create_dir(bucket)
+    return filesystem

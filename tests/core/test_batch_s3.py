@@ -4,55 +4,29 @@ in the data dir so an interrupted batch still resumes."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pyarrow.parquet as pq
 import pytest
-from pyarrow import fs
 
 from loyaltylens_core.batch import run_batch
 from loyaltylens_core.errors import StageError
-from loyaltylens_core.testing import free_port
+from loyaltylens_core.testing import s3_bucket, s3_environment, s3_server
 
 SECRET = "s3cr3t-never-printed"
 
 
 @pytest.fixture(scope="module")
-def s3_server():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("moto server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def server():
+    with s3_server() as url:
+        yield url
 
 
 @pytest.fixture
-def s3(s3_server, monkeypatch):
+def s3(server, monkeypatch):
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
-    filesystem = fs.S3FileSystem(endpoint_override=s3_server.removeprefix("http://"), scheme="http",
-                                 region="us-east-1", access_key="testing", secret_key=SECRET,
-                                 allow_bucket_creation=True)
-    filesystem.create_dir("results-bucket")
-    return filesystem
+    for var, value in s3_environment(server, SECRET).items():
+        monkeypatch.setenv(var, value)
+    return s3_bucket(server, "results-bucket", SECRET)
 
 
 def test_results_and_rejects_land_in_the_bucket_whole(loyaltylens_pipeline, s3):

@@ -14,9 +14,10 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from pyarrow.fs import FileSelector
 
 from loyaltylens_core.stages import STAGES
-from loyaltylens_core.testing import make_distribution
+from loyaltylens_core.testing import make_distribution, s3_bucket, s3_environment, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +119,17 @@ def test_too_many_cpus_per_worker_is_refused_before_it_can_hang(cli):
     proc = cli("ray", "ray.parquet", LOYALTYLENS_BATCH_ENGINE_RAY__CPUS_PER_WORKER=str(os.cpu_count()))
     assert proc.returncode == 2
     assert "leave no CPU for Ray Data's read tasks" in proc.stderr
+
+
+def test_features_can_be_staged_in_object_storage(cli):
+    with s3_server() as url:
+        bucket = s3_bucket(url, "ll-batch")
+        missing = cli("ray", "ray.parquet", **s3_environment(url),
+                      LOYALTYLENS_BATCH_ENGINE_RAY__STAGING_DIR="s3://no-such-bucket/staging")
+        assert missing.returncode == 4 and "s3://no-such-bucket/staging" in missing.stderr  # the bucket is used
+        proc = cli("ray", "ray.parquet", **s3_environment(url),
+                   LOYALTYLENS_BATCH_ENGINE_RAY__STAGING_DIR="s3://ll-batch/staging")
+        assert proc.returncode == 0, proc.stderr
+        left = bucket.get_file_info(FileSelector("ll-batch", recursive=True))
+        assert not [f.path for f in left if "chunk-" in f.path]  # staging removed after the job
+    assert len(rows(cli.tmp / "ray.parquet")) == 40

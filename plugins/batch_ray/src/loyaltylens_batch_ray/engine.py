@@ -21,15 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loyaltylens_core.batch import schema
+from loyaltylens_core.batch import filesystem_for, schema, storage_errors
 from loyaltylens_core.contracts import CustomerFeatures
 from loyaltylens_core.errors import ConfigError, LoyaltyLensError, StageError
 
@@ -82,17 +80,25 @@ class RayBatchEngine:
     def run(self, job: BatchJob) -> None:
         if not job.chunks:
             return
-        staging = Path(self.settings.staging_dir) / job.parts.name if self.settings.staging_dir else job.parts / "staging"
-        staging.mkdir(parents=True, exist_ok=True)
+        root = self.settings.staging_dir.rstrip("/") or str(job.parts)
+        where = f"{root}/{job.parts.name}-staging"
+        filesystem, staging = filesystem_for(where)
+        with storage_errors(where):
+            filesystem.create_dir(staging, recursive=True)
         try:
-            expected, rejects, files = self._stage(job, staging)
+            with storage_errors(where):
+                expected, rejects, files = self._stage(job, filesystem, staging)
             if files:
-                self._compute(job, files, expected, rejects)
+                self._compute(job, filesystem, files, expected, rejects)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                filesystem.delete_dir(staging)
+            except OSError:
+                pass  # already gone, or the store refuses: the next run overwrites it
 
-    def _stage(self, job: BatchJob, staging: Path) -> tuple[dict[int, int], dict[int, Any], list[str]]:
-        """Each chunk's features to ``staging/chunk-NNNNNN.parquet`` (rejects kept aside)."""
+    def _stage(self, job: BatchJob, filesystem: Any, staging: str) -> tuple[dict[int, int], dict[int, Any], list[str]]:
+        """Each chunk's features to ``<staging>/chunk-NNNNNN.parquet`` (rejects kept aside),
+        on local disk or in object storage (``staging_dir = "s3://bucket/prefix"``)."""
         expected: dict[int, int] = {}
         rejects: dict[int, Any] = {}
         files: list[str] = []
@@ -108,14 +114,13 @@ class RayBatchEngine:
             table = pa.Table.from_pylist([f.model_dump(mode="json") for f in features])
             table = table.append_column("_chunk", pa.array([index] * len(features), pa.int64()))
             table = table.append_column("_pos", pa.array(range(len(features)), pa.int64()))
-            path = staging / f"chunk-{index:06d}.parquet"
-            tmp = path.with_name(f".{path.name}.tmp")
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-            files.append(str(path))
+            path = f"{staging}/chunk-{index:06d}.parquet"
+            pq.write_table(table, path, filesystem=filesystem)  # whole or absent: one PUT, or a local write
+            files.append(path)
         return expected, rejects, files
 
-    def _compute(self, job: BatchJob, files: list[str], expected: dict[int, int], rejects: dict[int, Any]) -> None:
+    def _compute(self, job: BatchJob, filesystem: Any, files: list[str], expected: dict[int, int],
+                 rejects: dict[int, Any]) -> None:
         import ray.data
         from ray.data import ActorPoolStrategy
 
@@ -124,7 +129,7 @@ class RayBatchEngine:
         # One input file would be one block, so only one actor would work: ask for enough
         # blocks to keep every actor busy.
         blocks = max(len(files), 2 * self.workers)
-        dataset = ray.data.read_parquet(files, override_num_blocks=blocks).map_batches(
+        dataset = ray.data.read_parquet(files, filesystem=filesystem, override_num_blocks=blocks).map_batches(
             Scorer,
             fn_constructor_kwargs={"config_path": job.config_path, "use": list(job.use)},
             batch_size=self.settings.batch_size,
