@@ -276,10 +276,14 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
     if as_json:
         _print_json(card)
         return
-    metrics = card.get("metrics", {}).get("test", {})
+    from .metrics import summary_line
+
+    headline = card.get("evaluation", {}).get("headline", "test")
+    metrics = card.get("metrics", {}).get(headline, {})
+    calibration = card.get("calibration", {}).get("method")
     typer.echo(
-        f"trained {card.get('model_version')}: "
-        + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+        f"trained {card.get('model_version')} on {headline}: {summary_line(metrics)}"
+        + (f"; calibration: {calibration}" if calibration else "")
     )
 
 

@@ -132,6 +132,9 @@ class TrainingSet(Contract):
     labels: tuple[Literal[0, 1], ...]
     horizon_days: int
     data_hash: str
+    # Each example's true probability of its label, when the data is synthetic and its
+    # generator knows it (the demo): for oracle metrics only, never for training.
+    truth: tuple[UnitInterval, ...] | None = None
 
 
 # --- One Protocol per stage -------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 
 from loyaltylens_core.contracts import TrainingSet
 from loyaltylens_core.errors import StageError
+from loyaltylens_core.metrics import calibrate
 from loyaltylens_core.testing import make_context, make_features
 from loyaltylens_propensity_torch import TorchPropensitySettings, build
 
@@ -133,14 +134,6 @@ def test_store_without_training_examples(tmp_path):
         model_for(tmp_path, store=object()).prepare()
 
 
-def test_roc_auc_matches_definition():
-    from loyaltylens_propensity_torch.features import roc_auc
-
-    labels = np.array([0, 0, 1, 1])
-    assert roc_auc(labels, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
-    assert roc_auc(labels, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)
-
-
 def test_numpy_forward_pass_scores_exactly_as_the_torch_module(trained):
     """A run scores with numpy; training, export and the endpoints use torch: same numbers."""
     from loyaltylens_propensity_torch.features import categorical, raw_numeric
@@ -155,7 +148,8 @@ def test_numpy_forward_pass_scores_exactly_as_the_torch_module(trained):
     ]
     numeric = torch.from_numpy(((raw_numeric(feats) - trained._mean) / trained._std).astype(np.float32))
     with torch.inference_mode():
-        expected = torch.sigmoid(trained.torch_network()(numeric, torch.from_numpy(categorical(feats)))).numpy()
+        raw = torch.sigmoid(trained.torch_network()(numeric, torch.from_numpy(categorical(feats)))).numpy()
+    expected = calibrate(raw, trained.card.get("calibration"))  # the card's calibrator, as a run applies it
     got = np.array([p.score for p in trained.predict_many(feats)])
     assert np.abs(got - expected).max() < 1e-5
     assert trained.predict(feats[7]).score == pytest.approx(float(expected[7]), abs=1e-5)
@@ -191,3 +185,63 @@ def test_corrupt_safetensors_checkpoint_is_a_clear_error(tmp_path, trained):
     (target / "weights.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
     with pytest.raises(StageError, match="corrupt"):
         model_for(tmp_path).prepare()
+
+
+class TwoWindowStore(ExampleStore):
+    """Two snapshot dates (so a latest window exists) and the true probability of each label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = random.Random(1)
+        feats, labels, truth = [], [], []
+        for i, f in enumerate(self.data.features):
+            p = 1 / (1 + np.exp(-(3 * f.offer_redemption_rate - f.recency_days / 40)))
+            feats.append(f.model_copy(update={"as_of": dt.date(2026, 5, 1) if i % 3 else dt.date(2026, 6, 1)}))
+            labels.append(int(rng.random() < p))
+            truth.append(float(p))
+        self.data = TrainingSet(features=tuple(feats), labels=tuple(labels), horizon_days=30, data_hash="t2",
+                                truth=tuple(truth))
+
+
+def test_the_card_reports_quality_beside_the_oracle_on_the_latest_window(tmp_path):
+    model = model_for(tmp_path, TwoWindowStore())
+    card = model.train()
+    assert card["evaluation"]["headline"] == "test_latest" and card["evaluation"]["latest_as_of"] == "2026-06-01"
+    assert set(card["metrics"]) == {"train", "val", "test", "test_latest"}
+    assert card["split"]["test_latest"] == 500  # every customer's latest snapshot, none trained on
+    for key in ("auc", "pr_auc", "brier", "ece", "oracle_auc", "oracle_brier"):
+        assert card[key] == card["metrics"]["test_latest"][key]
+    assert 0.5 < card["auc"] <= card["oracle_auc"] + 0.05 and card["brier"] >= card["oracle_brier"] - 0.02
+    assert card["calibration"]["method"] in ("temperature", "isotonic", "none")
+    assert sum(row["n"] for row in card["reliability"]) == 500
+    png = (model.model_dir / card["model_version"] / "reliability.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("calibration", [
+    {"method": "temperature", "temperature": 1.7},
+    {"method": "isotonic", "x": [0.0, 0.2, 0.5, 0.8, 1.0], "y": [0.05, 0.1, 0.45, 0.6, 0.9]},
+])
+def test_the_exported_model_returns_the_pipelines_calibrated_score(tmp_path, trained, calibration):
+    """The endpoints (TorchScript through the SageMaker handler) and a run (numpy) apply the
+    same calibrator: same number for the same customer."""
+    from loyaltylens_core.serving import inference
+
+    trained.card["calibration"] = calibration
+    trained._memo.clear()
+    try:
+        spec = trained.export(tmp_path / "export")
+        served = inference.model_fn(str(tmp_path / "export"))
+        rng = random.Random(5)
+        feats = [make_features(f"C{i}", offer_redemption_rate=rng.random(), recency_days=rng.uniform(0, 200),
+                               engagement_score=rng.random()) for i in range(50)]
+        body = json.dumps({"instances": [f.model_dump(mode="json") for f in feats]})
+        got = inference.predict_fn(inference.input_fn(body, "application/json"), served)["predictions"]
+        expected = [p.score for p in trained.predict_many(feats)]
+        assert spec["model_version"] == trained.version
+        assert np.abs(np.array([g["propensity_score"] for g in got]) - np.array(expected)).max() < 1e-5
+        trained.card["calibration"] = None  # and calibration really changed the scores
+        assert np.abs(np.array(expected) - trained._scores(feats)).max() > 1e-3
+    finally:
+        trained.card["calibration"] = None
+        trained._memo.clear()

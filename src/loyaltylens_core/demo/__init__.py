@@ -20,12 +20,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..progress import QUIET, Progress
 from .catalogue import build_catalogue
 
-DATA_VERSION = "1"
+DATA_VERSION = "2"  # 2: truth.npz (the hidden redemption model) for oracle metrics
 START_DATE = dt.date(2026, 1, 1)
 DAYS = 180
 DEFAULT_CUSTOMERS = 5000
@@ -179,6 +179,10 @@ def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> 
         advance(1)
 
         (out / "offers.json").write_text(json.dumps(catalogue, indent=1))
+        # The hidden model behind every redemption, for the oracle metrics of `train` (never
+        # read by the feature store or any model): see true_probability.
+        np.savez_compressed(out / "truth.npz", rate=rate.astype(np.float32), counts=counts.astype(np.int16),
+                            phase=phase.astype(np.int16), base_logit=base_logit.astype(np.float32))
         digest = hashlib.sha256()
         for name in ("customers.csv", "transactions.csv", "offer_events.csv", "offers.json"):
             digest.update((out / name).read_bytes())
@@ -202,3 +206,69 @@ def _write_customers(path: Path, ids: list[str], tier_idx: Any, channel_idx: Any
         writer.writerow(["customer_id", "tier", "declared_channel", "signup_date"])
         for cid, t, ch, s in zip(ids, tier_idx, channel_idx, signup):
             writer.writerow([cid, TIERS[t], CHANNELS[ch], START_DATE + dt.timedelta(days=int(s))])
+
+
+def true_probability(
+    demo: DemoData, customer_ids: Sequence[str], as_of: Sequence[dt.date], horizon_days: int
+) -> Any:
+    """Each (customer, as_of) example's true probability of a redemption dated in
+    (as_of, as_of + horizon], from the generator's hidden model; None without ``truth.npz``.
+
+    The oracle knows every customer's hidden traits and history up to ``as_of`` (realised
+    transactions), not the future: offers are sent every 14 days from a per-customer phase,
+    each redeemed with probability sigmoid(base_logit + 0.6 min(transactions in the 15 days
+    up to sending, 3)) and dated 0-7 days after sending. Transactions after ``as_of`` are
+    Poisson with the hidden daily rate, so the expectation over them is taken exactly;
+    offers are treated as independent given that (their windows share one day)."""
+    import numpy as np
+
+    path = demo.directory / "truth.npz"
+    if not path.is_file():
+        return None
+    try:
+        rows = np.array([int(c[1:]) - 1 for c in customer_ids])
+    except ValueError:
+        return None
+    with np.load(path) as truth:
+        rate, counts = truth["rate"].astype(np.float64), truth["counts"].astype(np.float64)
+        phase, base_logit = truth["phase"].astype(np.int64), truth["base_logit"].astype(np.float64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(phase)):
+        return None
+    zeros = np.zeros((len(phase), 1))
+    cum_counts = np.hstack([zeros, np.cumsum(counts, axis=1)])
+    cum_rate = np.hstack([zeros, np.cumsum(rate, axis=1)])
+    days = np.array([(d - START_DATE).days for d in as_of])
+    out = np.empty(len(rows))
+
+    def sig(z: Any) -> Any:
+        return 1.0 / (1.0 + np.exp(-z))
+
+    for day in np.unique(days):
+        sel = np.flatnonzero(days == day)
+        r = rows[sel]
+        bl = base_logit[r]
+        steps = np.ceil((day - 7 - phase[r]) / OFFER_EVERY_DAYS).clip(min=0).astype(np.int64)
+        first = phase[r] + OFFER_EVERY_DAYS * steps
+        none = np.ones(len(r))
+        for j in range(horizon_days // OFFER_EVERY_DAYS + 2):
+            sent = first + OFFER_EVERY_DAYS * j
+            valid = (sent <= day + horizon_days) & (sent < DAYS)
+            s = np.minimum(sent, DAYS - 1)
+            lo, hi = np.maximum(day + 1 - s, 0), np.minimum(day + horizon_days - s, 7)
+            window = np.clip(hi - lo + 1, 0, 8) / 8.0
+            start = np.maximum(s - 14, 0)
+            known_end = np.minimum(s, day)
+            known = np.where(known_end >= start, cum_counts[r, known_end + 1] - cum_counts[r, start], 0.0)
+            future_start = np.maximum(start, day + 1)
+            lam = np.where(s >= future_start, cum_rate[r, s + 1] - cum_rate[r, np.minimum(future_start, DAYS)], 0.0)
+            k0 = np.minimum(known, 3)
+            p, mass, pmf = np.zeros(len(r)), np.zeros(len(r)), np.exp(-lam)
+            for k in range(3):
+                below = k0 + k < 3
+                p += np.where(below, pmf * sig(bl + 0.6 * (k0 + k)), 0.0)
+                mass += np.where(below, pmf, 0.0)
+                pmf = pmf * lam / (k + 1)
+            p += (1 - mass) * sig(bl + 1.8)
+            none *= np.where(valid, 1 - p * window, 1.0)
+        out[sel] = 1 - none
+    return out

@@ -277,5 +277,16 @@ class DuckDBFeatureStore:
         meta = self.con.execute("SELECT data_hash FROM feature_meta").fetchone()
         digest = hashlib.sha256(f"{meta[0] if meta else ''}:{FEATURE_VERSION}:{horizon_days}".encode())
         return TrainingSet(
-            features=features, labels=labels, horizon_days=horizon_days, data_hash=digest.hexdigest()[:16]
+            features=features, labels=labels, horizon_days=horizon_days, data_hash=digest.hexdigest()[:16],
+            truth=self._truth(features, horizon_days),
         )
+
+    def _truth(self, features: Sequence[CustomerFeatures], horizon_days: int) -> tuple[float, ...] | None:
+        """The demo generator's true probabilities for these examples (None for real data)."""
+        if self.settings.source_dir is not None:
+            return None
+        from loyaltylens_core.demo import true_probability
+
+        found = true_probability(self.context.demo_data(), [f.customer_id for f in features],
+                                 [f.as_of for f in features], horizon_days)
+        return None if found is None else tuple(float(p) for p in found)

@@ -33,38 +33,3 @@ def categorical(features: Sequence[CustomerFeatures]) -> np.ndarray:
         [[_CATEGORY_INDEX[name][getattr(f, name)] for name in CATEGORICAL_FEATURES] for f in features],
         dtype=np.int64,
     ).reshape(len(features), len(CATEGORICAL_FEATURES))
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve via ranks (Mann-Whitney U), ties averaged."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = np.asarray(scores)[order]
-    i = 0
-    while i < len(sorted_scores):
-        j = i
-        while j + 1 < len(sorted_scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    labels = np.asarray(labels).astype(bool)
-    predicted = np.asarray(scores) >= threshold
-    tp = float((predicted & labels).sum())
-    fp = float((predicted & ~labels).sum())
-    fn = float((~predicted & labels).sum())
-    return {
-        "auc": roc_auc(labels, scores),
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "accuracy": float((predicted == labels).mean()),
-        "positive_rate": float(labels.mean()),
-        "n": float(len(labels)),
-    }

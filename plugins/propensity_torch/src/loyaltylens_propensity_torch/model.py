@@ -13,7 +13,6 @@ Training and TorchScript export import it when they start.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import pickle
@@ -27,9 +26,11 @@ import numpy as np
 
 from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, ProvidesTrainingExamples, TrainingSet
 from loyaltylens_core.errors import StageError
+from loyaltylens_core.metrics import calibrate
 
-from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, classification_metrics, raw_numeric
+from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
+from .report import plot_reliability
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -46,9 +47,10 @@ LABEL_DEFINITION = "redeemed any offer in the {horizon} days after as_of"
 
 
 def split_of(customer_id: str) -> str:
-    """Stable train/val/test assignment by customer, so no customer leaks across splits."""
-    bucket = int(hashlib.sha256(customer_id.encode()).hexdigest()[:8], 16) % 100
-    return "test" if bucket < 15 else "val" if bucket < 30 else "train"
+    """Stable train/val/test assignment by customer (loyaltylens_core.metrics)."""
+    from loyaltylens_core.metrics import customer_split
+
+    return customer_split(customer_id)
 
 
 class TorchPropensityModel:
@@ -159,12 +161,13 @@ class TorchPropensityModel:
 
         from .network import TabularTransformer
 
+        from loyaltylens_core import metrics as quality
+
         s = self.settings
         data = self._training_set()
-        splits = np.array([split_of(f.customer_id) for f in data.features])
         labels = np.array(data.labels, dtype=np.float32)
-        idx = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
-        if min(len(v) for v in idx.values()) == 0:
+        idx = quality.evaluation_rows([f.customer_id for f in data.features], [f.as_of for f in data.features])
+        if min(len(idx[name]) for name in ("train", "val", "test")) == 0:
             raise StageError(f"too few training examples ({len(labels)}) to split", "use more customers")
         raw = raw_numeric(data.features)
         self._mean = raw[idx["train"]].mean(axis=0)
@@ -195,19 +198,29 @@ class TorchPropensityModel:
                         loss.backward()
                         optimiser.step()
                         total += float(loss.detach()) * len(batch)
-                    val = self._evaluate(network, numeric, cats, labels, idx["val"])
-                    history.append({"epoch": epoch + 1, "train_loss": total / len(order), "val_auc": val["auc"]})
-                    if val["auc"] > best_auc:
-                        best_auc = val["auc"]
+                    val_auc = quality.auc(labels[idx["val"]],
+                                          self._raw_scores(network, numeric[idx["val"]], cats[idx["val"]]))
+                    history.append({"epoch": epoch + 1, "train_loss": total / len(order), "val_auc": val_auc})
+                    if val_auc > best_auc:
+                        best_auc = val_auc
                         best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
                     advance(1)
         finally:
             torch.set_num_threads(threads)
         assert best_state is not None
         network.load_state_dict(best_state)
+        raw = self._raw_scores(network, numeric, cats)
+        # Calibrated on the validation customers' earlier snapshots; judged on the rest.
+        calibration = quality.choose_calibrator(raw[idx["val"]], labels[idx["val"]], seed=self.context.seed)
+        calibrated = quality.calibrate(raw, calibration)
+        truth = np.asarray(data.truth) if data.truth is not None else None
         metrics = {
-            name: self._evaluate(network, numeric, cats, labels, idx[name]) for name in ("train", "val", "test")
+            name: {**quality.quality(labels[rows], calibrated[rows], None if truth is None else truth[rows], s.threshold),
+                   "ece_uncalibrated": quality.ece(labels[rows], raw[rows])}
+            for name, rows in idx.items() if len(rows)
         }
+        headline = "test_latest" if "test_latest" in metrics else "test"
+        reliability = quality.reliability(labels[idx[headline]], calibrated[idx[headline]])
         version = self._next_version()
         card = {
             "model_version": version,
@@ -220,7 +233,16 @@ class TorchPropensityModel:
             "horizon_days": data.horizon_days,
             "training_data_hash": data.data_hash,
             "split": {name: int(len(v)) for name, v in idx.items()},
+            "evaluation": {
+                "headline": headline,
+                "latest_as_of": max(f.as_of for f in data.features).isoformat(),
+                "oracle": "the demo generator's true probabilities" if truth is not None else None,
+            },
+            **{key: metrics[headline][key] for key in ("auc", "pr_auc", "brier", "ece", "oracle_auc", "oracle_brier")
+               if key in metrics[headline]},
             "metrics": metrics,
+            "calibration": calibration,
+            "reliability": reliability,
             "history": history,
             "threshold": s.threshold,
             "hyperparameters": {
@@ -236,13 +258,14 @@ class TorchPropensityModel:
         self.load(version)
         return card
 
-    def _evaluate(self, network: Any, numeric: Any, cats: Any, labels: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    @staticmethod
+    def _raw_scores(network: Any, numeric: Any, cats: Any) -> np.ndarray:
         import torch
 
         network.eval()
         with torch.inference_mode():
-            scores = torch.sigmoid(network(numeric[rows], cats[rows])).numpy()
-        return classification_metrics(labels[rows], scores, self.settings.threshold)
+            out: np.ndarray = torch.sigmoid(network(numeric, cats)).numpy().astype(np.float64)
+        return out
 
     def _save(self, version: str, network: Any, card: dict[str, Any]) -> None:
         from safetensors.numpy import save_file
@@ -252,6 +275,7 @@ class TorchPropensityModel:
         try:
             save_file({k: v.detach().cpu().numpy() for k, v in network.state_dict().items()}, str(staging / WEIGHTS))
             (staging / "card.json").write_text(json.dumps(card, indent=2))
+            plot_reliability(card, staging / "reliability.png")
             os.replace(staging, self.model_dir / version)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -266,7 +290,8 @@ class TorchPropensityModel:
             self.prepare()
         assert self.network is not None
         numeric = (raw_numeric(features) - self._mean) / self._std
-        return sigmoid(self.network.logits(numeric, categorical(features)).astype(np.float64))
+        raw = sigmoid(self.network.logits(numeric, categorical(features)).astype(np.float64))
+        return calibrate(raw, self.card.get("calibration"))
 
     @staticmethod
     def _memo_key(f: CustomerFeatures) -> tuple[Any, ...]:
@@ -345,7 +370,8 @@ class TorchPropensityModel:
 
         from .network import ServingModule
 
-        serving = ServingModule(self.torch_network(), self._mean.tolist(), self._std.tolist()).eval()
+        serving = ServingModule(self.torch_network(), self._mean.tolist(), self._std.tolist(),
+                                self.card.get("calibration")).eval()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted = torch.jit.script(serving)

@@ -10,7 +10,7 @@ same weights through ``numpy_network`` instead, without importing torch.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -50,14 +50,31 @@ class ServingModule(nn.Module):
     """Raw features in, probability out: log1p, scaling and sigmoid baked in, so a
     serving container needs only this file and the feature order in spec.json."""
 
-    def __init__(self, network: TabularTransformer, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, network: TabularTransformer, mean: Sequence[float], std: Sequence[float],
+                 calibration: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.network = network
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
         self.register_buffer("log_mask", torch.from_numpy(_LOG_MASK.copy()))
+        # The model card's calibrator, baked in so every endpoint returns the pipeline's
+        # score: a temperature on the logit, or isotonic knots interpolated linearly.
+        method = (calibration or {}).get("method", "none")
+        temperature = float(calibration["temperature"]) if method == "temperature" else 1.0
+        knots = (calibration["x"], calibration["y"]) if method == "isotonic" else ([], [])
+        self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float64))
+        self.register_buffer("knots_x", torch.tensor(knots[0], dtype=torch.float64))
+        self.register_buffer("knots_y", torch.tensor(knots[1], dtype=torch.float64))
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         x = torch.where(self.log_mask, torch.log1p(numeric.clamp(min=0)), numeric)
         x = (x - self.mean) / self.std
-        return torch.sigmoid(self.network(x, categorical))
+        p = torch.sigmoid(self.network(x, categorical).to(torch.float64) / self.temperature)
+        if self.knots_x.numel() > 1:
+            n = self.knots_x.numel()
+            right = torch.searchsorted(self.knots_x, p.clamp(0.0, 1.0)).clamp(1, n - 1)
+            x0, x1 = self.knots_x[right - 1], self.knots_x[right]
+            y0, y1 = self.knots_y[right - 1], self.knots_y[right]
+            w = ((p - x0) / (x1 - x0).clamp(min=1e-12)).clamp(0.0, 1.0)
+            p = y0 + w * (y1 - y0)
+        return p.to(torch.float32)
