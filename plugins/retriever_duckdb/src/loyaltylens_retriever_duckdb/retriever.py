@@ -210,9 +210,10 @@ class DuckDBRetriever:
         reuse_vocabulary = not rebuild and stored_vocabulary == vocabulary_fp
         query_matrix = None if reuse_vocabulary else self._embed_all(list(vocabulary), "Embedding query vocabulary")
 
+        lines = [o.model_dump_json() for o in offers]
         offer_rows = pa.table({
             "offer_id": [o.offer_id for o in offers],
-            "offer": [o.model_dump_json() for o in offers],
+            "offer": lines,
             "min_propensity_threshold": [o.min_propensity_threshold for o in offers],
             "content_hash": hashes,
             "embedding": _fixed_size(matrix),
@@ -240,8 +241,24 @@ class DuckDBRetriever:
             advance(1)
         self.last_index = {"offers": len(offers), "embedded": len(todo), "kept": len(offers) - len(todo),
                            "query_texts": len(vocabulary), "query_texts_embedded": 0 if query_matrix is None else len(vocabulary)}
-        self._publish_from_duckdb(sidecar.source_stamp(self._catalogue_path()))
+        # What was just written, in DuckDB's order (by offer id), without reading it back.
+        order = sorted(range(len(offers)), key=lambda i: offers[i].offer_id)
+        if query_matrix is None:
+            texts, queries = self._stored_queries(matrix.shape[1])
+        else:
+            texts, queries = list(vocabulary), query_matrix
+        self._publish(sidecar.source_stamp(self._catalogue_path()), [offers[i] for i in order],
+                      [lines[i] for i in order], matrix[order], texts, queries)
         return len(offers)
+
+    def _stored_queries(self, dim: int) -> tuple[list[str], np.ndarray]:
+        """The vocabulary's texts and vectors as stored (none when not precomputed)."""
+        if not self._vocabulary():
+            return [], np.zeros((0, dim), dtype=np.float32)
+        stored = _arrow(self._connect(), f"SELECT text, embedding FROM {self.table}_queries")
+        if not stored.num_rows:
+            return [], np.zeros((0, dim), dtype=np.float32)
+        return stored.column("text").to_pylist(), vectors_of(stored, "embedding", dim)
 
     def _embed_all(self, texts: list[str], what: str, batch: int = 64) -> np.ndarray:
         if not texts:
@@ -271,23 +288,24 @@ class DuckDBRetriever:
         return dict(zip(table.column("content_hash").to_pylist(), vectors))
 
     def _publish_from_duckdb(self, source: dict[str, Any] | None) -> None:
-        """Read the index from DuckDB, build the candidate lists, and write the mapped files
-        (kept in memory instead when this process may not write)."""
-        con = self._connect()
-        table = _arrow(con, f"SELECT offer, embedding FROM {self.table} ORDER BY offer_id")
+        """The stored index read back from DuckDB and published (when the mapped files are
+        missing or were made with other settings)."""
+        table = _arrow(self._connect(), f"SELECT offer, embedding FROM {self.table} ORDER BY offer_id")
         lines = table.column("offer").to_pylist()
-        offers = [Offer.model_validate_json(line) for line in lines]
-        ids = [o.offer_id for o in offers]
         dim = len(table.column("embedding")[0]) if table.num_rows else 0
         vectors = vectors_of(table, "embedding", dim) if dim else np.zeros((0, 0), dtype=np.float32)
+        texts, queries = self._stored_queries(dim)
+        self._publish(source, [Offer.model_validate_json(line) for line in lines], lines, vectors, texts, queries)
+
+    def _publish(self, source: dict[str, Any] | None, offers: list[Offer], lines: list[str], vectors: np.ndarray,
+                 texts: list[str], queries: np.ndarray) -> None:
+        """Build the candidate lists (updated in place from the previous index when few
+        offers changed) and write the mapped files; kept in memory instead when this
+        process may not write. ``offers`` are in offer-id order, rows of ``vectors``."""
+        ids = [o.offer_id for o in offers]
+        dim = vectors.shape[1] if vectors.ndim == 2 else 0
         thresholds = np.array([o.min_propensity_threshold for o in offers], dtype=np.float64)
         tier_mask = np.array([[tier in o.tiers for o in offers] for tier in TIERS], dtype=bool).reshape(len(TIERS), -1)
-        texts: list[str] = []
-        queries = np.zeros((0, dim), dtype=np.float32)
-        if self._vocabulary():
-            stored = _arrow(con, f"SELECT text, embedding FROM {self.table}_queries")
-            if stored.num_rows:
-                texts, queries = stored.column("text").to_pylist(), vectors_of(stored, "embedding", dim)
         arrays = {"vectors": vectors, "thresholds": thresholds, "tiers": tier_mask, "queries": queries}
         stored_fp, stored_vocabulary = self._meta()
         complete = False
