@@ -26,11 +26,11 @@ import numpy as np
 
 from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, ProvidesTrainingExamples, TrainingSet
 from loyaltylens_core.errors import StageError
-from loyaltylens_core.metrics import calibrate
+from loyaltylens_core.metrics import calibrate, plot_reliability
 
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
-from .report import plot_reliability
+
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
