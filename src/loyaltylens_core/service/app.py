@@ -64,6 +64,7 @@ class State:
         self.buckets = TokenBuckets(settings.llm_rate_per_s / workers, settings.llm_burst / workers)
         self.audit: AuditLog | None = None
         self.warm_ids: list[str] = []
+        self.thread_limits: Any = None  # threadpoolctl limits held for the worker's life
         self.started = time.monotonic()
 
 
@@ -190,8 +191,12 @@ async def _self_request(app: Any, method: str, path: str, body: bytes = b"") -> 
 
 
 def _build_and_warm(state: State) -> None:
+    from threadpoolctl import threadpool_limits
+
     from ..pipeline import RUN_STAGES, Pipeline
 
+    # Process-wide, for the worker's life (kept referenced so it is never undone).
+    state.thread_limits = threadpool_limits(limits=state.settings.blas_threads)
     state.keys = load_keys(os.environ, state.settings.api_keys_file)
     pipeline = Pipeline.from_config(state.options.config, use=state.options.use, read_only=True)
     pipeline.prepare()

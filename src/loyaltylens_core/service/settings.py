@@ -38,6 +38,10 @@ class ServeSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64, description="Worker processes (each holds the model and index)")
     threads: int = Field(8, ge=1, le=256, description="Pipeline threads per worker")
+    blas_threads: int = Field(
+        1, ge=1, le=256,
+        description="BLAS/OpenMP threads per worker: a request's numpy work is tiny, and workers x threads "
+                    "above the cores makes them fight (threadpoolctl)")
     api_keys_file: Path | None = Field(None, description="One `name:key` a line; also $LOYALTYLENS_API_KEYS")
     batch_limit: int = Field(1000, ge=1, le=100_000, description="Most customer ids in one POST /v1/offers")
     max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30, description="Larger bodies get 413")
