@@ -135,26 +135,6 @@ def test_features_can_be_staged_in_object_storage(cli):
     assert len(rows(cli.tmp / "ray.parquet")) == 40
 
 
-def test_a_two_node_cluster_on_one_machine_gives_the_same_rows(cli):
-    """Joining a running cluster (address set): a head and a worker node, one CPU each,
-    started with Ray's own multi-node test harness; the engine does not stop the cluster."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        local = cli("local", "local.parquet")
-        assert local.returncode == 0, local.stderr
-        joined = cli("ray", "cluster.parquet", LOYALTYLENS_BATCH_ENGINE_RAY__ADDRESS=cluster.address,
-                     LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE="6")
-        assert joined.returncode == 0, joined.stderr
-        assert rows(cli.tmp / "cluster.parquet") == rows(cli.tmp / "local.parquet")
-        assert len(cluster.list_all_nodes()) == 2  # still running: joined, not owned
-    finally:
-        cluster.shutdown()
-
-
 def test_an_unreachable_cluster_is_one_line_naming_the_address(cli):
     proc = cli("ray", "r.parquet", LOYALTYLENS_BATCH_ENGINE_RAY__ADDRESS="127.0.0.1:9")
     assert proc.returncode == 4, proc.stderr

@@ -68,6 +68,25 @@ class Scorer:
         return table.append_column("_chunk", batch.column("_chunk")).append_column("_pos", batch.column("_pos"))
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens there: ray.init retries an
+    unreachable cluster for minutes. ("auto" is resolved by Ray itself.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    if address == "auto":
+        return
+    parsed = urlparse(address if "://" in address else f"gcs://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise ConfigError(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto",
+                          "set [batch_engine.ray] address")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise StageError(f"cannot connect to Ray at {address}: {exc.strerror or type(exc).__name__}",
+                         "start it (`ray start --head`) or set [batch_engine.ray] address") from None
+
+
 class RayBatchEngine:
     def __init__(self, settings: RayBatchSettings, context: StageContext) -> None:
         self.settings = settings
@@ -213,6 +232,7 @@ class RayBatchEngine:
         }
         address = self.settings.address.strip()
         if address:
+            _reachable(address)
             try:
                 ray.init(address=address, **options)
             except (ConnectionError, RuntimeError) as exc:
