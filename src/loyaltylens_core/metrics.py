@@ -229,6 +229,38 @@ def summary_line(metrics: dict[str, float], keys: Sequence[str] = ("auc", "pr_au
     return ", ".join(parts)
 
 
+def evaluate_model(data: Any, raw: Any, rows: dict[str, Any], threshold: float, seed: int = 0) -> dict[str, Any]:
+    """The model card's evaluation, the same for every propensity plugin: a calibrator
+    fitted on the validation rows, then per split the calibrated quality (beside the oracle
+    when ``data.truth`` is known) and the ECE before calibration; the headline split (the
+    latest window when there is one) and its metrics at the top level, and its reliability.
+    ``data`` is the TrainingSet, ``raw`` the uncalibrated scores of all its examples."""
+    labels = np.asarray(data.labels, dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    calibration = choose_calibrator(raw[rows["val"]], labels[rows["val"]], seed=seed)
+    calibrated = calibrate(raw, calibration)
+    truth = np.asarray(data.truth) if data.truth is not None else None
+    per_split = {
+        name: {**quality(labels[r], calibrated[r], None if truth is None else truth[r], threshold),
+               "ece_uncalibrated": ece(labels[r], raw[r])}
+        for name, r in rows.items() if len(r)
+    }
+    headline = "test_latest" if "test_latest" in per_split else "test"
+    return {
+        "split": {name: int(len(r)) for name, r in rows.items()},
+        "evaluation": {
+            "headline": headline,
+            "latest_as_of": max(f.as_of for f in data.features).isoformat(),
+            "oracle": "the demo generator's true probabilities" if truth is not None else None,
+        },
+        **{key: per_split[headline][key] for key in ("auc", "pr_auc", "brier", "ece", "oracle_auc", "oracle_brier")
+           if key in per_split[headline]},
+        "metrics": per_split,
+        "calibration": calibration,
+        "reliability": reliability(labels[rows[headline]], calibrated[rows[headline]]),
+    }
+
+
 def plot_reliability(card: dict[str, Any], path: Any) -> None:
     """Write ``path`` (PNG): the calibrated model's reliability on the card's headline
     window, the diagonal, and the bin sizes. Needs matplotlib (the propensity plugins

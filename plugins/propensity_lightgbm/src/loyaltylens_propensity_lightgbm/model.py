@@ -133,15 +133,7 @@ class LightGBMPropensity:
                                            lambda env: advance(1)])
         train_seconds = time.perf_counter() - started
         raw = booster.predict(x, num_iteration=booster.best_iteration)
-        calibration = quality.choose_calibrator(raw[rows["val"]], labels[rows["val"]], seed=self.context.seed)
-        calibrated = quality.calibrate(raw, calibration)
-        truth = np.asarray(data.truth) if data.truth is not None else None
-        metrics = {
-            name: {**quality.quality(labels[r], calibrated[r], None if truth is None else truth[r], s.threshold),
-                   "ece_uncalibrated": quality.ece(labels[r], raw[r])}
-            for name, r in rows.items() if len(r)
-        }
-        headline = "test_latest" if "test_latest" in metrics else "test"
+        evaluation = quality.evaluate_model(data, raw, rows, s.threshold, seed=self.context.seed)
         version = self._next_version()
         card = {
             "model_version": version,
@@ -153,15 +145,7 @@ class LightGBMPropensity:
             "label": LABEL.format(horizon=data.horizon_days),
             "horizon_days": data.horizon_days,
             "training_data_hash": data.data_hash,
-            "split": {name: int(len(r)) for name, r in rows.items()},
-            "evaluation": {"headline": headline,
-                           "latest_as_of": max(f.as_of for f in data.features).isoformat(),
-                           "oracle": "the demo generator's true probabilities" if truth is not None else None},
-            **{key: metrics[headline][key] for key in ("auc", "pr_auc", "brier", "ece", "oracle_auc", "oracle_brier")
-               if key in metrics[headline]},
-            "metrics": metrics,
-            "calibration": calibration,
-            "reliability": quality.reliability(labels[rows[headline]], calibrated[rows[headline]]),
+            **evaluation,
             "threshold": s.threshold,
             "hyperparameters": {**params, "best_iteration": booster.best_iteration},
             "train_seconds": train_seconds,

@@ -209,18 +209,9 @@ class TorchPropensityModel:
             torch.set_num_threads(threads)
         assert best_state is not None
         network.load_state_dict(best_state)
-        raw = self._raw_scores(network, numeric, cats)
         # Calibrated on the validation customers' earlier snapshots; judged on the rest.
-        calibration = quality.choose_calibrator(raw[idx["val"]], labels[idx["val"]], seed=self.context.seed)
-        calibrated = quality.calibrate(raw, calibration)
-        truth = np.asarray(data.truth) if data.truth is not None else None
-        metrics = {
-            name: {**quality.quality(labels[rows], calibrated[rows], None if truth is None else truth[rows], s.threshold),
-                   "ece_uncalibrated": quality.ece(labels[rows], raw[rows])}
-            for name, rows in idx.items() if len(rows)
-        }
-        headline = "test_latest" if "test_latest" in metrics else "test"
-        reliability = quality.reliability(labels[idx[headline]], calibrated[idx[headline]])
+        evaluation = quality.evaluate_model(data, self._raw_scores(network, numeric, cats), idx, s.threshold,
+                                            seed=self.context.seed)
         version = self._next_version()
         card = {
             "model_version": version,
@@ -232,17 +223,7 @@ class TorchPropensityModel:
             "label": LABEL_DEFINITION.format(horizon=data.horizon_days),
             "horizon_days": data.horizon_days,
             "training_data_hash": data.data_hash,
-            "split": {name: int(len(v)) for name, v in idx.items()},
-            "evaluation": {
-                "headline": headline,
-                "latest_as_of": max(f.as_of for f in data.features).isoformat(),
-                "oracle": "the demo generator's true probabilities" if truth is not None else None,
-            },
-            **{key: metrics[headline][key] for key in ("auc", "pr_auc", "brier", "ece", "oracle_auc", "oracle_brier")
-               if key in metrics[headline]},
-            "metrics": metrics,
-            "calibration": calibration,
-            "reliability": reliability,
+            **evaluation,
             "history": history,
             "threshold": s.threshold,
             "hyperparameters": {
