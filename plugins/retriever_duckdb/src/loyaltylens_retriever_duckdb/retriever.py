@@ -399,24 +399,6 @@ class DuckDBRetriever:
         out[missing] = np.asarray(self.embedder.embed([texts[i] for i in missing]), dtype=np.float32)
         return out
 
-    def _eligible(self, query: RetrievalQuery) -> np.ndarray:
-        mask = np.ones(len(self.offers), dtype=bool)
-        if query.max_threshold is not None:
-            mask &= self.thresholds <= query.max_threshold
-        if query.tier is not None:
-            mask &= self.tier_mask[TIERS.index(query.tier)]
-        return mask
-
-    def _candidates(self, similarity: np.ndarray, eligible: np.ndarray, k: int) -> list[OfferCandidate]:
-        count = int(eligible.sum())
-        if count == 0:
-            return []
-        scored = np.where(eligible, similarity, -np.inf)
-        return [
-            OfferCandidate(offer=self.offers[i], similarity=float(similarity[i]), rank=rank + 1)
-            for rank, i in enumerate(top_k(scored, min(k, count)).tolist())
-        ]
-
     def _listed(self, query: RetrievalQuery) -> np.ndarray | None:
         """The answer from the candidate lists, or None when only exact search can give it."""
         if self.lists is None or query.k > self.lists.shape[-1]:
@@ -434,12 +416,9 @@ class DuckDBRetriever:
                 for r, (i, s) in enumerate(zip(rows.tolist(), similarity.tolist()), start=1)]
 
     def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]:
-        listed = self._listed(query)
-        row = self.query_rows.get(query.text)
-        vector = self.query_vectors[row] if row is not None else self._query_vectors([query.text])[0]
-        if listed is not None:
-            return self._ranked(listed, vector)
-        return self._candidates(self.vectors @ vector, self._eligible(query), query.k)
+        """The batch path for one query: a customer gets the same candidates, to the last bit
+        of the similarity, from `run`, `GET /v1/offers` and a batch."""
+        return self.retrieve_many([query])[0]
 
     def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
         """From the candidate lists where they answer; the rest by exact search in blocks of
