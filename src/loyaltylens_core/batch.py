@@ -76,10 +76,10 @@ class BatchJob:
     config_path: str | None = None
     use: list[str] = dataclasses.field(default_factory=list)
 
-    def write_part(self, index: int, rows: list[dict[str, Any]], rejected: dict[str, LoyaltyLensError] | dict[str, str]) -> None:
-        """One chunk's rows and rejects (id -> error or message), each file whole or absent.
-        The rejects go first: a part that exists always has its rejects beside it."""
-        notes = [[c, self.lines.get(c), e if isinstance(e, str) else e.message] for c, e in rejected.items()]
+    def write_part(self, index: int, rows: list[dict[str, Any]], rejected: dict[str, LoyaltyLensError]) -> None:
+        """One chunk's rows and rejects (id -> error), each file whole or absent. The
+        rejects go first: a part that exists always has its rejects beside it."""
+        notes = [[c, self.lines.get(c), e.message] for c, e in rejected.items()]
         _atomic_write_bytes(self.parts / f"part-{index:06d}.rejects.json", json.dumps(notes).encode())
         _write_parquet(self.parts / f"part-{index:06d}.parquet", rows)
 
@@ -247,10 +247,6 @@ def run_batch(
                         engine=pipeline.config.stages["batch_engine"], workers=int(engine.workers))
 
 
-def rejects_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".rejects.csv")
-
-
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
 
@@ -294,7 +290,10 @@ class Destination:
         """The rejects CSV beside the result, or no such file when ``data`` is None."""
         if self.filesystem is None:
             target = Path(self.rejects)
-            _atomic_write_bytes(target, data) if data is not None else target.unlink(missing_ok=True)
+            if data is None:
+                target.unlink(missing_ok=True)
+            else:
+                _atomic_write_bytes(target, data)
             return
         from pyarrow import fs
 
