@@ -44,6 +44,11 @@ class Generator(FakeGenerator):
             os.kill(os.getpid(), signal.SIGKILL)
         if os.environ.get("RAY_TEST_FAIL") in ids:
             raise RuntimeError("the copy service refused " + os.environ["RAY_TEST_FAIL"])
+        nodes = os.environ.get("RAY_TEST_NODES")
+        if nodes:  # which Ray node scored this batch
+            import ray
+
+            Path(nodes, ray.get_runtime_context().get_node_id()).touch()
         return [self.generate(v) for v in many]
 
 
@@ -139,3 +144,26 @@ def test_an_unreachable_cluster_is_one_line_naming_the_address(cli):
     proc = cli("ray", "r.parquet", LOYALTYLENS_BATCH_ENGINE_RAY__ADDRESS="127.0.0.1:9")
     assert proc.returncode == 4, proc.stderr
     assert "cannot connect to Ray at 127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_blocks_run_on_both_nodes_of_a_two_node_cluster(cli, tmp_path, monkeypatch):
+    """A head and a worker node of 1 CPU each (how Ray's own tests build a cluster on one
+    machine); the job joins it by address, and both nodes score batches."""
+    from ray.cluster_utils import Cluster
+
+    nodes = tmp_path / "nodes"
+    nodes.mkdir()
+    monkeypatch.setenv("RAY_TEST_NODES", str(nodes))  # inherited by the nodes' worker processes
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        proc = cli("ray", "ray.parquet", RAY_TEST_NODES=str(nodes),
+                   LOYALTYLENS_BATCH_ENGINE_RAY__ADDRESS=cluster.address,
+                   LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE="4",
+                   LOYALTYLENS_BATCH_ENGINE_RAY__STALL_TIMEOUT_S="120")
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert len(rows(cli.tmp / "ray.parquet")) == 40
+    assert len(list(nodes.iterdir())) == 2, "every batch ran on one node"

@@ -23,6 +23,8 @@ class RayBatchSettings(PluginSettings):
     num_workers: int = Field(2, ge=1, le=10_000, description="Scoring actors (each builds the pipeline once)")
     cpus_per_worker: float = Field(
         0.5, gt=0, le=64, description="CPUs each actor reserves; fractional leaves room for Ray Data's read tasks")
+    cpus_per_read: float = Field(
+        0.25, gt=0, le=64, description="CPUs each Ray Data read task asks for (fractional fits beside the actors)")
     batch_size: int = Field(2048, ge=1, le=1_000_000, description="Customers per map_batches call")
     object_store_memory_mb: int = Field(
         512, ge=78, description="Object store of a local Ray started for the job (ignored when joining one)")

@@ -68,6 +68,21 @@ class Scorer:
         return table.append_column("_chunk", batch.column("_chunk")).append_column("_pos", batch.column("_pos"))
 
 
+def pieces(files: list[tuple[str, int]], at_least: int) -> list[dict[str, Any]]:
+    """(path, start, rows) slices of the staged (path, rows) files: at least ``at_least``
+    of them when there are that many rows, none crossing a file."""
+    total = sum(count for _, count in files)
+    size = max(1, -(-total // max(at_least, len(files))))
+    return [{"path": path, "start": start, "rows": min(size, count - start)}
+            for path, count in files for start in range(0, count, size)]
+
+
+def read_piece(batch: pa.Table, filesystem: Any) -> pa.Table:
+    """One piece of a staged chunk file (runs as a Ray task, near the data or not)."""
+    path, start, rows = (batch.column(name)[0].as_py() for name in ("path", "start", "rows"))
+    return pq.read_table(path, filesystem=filesystem).slice(start, rows)
+
+
 def _reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, naming the address, when nothing listens there: ray.init retries an
     unreachable cluster for minutes. ("auto" is resolved by Ray itself.)"""
@@ -115,12 +130,13 @@ class RayBatchEngine:
             except OSError:
                 pass  # already gone, or the store refuses: the next run overwrites it
 
-    def _stage(self, job: BatchJob, filesystem: Any, staging: str) -> tuple[dict[int, int], dict[int, Any], list[str]]:
+    def _stage(self, job: BatchJob, filesystem: Any, staging: str
+               ) -> tuple[dict[int, int], dict[int, Any], list[tuple[str, int]]]:
         """Each chunk's features to ``<staging>/chunk-NNNNNN.parquet`` (rejects kept aside),
         on local disk or in object storage (``staging_dir = "s3://bucket/prefix"``)."""
         expected: dict[int, int] = {}
         rejects: dict[int, Any] = {}
-        files: list[str] = []
+        files: list[tuple[str, int]] = []
         for index, chunk in job.chunks:
             features, unknown = job.pipeline.read_known(chunk)
             rejects[index] = unknown
@@ -135,20 +151,27 @@ class RayBatchEngine:
             table = table.append_column("_pos", pa.array(range(len(features)), pa.int64()))
             path = f"{staging}/chunk-{index:06d}.parquet"
             pq.write_table(table, path, filesystem=filesystem)  # whole or absent: one PUT, or a local write
-            files.append(path)
+            files.append((path, len(features)))
         return expected, rejects, files
 
-    def _compute(self, job: BatchJob, filesystem: Any, files: list[str], expected: dict[int, int],
+    def _compute(self, job: BatchJob, filesystem: Any, files: list[tuple[str, int]], expected: dict[int, int],
                  rejects: dict[int, Any]) -> None:
         import ray.data
         from ray.data import ActorPoolStrategy
 
         self._connect()
         ray.data.DataContext.get_current().enable_progress_bars = False
-        # One input file would be one block, so only one actor would work: ask for enough
-        # blocks to keep every actor busy.
-        blocks = max(len(files), 2 * self.workers)
-        dataset = ray.data.read_parquet(files, filesystem=filesystem, override_num_blocks=blocks).map_batches(
+        # The staged files are read by tasks we declare (not read_parquet, whose file
+        # listing task asks for a whole CPU: on a cluster whose nodes the actors have left
+        # with half a CPU each it would never be scheduled). Each file is cut into pieces so
+        # that every actor gets work even when there is one chunk.
+        dataset = ray.data.from_items(pieces(files, 2 * self.workers)).map_batches(
+            read_piece,
+            fn_kwargs={"filesystem": filesystem},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=self.settings.cpus_per_read,
+        ).map_batches(
             Scorer,
             fn_constructor_kwargs={"config_path": job.config_path, "use": list(job.use)},
             batch_size=self.settings.batch_size,
@@ -241,13 +264,15 @@ class RayBatchEngine:
         else:
             cpus = os.cpu_count() or 1
             reserved = self.workers * self.settings.cpus_per_worker
-            if reserved > cpus - 0.5:
+            if reserved + self.settings.cpus_per_read > cpus:
                 raise ConfigError(
                     f"{self.workers} Ray workers x {self.settings.cpus_per_worker:g} CPU leave no CPU for Ray Data's "
                     f"read tasks on this {cpus}-CPU machine (the job would wait forever)",
                     "lower [batch_engine.ray] num_workers or cpus_per_worker",
                 )
-            ray.init(num_cpus=cpus, object_store_memory=self.settings.object_store_memory_mb * 2**20, **options)
+            # address="local": a new Ray for this job even when `ray start` left a cluster
+            # running on this machine (plain ray.init() would join it and refuse num_cpus).
+            ray.init(address="local", num_cpus=cpus, object_store_memory=self.settings.object_store_memory_mb * 2**20, **options)
         self._started_ray = True
 
     def close(self) -> None:
