@@ -34,6 +34,8 @@ deploy_app = typer.Typer(
 app.add_typer(deploy_app, name="deploy")
 plugin_app = typer.Typer(help="Write your own stage plugins.", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")
+features_app = typer.Typer(help="Copy feature snapshots to an online store (e.g. Redis).", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 
 class State:
@@ -258,6 +260,50 @@ def seed(
     rows = store.materialize(rebuild=True) if "Materializable" in pipeline.capabilities("feature_store") else None
     typer.echo(f"demo data: {demo.customers} customers in {demo.directory}"
                + (f"; feature store: {rows} rows" if rows is not None else ""))
+
+
+@features_app.command("materialize")
+def features_materialize(
+    to: Optional[str] = typer.Option(
+        None, "--to", help="Online feature store to fill, e.g. redis (default: the selected feature_store)."),
+    source: Optional[str] = typer.Option(
+        None, "--from", help="Offline store to copy from (default: the online store's `offline` setting)."),
+    as_of: Optional[str] = typer.Option(
+        None, "--as-of", help="Snapshot date YYYY-MM-DD: the latest snapshot on or before it (default: latest)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Write the snapshot even if it is already complete."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Copy a feature snapshot from the offline store to an online one, then switch to it.
+
+    Idempotent: the same snapshot twice writes nothing. A crash mid-way leaves the
+    previous snapshot serving; run the command again."""
+    import datetime as dt
+
+    from .errors import UsageError
+
+    day = None
+    if as_of is not None:
+        try:
+            day = dt.date.fromisoformat(as_of)
+        except ValueError:
+            raise UsageError(f"--as-of {as_of!r} is not a date", "use YYYY-MM-DD, e.g. --as-of 2025-06-30") from None
+    if to:
+        state.use = [*state.use, f"feature_store={to}"]
+    pipeline = _pipeline(needed=("feature_store",))
+    target = pipeline.component("feature_store", prepare=False)
+    name = pipeline.config.stages["feature_store"]
+    if "LoadsSnapshots" not in pipeline.capabilities("feature_store"):
+        raise UsageError(f"feature store {name!r} is not an online store that loads snapshots",
+                         "pick one that does, e.g. --to redis")
+    offline = pipeline.named_component("feature_store", source) if source else None
+    summary = {"feature_store": name, **target.load_snapshot(offline, as_of=day, rebuild=rebuild)}
+    if as_json:
+        _print_json(summary)
+        return
+    did = f"wrote {summary['written']:,} customers" if summary["written"] else "already complete, nothing written"
+    now = "now serving" if summary["switched"] else "still serving"
+    typer.echo(f"{name}: snapshot {summary['snapshot']} ({summary['as_of']}, {summary['customers']:,} customers) "
+               f"{did}; {now} it ({summary['seconds']:.1f} s)")
 
 
 @app.command()

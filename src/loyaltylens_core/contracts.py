@@ -312,6 +312,39 @@ class Materializable(Protocol):
     def materialize(self, rebuild: bool = False) -> int: ...
 
 
+class SnapshotInfo(Contract):
+    """One feature snapshot of an offline store: what an online store copies and names."""
+
+    as_of: dt.date
+    customers: Annotated[int, Field(ge=0)]
+    feature_version: str
+    # Changes whenever the snapshot's rows could differ (source data, feature code, date):
+    # an online store materialising the same fingerprint twice has nothing to do.
+    fingerprint: str = Field(min_length=1)
+
+
+@runtime_checkable
+class ExportsSnapshots(Protocol):
+    """An offline feature store that hands out a whole snapshot in batches (what
+    `loyaltylens features materialize` copies into an online store). ``as_of=None`` is the
+    latest snapshot; a date picks the latest snapshot on or before it."""
+
+    def snapshot_info(self, as_of: dt.date | None = None) -> SnapshotInfo: ...
+
+    def snapshot_batches(self, as_of: dt.date, batch_size: int = 10_000) -> Any: ...
+
+
+@runtime_checkable
+class LoadsSnapshots(Protocol):
+    """An online feature store filled from an offline one (``ExportsSnapshots``): it writes
+    the snapshot beside the one it serves and switches only when it is complete. Returns a
+    summary dict (snapshot, customers, written, seconds)."""
+
+    def load_snapshot(
+        self, source: Any = None, as_of: dt.date | None = None, rebuild: bool = False
+    ) -> dict[str, Any]: ...
+
+
 @runtime_checkable
 class ReportsFallback(Protocol):
     """A component that may serve from its own fallback (a remote retriever answering from
@@ -325,7 +358,7 @@ CAPABILITIES: dict[str, type] = {
     protocol.__name__: protocol
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
-        Materializable, BatchPropensityModel, Trainable, Exportable, BatchRetriever, Indexable,
+        Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable, BatchRetriever, Indexable,
         ReportsFallback, BatchGenerator, AsyncGenerator,
     )
 }

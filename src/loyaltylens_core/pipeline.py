@@ -122,6 +122,7 @@ class Pipeline(Components):
                 self.component("feature_store").read_latest(customer_id, as_of),
                 CustomerFeatures,
             )
+        self._note_component_fallback("feature_store", draft.fallbacks)
         self._after_stage(draft.run_id, customer_id, "feature_store", draft.latency, t)
 
         t = time.perf_counter()
@@ -174,10 +175,13 @@ class Pipeline(Components):
     def _note_component_fallback(self, stage: str, fallbacks: list[str]) -> None:
         """A component that is serving from its own fallback (say, a remote retriever
         answering from the embedded one while its server is down) sets
-        ``fallback_reason`` (contracts.ReportsFallback); the result must say so."""
+        ``fallback_reason`` (contracts.ReportsFallback); the result must say so.
+        A stage that never built its component here (a batch worker has no feature
+        store) has nothing to report."""
         if "ReportsFallback" not in self._capabilities.get(stage, ()):
             return
-        reason = self._components[stage].fallback_reason
+        component = self._components.get(stage)
+        reason = component.fallback_reason if component is not None else None
         if reason:
             fallbacks.append(f"{stage}:{reason}")
 
@@ -271,6 +275,7 @@ class Pipeline(Components):
             candidates = self.retrieve_many(queries)
         fallbacks: list[list[str]] = [[] for _ in features]
         retriever_notes: list[str] = []
+        self._note_component_fallback("feature_store", retriever_notes)
         self._note_component_fallback("retriever", retriever_notes)
         for notes in fallbacks:
             notes.extend(retriever_notes)

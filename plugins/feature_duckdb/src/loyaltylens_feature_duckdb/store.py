@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
-from typing import Any, Sequence, TYPE_CHECKING
+from typing import Any, Iterator, Sequence, TYPE_CHECKING
 
 import duckdb
 
-from loyaltylens_core.contracts import CustomerFeatures, TrainingSet
+from loyaltylens_core.contracts import CustomerFeatures, SnapshotInfo, TrainingSet
 from loyaltylens_core.errors import ConfigError, CustomerNotFound, StageError
 
 if TYPE_CHECKING:
@@ -255,6 +255,35 @@ class DuckDBFeatureStore:
                 raise self._not_found(customer_id)
             out.append(CustomerFeatures(**dict(zip(FEATURE_COLUMNS, row))))
         return out
+
+    # --- whole snapshots (what `loyaltylens features materialize` copies) ----------
+
+    def snapshot_info(self, as_of: dt.date | None = None) -> SnapshotInfo:
+        """The latest snapshot, or the latest on or before ``as_of``, with a fingerprint of
+        what its rows were computed from."""
+        with self.con.cursor() as cursor:
+            dates = [row[0] for row in cursor.execute("SELECT DISTINCT as_of FROM features ORDER BY as_of").fetchall()]
+            chosen = [d for d in dates if as_of is None or d <= as_of]
+            if not chosen:
+                raise StageError(
+                    f"the feature store has no snapshot on or before {as_of}",
+                    "its snapshots are " + (", ".join(str(d) for d in dates) or "none: run `loyaltylens seed`"),
+                )
+            day = chosen[-1]
+            count = cursor.execute("SELECT count(*) FROM features WHERE as_of = ?", [day]).fetchone()
+            meta = cursor.execute("SELECT data_hash FROM feature_meta").fetchone()
+        digest = hashlib.sha256(f"{meta[0] if meta else ''}:{FEATURE_VERSION}:{day}".encode()).hexdigest()[:16]
+        return SnapshotInfo(as_of=day, customers=count[0] if count else 0, feature_version=FEATURE_VERSION,
+                            fingerprint=digest)
+
+    def snapshot_batches(self, as_of: dt.date, batch_size: int = 10_000) -> Iterator[list[CustomerFeatures]]:
+        """Every customer of the snapshot dated ``as_of``, in id order, ``batch_size`` at a time."""
+        with self.con.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {', '.join(FEATURE_COLUMNS)} FROM features WHERE as_of = ? ORDER BY customer_id", [as_of]
+            )
+            while rows := cursor.fetchmany(batch_size):
+                yield [CustomerFeatures(**dict(zip(FEATURE_COLUMNS, row))) for row in rows]
 
     def customer_ids(self) -> list[str]:
         """Every customer in the latest snapshot (for ``loyaltylens batch --all``)."""
