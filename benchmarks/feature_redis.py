@@ -33,9 +33,9 @@ SELECT 'C' || lpad(i::VARCHAR, 7, '0') AS customer_id,
     ((i * 31 % 1000) / 1000.0)::DOUBLE AS engagement_score,
     (['bronze', 'silver', 'gold', 'platinum'])[i % 4 + 1] AS tier,
     DATE '2026-06-29' AS as_of, 'v1' AS feature_version
-FROM range(1, ? + 1) t(i);
-CREATE TABLE feature_meta AS SELECT 'v1' AS feature_version, 'bench' AS data_hash, now() AS built_at;
+FROM range(1, ? + 1) t(i)
 """
+META_SQL = "CREATE TABLE feature_meta AS SELECT 'v1' AS feature_version, 'bench' AS data_hash, now() AS built_at"
 
 
 def generated_offline_store(work: Path) -> Path:
@@ -44,6 +44,7 @@ def generated_offline_store(work: Path) -> Path:
     path = work / "offline.duckdb"
     con = duckdb.connect(str(path))
     con.execute(SNAPSHOT_SQL, [CUSTOMERS])
+    con.execute(META_SQL)
     con.close()
     return path
 
@@ -59,16 +60,20 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def materialise_and_read(url: str) -> dict[str, float]:
+    """Materialise with the CLI (its own process, as a user would), then read in this one,
+    which like a service worker never loads the offline store."""
+    import json
+
     import redis
 
     client = redis.Redis.from_url(url)
     before = client.info("memory")["used_memory"]
+    proc = subprocess.run([sys.executable, "-m", "loyaltylens_core.cli", "-q", "features", "materialize", "--to",
+                           "redis", "--json"], capture_output=True, text=True, check=True)
+    summary = json.loads(proc.stdout)
+    used = client.info("memory")["used_memory"] - before
     with pipeline("redis") as p:
-        store = p.component("feature_store", prepare=False)
-        t = time.perf_counter()
-        summary = store.load_snapshot()
-        seconds = time.perf_counter() - t
-        used = client.info("memory")["used_memory"] - before
+        store = p.component("feature_store")
         ids = [f"C{i:07d}" for i in random.Random(7).sample(range(1, CUSTOMERS + 1), 20_000)]
         store.read_latest(ids[0])
         single = []
@@ -76,13 +81,19 @@ def materialise_and_read(url: str) -> dict[str, float]:
             t = time.perf_counter()
             store.read_latest(customer_id)
             single.append((time.perf_counter() - t) * 1000)
+        repeat = []
+        for customer_id in ids:
+            t = time.perf_counter()
+            store.read_latest(customer_id)
+            repeat.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
         for start in range(0, 20_000, 1_000):
             store.read_many(ids[start:start + 1_000])
         many = (time.perf_counter() - t) / 20 * 1000
-    return {"customers": summary["customers"], "seconds": seconds, "rate": summary["customers"] / seconds,
-            "bytes_per_customer": used / summary["customers"], "p50": statistics.median(single),
-            "p99": percentile(single, 0.99), "many_ms": many}
+    return {"customers": summary["customers"], "seconds": summary["seconds"],
+            "rate": summary["customers"] / summary["seconds"], "bytes_per_customer": used / summary["customers"],
+            "p50": statistics.median(single), "p99": percentile(single, 0.99), "many_ms": many,
+            "repeat_p50": statistics.median(repeat), "repeat_p99": percentile(repeat, 0.99)}
 
 
 def serve_comparison(url: str, work: Path) -> dict[str, dict[str, float]]:
@@ -121,8 +132,10 @@ def main() -> int:
         print(f"materialise {r['customers']:,} customers: {r['seconds']:.2f} s = {r['rate']:,.0f} customers/s "
               f"(target 50,000)  {'OK' if r['rate'] >= 50_000 else 'MISSED'}")
         print(f"Redis memory: {r['bytes_per_customer']:.0f} bytes per customer")
-        print(f"read_latest over loopback: p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms (target p99 1 ms)  "
-              f"{'OK' if r['p99'] <= 1 else 'MISSED'}")
+        print(f"read_latest, first-seen customer (a Redis round trip on loopback): p50 {r['p50']:.3f} ms  "
+              f"p99 {r['p99']:.3f} ms (target p99 1 ms)  {'OK' if r['p99'] <= 1 else 'MISSED'}")
+        print(f"read_latest, repeat customer (in-process cache): p50 {r['repeat_p50']:.4f} ms  "
+              f"p99 {r['repeat_p99']:.4f} ms")
         print(f"read_many, 1,000 customers: {r['many_ms']:.1f} ms")
         del os.environ["LOYALTYLENS_FEATURE_STORE_DUCKDB__PATH"], os.environ["LOYALTYLENS_DATA_DIR"]
         if shutil.which("wrk"):

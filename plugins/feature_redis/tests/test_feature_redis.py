@@ -246,3 +246,20 @@ def test_many_concurrent_readers_get_the_right_customer(settings):
     finally:
         pipeline.close()
     assert not wrong
+
+
+def test_a_repeat_read_is_answered_from_memory_and_a_switch_is_still_seen(settings, server):
+    def hmget_calls() -> int:
+        return int(client(server).info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+    assert cli("features", "materialize", "--to", "redis", "--as-of", "2026-05-30").returncode == 0
+    pipeline, online = redis_store()
+    try:
+        first = online.read_latest("C001")
+        calls = hmget_calls()
+        assert online.read_latest("C001") == first and hmget_calls() == calls  # no round trip
+        assert cli("features", "materialize", "--to", "redis").returncode == 0
+        time.sleep(1.1)  # the pointer is re-read within a second
+        assert online.read_latest("C001").as_of == dt.date(2026, 6, 29)
+    finally:
+        pipeline.close()

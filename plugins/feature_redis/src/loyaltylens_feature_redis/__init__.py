@@ -34,6 +34,10 @@ class RedisFeatureSettings(PluginSettings):
         None, ge=1, description="Keys of a snapshot expire this long after it was written (none: kept until replaced)")
     retire_after_s: int = Field(
         300, ge=0, description="How long a replaced snapshot stays readable for requests already using it")
+    cache_size: int = Field(
+        50_000, ge=0, le=10_000_000,
+        description="Customers kept in memory per process for repeat reads (0: none); exact, since a snapshot "
+                    "never changes once written")
     batch_size: int = Field(5_000, ge=1, le=1_000_000, description="Customers per pipelined round trip")
     offline: str = Field(
         "duckdb", description="Offline feature store: materialised from; answers training and point-in-time reads")
