@@ -136,8 +136,8 @@ def test_the_retriever_answers_from_lists_exactly_as_from_a_scan(tmp_path):
         assert [c.rank for c in a] == list(range(1, len(a) + 1))
         assert all(c.offer.min_propensity_threshold <= (q.max_threshold if q.max_threshold is not None else 1)
                    and (q.tier is None or q.tier in c.offer.tiers) for c in a)
-    for many, single in zip(listed.retrieve_many(queries), [listed.retrieve(q) for q in queries]):
-        same_answer(many, single)
+    assert listed.retrieve_many(queries) == [listed.retrieve(q) for q in queries]
+    assert scanned.retrieve_many(queries) == [scanned.retrieve(q) for q in queries]
 
 
 def same_answer(a, b):

@@ -64,9 +64,17 @@ def build_lists(
         similarity = query_vectors[start : start + block] @ vectors.T
         if depth < offers:
             top = np.argpartition(-similarity, depth - 1, axis=1)[:, :depth]
+            # Where offers tie at the prefilter's cut, argpartition keeps an arbitrary few:
+            # keep the lowest rows instead, as exact search does (rare with real embeddings,
+            # which tie only for offers with the same text).
+            floor = np.take_along_axis(similarity, top, axis=1).min(axis=1)
+            for r in np.flatnonzero((similarity >= floor[:, None]).sum(axis=1) > depth):
+                top[r] = np.lexsort((np.arange(offers), -similarity[r]))[:depth]
         else:
             top = np.broadcast_to(np.arange(offers), similarity.shape)
-        order = np.argsort(-np.take_along_axis(similarity, top, axis=1), axis=1, kind="stable")
+        # Best first; equal similarities (offers with the same text) by offer row, as every
+        # retrieval path breaks ties.
+        order = np.lexsort((top, -np.take_along_axis(similarity, top, axis=1)), axis=-1)
         ranked = np.take_along_axis(top, order, axis=1)  # (block, depth) offer rows, best first
         ranked_sims = np.take_along_axis(similarity, ranked, axis=1)
         ranked_thresholds = thresholds[ranked]
@@ -126,7 +134,7 @@ def update_lists(
         shape = (*rows.shape[:-1], len(changed))
         merged_rows = np.concatenate([rows, np.broadcast_to(changed.astype(np.int32), shape)], axis=-1)
         merged_sims = np.concatenate([old_sims, fresh], axis=-1)
-        order = np.argsort(-merged_sims, axis=-1, kind="stable")[..., :size]
+        order = np.lexsort((merged_rows, -merged_sims), axis=-1)[..., :size]  # ties by offer row
         best_sims = np.take_along_axis(merged_sims, order, axis=-1)
         best_rows = np.take_along_axis(merged_rows, order, axis=-1)
         out[start : start + block] = np.where(np.isfinite(best_sims), best_rows, -1)

@@ -46,6 +46,9 @@ INCREMENTAL_LIMIT = 1024
 # 200 offers: ~2x the rate of per-query list lookups); above it the lists win.
 SCAN_BELOW = 2048
 
+# Similarities closer than this may be the same number computed in another order.
+TIE = 1e-5
+
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
 
@@ -387,9 +390,11 @@ class DuckDBRetriever:
         self.vectors = arrays["vectors"]
         self.thresholds = arrays["thresholds"]
         self.tier_mask = arrays["tiers"]
+        self.tier_mask_or_any = np.vstack([self.tier_mask, np.ones((1, len(offers)), dtype=bool)])  # row -1: any
         self.query_vectors = arrays["queries"]
         self.query_rows = {text: row for row, text in enumerate(texts)}
         self.lists = arrays.get("lists")
+        self.list_sims = arrays.get("list_sims")
         self.lists_complete = bool(meta.get("exhaustive", False))
 
     def _query_vectors(self, texts: Sequence[str]) -> np.ndarray:
@@ -414,17 +419,30 @@ class DuckDBRetriever:
         if row is None:
             return None
         tier = ANY_TIER if query.tier is None else TIERS.index(query.tier)
-        listed = self.lists[row, tier, bucket_of(query.max_threshold)]
-        return pick(listed, self.thresholds, query.max_threshold, query.k, self.lists_complete)
+        bucket = bucket_of(query.max_threshold)
+        listed = self.lists[row, tier, bucket]
+        rows = pick(listed, self.thresholds, query.max_threshold, query.k, self.lists_complete)
+        if rows is not None and len(rows) and listed[-1] >= 0 and self.list_sims is not None:
+            # The k-th pick ties with the list's last offer: an offer just past the end may
+            # tie too and win on its row, so only exact search can say.
+            sims = self.list_sims[row, tier, bucket]
+            if sims[int(np.flatnonzero(listed == rows[-1])[0])] <= sims[-1]:
+                return None
+        return rows
 
-    def _ranked(self, rows: np.ndarray, vector: np.ndarray) -> list[OfferCandidate]:
-        similarity = self.vectors[rows] @ vector
+    def _ranked(self, rows: np.ndarray, vector: np.ndarray, take: int | None = None) -> list[OfferCandidate]:
+        """The best ``take`` of the chosen offer rows, similarities computed here for every
+        path (lists or scan, one query or a batch), equal similarities (offers with the same
+        text) by offer row: a customer gets the same candidates, to the last bit, from `run`,
+        `GET /v1/offers` and a batch."""
+        # einsum sums each row the same way however many rows there are (a BLAS product
+        # does not: its kernels change with the row count, and so does the last bit).
+        similarity = np.einsum("ij,j->i", self.vectors[rows], vector)
+        order = np.lexsort((rows, -similarity))[:take]
         return [OfferCandidate(offer=self.offers[i], similarity=float(s), rank=r)
-                for r, (i, s) in enumerate(zip(rows.tolist(), similarity.tolist()), start=1)]
+                for r, (i, s) in enumerate(zip(rows[order].tolist(), similarity[order].tolist()), start=1)]
 
     def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]:
-        """The batch path for one query: a customer gets the same candidates, to the last bit
-        of the similarity, from `run`, `GET /v1/offers` and a batch."""
         return self.retrieve_many([query])[0]
 
     def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
@@ -434,7 +452,9 @@ class DuckDBRetriever:
             return []
         out: list[list[OfferCandidate] | None] = [None] * len(queries)
         exact: list[int] = []
-        if len(self.offers) <= SCAN_BELOW:  # one vectorised scan beats a Python step per query
+        # Small catalogues: one vectorised scan beats a Python step per query. One query takes
+        # the same path as many, so `run` and a batch agree on every tie.
+        if len(self.offers) <= SCAN_BELOW:
             exact, queries_to_list = list(range(len(queries))), []
         else:
             queries_to_list = list(queries)
@@ -444,12 +464,29 @@ class DuckDBRetriever:
                 exact.append(i)
             else:
                 out[i] = self._ranked(listed, self.query_vectors[self.query_rows[query.text]])
+        if len(exact) == 1:
+            out[exact[0]] = self._exact_one(queries[exact[0]])
+            exact = []
         block = max(1, int(self.settings.exact_block_bytes // max(1, 4 * len(self.offers))))
         for start in range(0, len(exact), block):
             rows = exact[start : start + block]
             for i, found in zip(rows, self._exact_many([queries[i] for i in rows])):
                 out[i] = found
         return [found if found is not None else [] for found in out]
+
+    def _exact_one(self, query: RetrievalQuery) -> list[OfferCandidate]:
+        """Exact search for one query (`run`, `GET /v1/offers`): _exact_many's answer, in
+        vector operations instead of matrix ones."""
+        vector = self._query_vectors([query.text])[0]
+        eligible = self.thresholds <= (np.inf if query.max_threshold is None else query.max_threshold)
+        if query.tier is not None:
+            eligible &= self.tier_mask[TIERS.index(query.tier)]
+        take = min(query.k, int(eligible.sum()))
+        if take == 0:
+            return []
+        masked = np.where(eligible, self.vectors @ vector, -np.inf)
+        kth = np.partition(masked, len(masked) - take)[len(masked) - take] - TIE
+        return self._ranked(np.flatnonzero(masked >= kth), vector, take)
 
     def _exact_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
         """Exact search for a block of queries: one matmul, one mask, one partial sort."""
@@ -460,18 +497,23 @@ class DuckDBRetriever:
         tiers = [q.tier for q in queries]
         if any(t is not None for t in tiers):
             tier_rows = np.array([TIERS.index(t) if t is not None else -1 for t in tiers])
-            by_tier = np.vstack([self.tier_mask, np.ones((1, len(self.offers)), dtype=bool)])
-            eligible &= by_tier[tier_rows]
-        k_max = max(q.k for q in queries)
-        best = top_k(np.where(eligible, similarity, -np.inf), k_max)
-        counts = eligible.sum(axis=1)
+            eligible &= self.tier_mask_or_any[tier_rows]
+        masked = np.where(eligible, similarity, -np.inf)
+        best = top_k(masked, max(q.k for q in queries))
+        takes = np.minimum([q.k for q in queries], eligible.sum(axis=1))
+        # The k-th best value of each row, and whether more offers than k come within TIE of
+        # it: then all of those compete in _ranked, whose sums do not depend on the block's
+        # size (this product's last bits do), so one query and a batch pick the same offers.
+        kth = masked[np.arange(len(queries)), best[np.arange(len(queries)), np.maximum(takes, 1) - 1]] - TIE
+        reach = (masked >= kth[:, None]).sum(axis=1)
         out: list[list[OfferCandidate]] = []
-        for i, q in enumerate(queries):
-            take = min(q.k, int(counts[i]))
-            out.append([
-                OfferCandidate(offer=self.offers[j], similarity=float(similarity[i, j]), rank=r + 1)
-                for r, j in enumerate(best[i, :take].tolist())
-            ])
+        for i, take in enumerate(takes.tolist()):
+            if take == 0:
+                out.append([])
+            elif reach[i] == take:
+                out.append(self._ranked(best[i, :take], vectors[i]))
+            else:
+                out.append(self._ranked(np.flatnonzero(masked[i] >= kth[i]), vectors[i], take))
         return out
 
 
