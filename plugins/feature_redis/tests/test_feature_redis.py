@@ -3,6 +3,7 @@ DuckDB offline store (resolved through the core's registry, as a user's config w
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Iterator
 
 import pytest
 import redis
@@ -54,16 +56,19 @@ def settings(monkeypatch, data_dir, server):
         del os.environ[key]  # set by redis_store(**settings)
 
 
-def redis_store(**env: str):
+@contextlib.contextmanager
+def redis_store(**env: str) -> Iterator[Any]:
+    """The Redis feature store of a pipeline built as a user's config would (closed after)."""
     for key, value in env.items():
         os.environ[f"LOYALTYLENS_FEATURE_STORE_REDIS__{key.upper()}"] = value
-    pipeline = Pipeline.from_config(None, use=["feature_store=redis"], needed=("feature_store",))
-    return pipeline, pipeline.component("feature_store")
+    with Pipeline.from_config(None, use=["feature_store=redis"], needed=("feature_store",)) as pipeline:
+        yield pipeline.component("feature_store")
 
 
-def offline_store():
-    pipeline = Pipeline.from_config(None, use=["feature_store=duckdb"], needed=("feature_store",))
-    return pipeline, pipeline.component("feature_store")
+@contextlib.contextmanager
+def offline_store() -> Iterator[Any]:
+    with Pipeline.from_config(None, use=["feature_store=duckdb"], needed=("feature_store",)) as pipeline:
+        yield pipeline.component("feature_store")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.CompletedProcess[str]:
@@ -76,30 +81,20 @@ def client(server) -> redis.Redis:
 
 
 def test_redis_and_duckdb_return_identical_features_for_every_customer(settings):
-    online_pipeline, online = redis_store()  # a fresh Redis is filled on first use
-    offline_pipeline, offline = offline_store()
-    try:
+    with redis_store() as online, offline_store() as offline:  # a fresh Redis is filled on first use
         ids = offline.customer_ids()
         assert online.customer_ids() == ids and len(ids) == 400
         assert online.read_many(ids) == offline.read_many(ids)
         assert [online.read_latest(c) for c in ids[:50]] == offline.read_many(ids[:50])
         with pytest.raises(CustomerNotFound, match="'C9999' not found"):
             online.read_latest("C9999")
-    finally:
-        online_pipeline.close()
-        offline_pipeline.close()
 
 
 def test_point_in_time_reads_before_the_served_snapshot_come_from_the_offline_store(settings):
-    online_pipeline, online = redis_store()
-    offline_pipeline, offline = offline_store()
-    try:
+    with redis_store() as online, offline_store() as offline:
         day = dt.date(2026, 4, 15)
         assert online.read_latest("C002", as_of=day) == offline.read_latest("C002", as_of=day)
         assert online.read_latest("C002", as_of=day).as_of < online.read_latest("C002").as_of
-    finally:
-        online_pipeline.close()
-        offline_pipeline.close()
 
 
 def test_materialising_the_same_snapshot_twice_writes_nothing(settings):
@@ -135,11 +130,8 @@ def test_a_kill_mid_materialise_leaves_the_previous_snapshot_serving(settings, s
     written = r.scard(f"{prefix}:snap:{new}:ids")
     assert 0 < written < 400
     assert r.get(f"{prefix}:current").decode() == old["snapshot"]
-    pipeline, online = redis_store()
-    try:
+    with redis_store() as online:
         assert online.read_latest("C001").as_of == dt.date(2026, 5, 30)  # the old snapshot, whole
-    finally:
-        pipeline.close()
     rerun = json.loads(cli("features", "materialize", "--to", "redis", "--json").stdout)
     assert rerun["snapshot"] == new and rerun["written"] == 400 and rerun["switched"] is True
     assert r.get(f"{prefix}:current").decode() == new
@@ -148,12 +140,11 @@ def test_a_kill_mid_materialise_leaves_the_previous_snapshot_serving(settings, s
 
 def test_readers_see_the_old_snapshot_or_the_new_never_an_error_during_a_switch(settings):
     assert cli("features", "materialize", "--to", "redis", "--as-of", "2026-05-30").returncode == 0
-    pipeline, online = redis_store()
     seen: list[dt.date] = []
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def read() -> None:
+    def read(online: Any) -> None:
         ids = [f"C{i:03d}" for i in range(1, 401)]
         while not stop.is_set():
             try:
@@ -162,17 +153,17 @@ def test_readers_see_the_old_snapshot_or_the_new_never_an_error_during_a_switch(
             except BaseException as exc:  # noqa: BLE001 - collected for the assertion
                 errors.append(exc)
 
-    readers = [threading.Thread(target=read) for _ in range(8)]
-    for thread in readers:
-        thread.start()
-    try:
-        switch = cli("features", "materialize", "--to", "redis")
-        time.sleep(1.5)  # readers re-read the pointer within a second
-    finally:
-        stop.set()
+    with redis_store() as online:
+        readers = [threading.Thread(target=read, args=(online,)) for _ in range(8)]
         for thread in readers:
-            thread.join()
-        pipeline.close()
+            thread.start()
+        try:
+            switch = cli("features", "materialize", "--to", "redis")
+            time.sleep(1.5)  # readers re-read the pointer within a second
+        finally:
+            stop.set()
+            for thread in readers:
+                thread.join()
     assert switch.returncode == 0, switch.stderr
     assert not errors, errors[:3]
     assert set(seen) == {dt.date(2026, 5, 30), dt.date(2026, 6, 29)}
@@ -205,46 +196,36 @@ def test_a_wrong_password_fails_even_with_a_fallback(settings):
 
 
 def test_a_serving_process_never_writes_a_snapshot(settings):
-    pipeline = Pipeline.from_config(None, use=["feature_store=redis"], needed=("feature_store",), read_only=True)
-    try:
+    with Pipeline.from_config(None, use=["feature_store=redis"], needed=("feature_store",), read_only=True) as pipeline:
         with pytest.raises(StageError, match="holds no LoyaltyLens features"):
             pipeline.component("feature_store")
-    finally:
-        pipeline.close()
 
 
 def test_a_snapshot_with_a_ttl_expires_and_reads_say_so(settings):
-    pipeline, online = redis_store(ttl_s="1")
-    try:
+    with redis_store(ttl_s="1") as online:
         assert online.read_latest("C001").customer_id == "C001"
         time.sleep(2.2)
         with pytest.raises(StageError, match="has expired"):
             online.read_latest("C001")
-    finally:
-        pipeline.close()
 
 
 def test_many_concurrent_readers_get_the_right_customer(settings):
-    pipeline, online = redis_store(pool_size="4")
-    offline_pipeline, offline = offline_store()
-    expected = {f.customer_id: f for f in offline.read_many(offline.customer_ids())}
-    offline_pipeline.close()
+    with offline_store() as offline:
+        expected = {f.customer_id: f for f in offline.read_many(offline.customer_ids())}
     wrong: list[str] = []
 
-    def read(worker: int) -> None:
+    def read(online: Any, worker: int) -> None:
         for i in range(300):
             customer = f"C{(worker * 37 + i) % 400 + 1:03d}"
             if online.read_latest(customer) != expected[customer]:
                 wrong.append(customer)
 
-    try:
-        threads = [threading.Thread(target=read, args=(w,)) for w in range(16)]  # 16 threads, 4 connections
+    with redis_store(pool_size="4") as online:
+        threads = [threading.Thread(target=read, args=(online, w)) for w in range(16)]  # 16 threads, 4 connections
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    finally:
-        pipeline.close()
     assert not wrong
 
 
@@ -253,13 +234,10 @@ def test_a_repeat_read_is_answered_from_memory_and_a_switch_is_still_seen(settin
         return int(client(server).info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
 
     assert cli("features", "materialize", "--to", "redis", "--as-of", "2026-05-30").returncode == 0
-    pipeline, online = redis_store()
-    try:
+    with redis_store() as online:
         first = online.read_latest("C001")
         calls = hmget_calls()
         assert online.read_latest("C001") == first and hmget_calls() == calls  # no round trip
         assert cli("features", "materialize", "--to", "redis").returncode == 0
         time.sleep(1.1)  # the pointer is re-read within a second
         assert online.read_latest("C001").as_of == dt.date(2026, 6, 29)
-    finally:
-        pipeline.close()
