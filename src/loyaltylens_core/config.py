@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -144,7 +145,13 @@ def mask(field: str, value: Any) -> Any:
         return "********" if value.get_secret_value() else ""
     if value and any(word in field.lower() for word in _SECRET_WORDS):
         return "********"
+    if isinstance(value, str) and _URL_PASSWORD.search(value):
+        return _URL_PASSWORD.sub(r"\1********@", value)  # redis://:pw@host, https://user:pw@host
     return _jsonable(value)
+
+
+# scheme://[user]:password@ in a URL-valued setting
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
 
 
 def _jsonable(value: Any) -> Any:

@@ -19,6 +19,9 @@ MARKERS = {
     "AWS_SECRET_ACCESS_KEY": "MARKER-aws-secret-3333",
     "AWS_SESSION_TOKEN": "MARKER-aws-session-4444",
     "WEAVIATE_API_KEY": "MARKER-weaviate-5555",
+    "REDIS_PASSWORD": "MARKER-redis-6666",
+    # a password inside a URL-valued setting (Redis down on purpose: the error names the URL)
+    "LOYALTYLENS_FEATURE_STORE_REDIS__URL": "redis://:MARKER-redis-url-7777@127.0.0.1:9/0",
 }
 
 
@@ -52,6 +55,8 @@ def test_no_secret_in_any_output_log_or_file(cli, tmp_path):
                 ["deploy", "down", "--target", "sagemaker", "--json"],
                 # failures, where a careless error path would be most tempting to print config
                 ["run", "C999999"], ["--use", "retriever=weaviate", "run", "C001"],
+                ["--use", "feature_store=redis", "run", "C001"], ["--use", "feature_store=redis", "config", "show"],
+                ["features", "materialize", "--to", "redis", "--json"],
                 ["deploy", "invoke", "C001", "--target", "sagemaker"],
             ]
             stub.script("unauthorized")  # one failing LLM call on the way

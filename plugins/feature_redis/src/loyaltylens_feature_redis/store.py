@@ -142,6 +142,10 @@ class RedisFeatureStore:
         if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in reason or "NOAUTH" in reason:
             return StageError(f"Redis at {self.where} refused the credentials: {reason}",
                               "check $REDIS_PASSWORD or [feature_store.redis] password")
+        if isinstance(exc, redis.ResponseError):
+            return StageError(f"Redis at {self.where} refused a command: {reason}",
+                              "check that it is Redis 6.2 or later, not in cluster mode, and that "
+                              "Lua scripts are allowed for this user")
         return StageError(f"cannot reach Redis at {self.where}: {reason}",
                           'start Redis, check [feature_store.redis] url (or $REDIS_URL), or set fallback = "duckdb"')
 
