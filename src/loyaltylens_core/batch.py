@@ -29,6 +29,8 @@ from .errors import LoyaltyLensError, UsageError
 from .progress import QUIET, Progress
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from .pipeline import Pipeline
 
 PART_PATTERN = re.compile(r"^part-(\d{6})\.parquet$")
@@ -76,9 +78,11 @@ class BatchJob:
     config_path: str | None = None
     use: list[str] = dataclasses.field(default_factory=list)
 
-    def write_part(self, index: int, rows: list[dict[str, Any]], rejected: dict[str, LoyaltyLensError]) -> None:
-        """One chunk's rows and rejects (id -> error), each file whole or absent. The
-        rejects go first: a part that exists always has its rejects beside it."""
+    def write_part(self, index: int, rows: "list[dict[str, Any]] | pa.Table",
+                   rejected: dict[str, LoyaltyLensError]) -> None:
+        """One chunk's rows (dicts, or an Arrow table with ``schema()``'s columns, as an engine
+        that receives Arrow has them) and rejects (id -> error), each file whole or absent.
+        The rejects go first: a part that exists always has its rejects beside it."""
         notes = [[c, self.lines.get(c), e.message] for c, e in rejected.items()]
         _atomic_write_bytes(self.parts / f"part-{index:06d}.rejects.json", json.dumps(notes).encode())
         _write_parquet(self.parts / f"part-{index:06d}.parquet", rows)
@@ -165,10 +169,13 @@ def _write_table(path: Path, table: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table") -> None:
     import pyarrow as pa
 
-    _write_table(path, pa.Table.from_pylist(rows, schema=schema()))
+    if isinstance(rows, pa.Table):
+        _write_table(path, rows.select(schema().names).cast(schema()))
+    else:
+        _write_table(path, pa.Table.from_pylist(rows, schema=schema()))
 
 
 def _job_fingerprint(ids: Sequence[str]) -> str:

@@ -24,6 +24,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -81,6 +82,15 @@ def read_piece(batch: pa.Table, filesystem: Any) -> pa.Table:
     """One piece of a staged chunk file (runs as a Ray task, near the data or not)."""
     path, start, rows = (batch.column(name)[0].as_py() for name in ("path", "start", "rows"))
     return pq.read_table(path, filesystem=filesystem).slice(start, rows)
+
+
+def _in_order(tables: list[pa.Table]) -> pa.Table:
+    """A chunk's result tables as one, in customer order, each position once (a batch
+    retried after its actor died must not duplicate a customer)."""
+    table = pa.concat_tables(tables)
+    positions = table.column("_pos").to_numpy()
+    _, first = np.unique(positions, return_index=True)  # sorted by position, first arrival of each
+    return table.take(pa.array(first)).drop_columns(["_chunk", "_pos"])
 
 
 def _reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -181,19 +191,20 @@ class RayBatchEngine:
             max_restarts=-1,  # an actor killed mid-job comes back...
             max_task_retries=-1,  # ...and its batch is retried
         )
-        arrived: dict[int, dict[int, dict[str, Any]]] = {}
+        # Results stay Arrow on the driver (no row-by-row Python): each chunk's tables are
+        # gathered until its customers are all in, then ordered by position and written.
+        arrived: dict[int, list[pa.Table]] = {}
+        counts: dict[int, set[int]] = {}
         for table in self._stream(dataset):
-            chunks = table.column("_chunk").to_pylist()
-            positions = table.column("_pos").to_pylist()
-            rows = table.drop_columns(["_chunk", "_pos"]).to_pylist()
-            for chunk, position, row in zip(chunks, positions, rows):
-                arrived.setdefault(chunk, {})[position] = row
-            job.advance(len(rows))
-            for chunk in set(chunks):
-                got = arrived.get(chunk, {})
-                if chunk in expected and len(got) == expected[chunk]:
-                    job.write_part(chunk, [got[p] for p in sorted(got)], rejects[chunk])
-                    del arrived[chunk], expected[chunk]
+            job.advance(table.num_rows)
+            chunk_column = table.column("_chunk").to_numpy()
+            for chunk in np.unique(chunk_column).tolist():
+                part = table.filter(pa.array(chunk_column == chunk))
+                arrived.setdefault(chunk, []).append(part)
+                counts.setdefault(chunk, set()).update(part.column("_pos").to_pylist())
+                if chunk in expected and len(counts[chunk]) == expected[chunk]:
+                    job.write_part(chunk, _in_order(arrived.pop(chunk)), rejects[chunk])
+                    del counts[chunk], expected[chunk]
         if expected:
             raise StageError(
                 f"Ray finished without results for {len(expected)} chunks (first: {min(expected)})",
