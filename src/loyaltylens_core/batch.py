@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -233,9 +234,16 @@ def run_batch(
     todo = [(index, list(chunk)) for index, chunk in enumerate(chunks) if index not in done]
     engine = pipeline.component("batch_engine")
     started = time.perf_counter()
-    with progress.task(f"Batch → {target.display.rsplit('/', 1)[-1]}", total=len(ids)) as advance:
-        advance(resumed)
-        engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use)))
+    # What the stages loaded (a feature store's snapshot: a million rows at scale, the index)
+    # lives as long as the batch: kept out of the cyclic GC's scans, which otherwise walk it
+    # again and again as the batch allocates (+20% at 1,000,000 customers).
+    gc.freeze()
+    try:
+        with progress.task(f"Batch → {target.display.rsplit('/', 1)[-1]}", total=len(ids)) as advance:
+            advance(resumed)
+            engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use)))
+    finally:
+        gc.unfreeze()
     missing = [i for i in range(len(chunks)) if not (parts / f"part-{i:06d}.parquet").is_file()]
     if missing:
         from .errors import PluginError
