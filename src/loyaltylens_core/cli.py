@@ -262,6 +262,20 @@ def seed(
                + (f"; feature store: {rows} rows" if rows is not None else ""))
 
 
+def _date_option(value: Optional[str], flag: str) -> Any:
+    """A YYYY-MM-DD option as a date (None stays None); anything else is one usage line."""
+    import datetime as dt
+
+    from .errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r} is not a date", f"use YYYY-MM-DD, e.g. {flag} 2025-06-30") from None
+
+
 @features_app.command("materialize")
 def features_materialize(
     to: Optional[str] = typer.Option(
@@ -277,16 +291,9 @@ def features_materialize(
 
     Idempotent: the same snapshot twice writes nothing. A crash mid-way leaves the
     previous snapshot serving; run the command again."""
-    import datetime as dt
-
     from .errors import UsageError
 
-    day = None
-    if as_of is not None:
-        try:
-            day = dt.date.fromisoformat(as_of)
-        except ValueError:
-            raise UsageError(f"--as-of {as_of!r} is not a date", "use YYYY-MM-DD, e.g. --as-of 2025-06-30") from None
+    day = _date_option(as_of, "--as-of")
     if to:
         state.use = [*state.use, f"feature_store={to}"]
     pipeline = _pipeline(needed=("feature_store",))
@@ -304,6 +311,59 @@ def features_materialize(
     now = "now serving" if summary["switched"] else "still serving"
     typer.echo(f"{name}: snapshot {summary['snapshot']} ({summary['as_of']}, {summary['customers']:,} customers) "
                f"{did}; {now} it ({summary['seconds']:.1f} s)")
+
+
+@app.command()
+def monitor(
+    reference: Optional[str] = typer.Option(
+        None, "--reference", help="Reference snapshot YYYY-MM-DD (default: the one before the current)."),
+    as_of: Optional[str] = typer.Option(
+        None, "--as-of", help="Current snapshot: the latest on or before YYYY-MM-DD (default: the latest)."),
+    warning: float = typer.Option(0.1, "--warning", help="PSI from which a feature is a warning."),
+    critical: float = typer.Option(0.25, "--critical", help="PSI from which a feature is critical."),
+    bins: int = typer.Option(10, "--bins", min=2, max=100, help="Quantile bins of the reference."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Drift between two feature snapshots: PSI per feature and of the score.
+
+    Exit code 0 when every PSI is below --warning, 1 when one reaches it, 2 when one reaches
+    --critical, so cron or CI can gate on it."""
+    import datetime as dt
+
+    from .drift import STATUSES, drift_report
+    from .errors import UsageError
+
+    if not 0 < warning < critical:
+        raise UsageError(f"--warning {warning:g} and --critical {critical:g} need 0 < warning < critical",
+                         "e.g. --warning 0.1 --critical 0.25")
+    current_day, reference_day = _date_option(as_of, "--as-of"), _date_option(reference, "--reference")
+    pipeline = _pipeline(needed=("feature_store", "propensity"))
+    store = pipeline.component("feature_store")
+    if "ExportsSnapshots" not in pipeline.capabilities("feature_store"):
+        raise UsageError(f"feature store {pipeline.config.stages['feature_store']!r} cannot hand out whole snapshots",
+                         "run monitor on the offline store, e.g. --use feature_store=duckdb")
+    current = store.snapshot_info(current_day)
+    before = reference_day if reference_day is not None else current.as_of - dt.timedelta(days=1)
+    ref = store.snapshot_info(before)
+    if ref.as_of >= current.as_of:
+        raise UsageError(f"the reference snapshot ({ref.as_of}) is not before the current one ({current.as_of})",
+                         "pass an earlier --reference")
+
+    def rows(day: Any) -> list[Any]:
+        return [f for batch in store.snapshot_batches(day) for f in batch]
+
+    ref_rows, cur_rows = rows(ref.as_of), rows(current.as_of)
+    report = drift_report(ref_rows, cur_rows, [s.score for s in pipeline.predict_many(ref_rows)],
+                          [s.score for s in pipeline.predict_many(cur_rows)], warning=warning, critical=critical,
+                          bins=bins)
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(f"reference {ref.as_of} ({ref.customers:,} customers) -> current {current.as_of} "
+                   f"({current.customers:,}): {report['status']}")
+        for name, row in report["features"].items():
+            typer.echo(f"  {name:24s} PSI {row['psi']:7.4f}  {row['status']}")
+    raise typer.Exit(STATUSES.index(report["status"]))
 
 
 @app.command()
