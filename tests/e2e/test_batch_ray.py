@@ -24,5 +24,8 @@ def test_ray_batch_equals_the_local_batch_on_the_real_pipeline(built, tmp_path):
     expected = pq.read_table(tmp_path / "local.parquet").to_pylist()
     got = pq.read_table(tmp_path / "ray.parquet").to_pylist()
     assert [r["customer_id"] for r in got] == [r["customer_id"] for r in expected]
+    # The model computes in float32 and its matrix products round differently with the size of
+    # the batch they see (Ray's batches are not the local engine's chunks): equal to float32
+    # precision, everything else exactly.
     for a, b in zip(got, expected):
-        assert a == {**b, "score": pytest.approx(b["score"], abs=1e-9), "similarity": pytest.approx(b["similarity"], abs=1e-6)}
+        assert a == {**b, "score": pytest.approx(b["score"], abs=1e-6), "similarity": pytest.approx(b["similarity"], abs=1e-6)}
