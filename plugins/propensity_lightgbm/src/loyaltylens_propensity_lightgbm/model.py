@@ -29,6 +29,7 @@ from loyaltylens_core.contracts import (
     TrainingSet,
 )
 from loyaltylens_core.errors import StageError
+from loyaltylens_core.model_versions import model_versions, next_model_version
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -63,11 +64,7 @@ class LightGBMPropensity:
     # --- versions -----------------------------------------------------------------
 
     def versions(self) -> list[str]:
-        if not self.model_dir.is_dir():
-            return []
-        found = [(int(m.group(1)), p.name) for p in self.model_dir.iterdir()
-                 if (m := VERSION_PATTERN.match(p.name)) and (p / "card.json").is_file()]
-        return [name for _, name in sorted(found)]
+        return model_versions(self.model_dir, VERSION_PATTERN)
 
     def prepare(self) -> None:
         if self.booster is not None:
@@ -156,9 +153,7 @@ class LightGBMPropensity:
         return card
 
     def _next_version(self) -> str:
-        existing = self.versions()
-        last = int(VERSION_PATTERN.match(existing[-1]).group(1)) if existing else 0  # type: ignore[union-attr]
-        return f"lightgbm_v{last + 1}"
+        return next_model_version(self.model_dir, VERSION_PATTERN, "lightgbm_v")
 
     def _save(self, version: str, booster: Any, card: dict[str, Any]) -> None:
         self.model_dir.mkdir(parents=True, exist_ok=True)

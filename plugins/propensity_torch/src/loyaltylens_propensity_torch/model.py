@@ -27,6 +27,7 @@ import numpy as np
 from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, ProvidesTrainingExamples, TrainingSet
 from loyaltylens_core.errors import StageError
 from loyaltylens_core.metrics import calibrate, plot_reliability
+from loyaltylens_core.model_versions import model_versions, next_model_version
 
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
@@ -72,19 +73,10 @@ class TorchPropensityModel:
     # --- versions -------------------------------------------------------------------
 
     def versions(self) -> list[str]:
-        if not self.model_dir.is_dir():
-            return []
-        found = [
-            (int(m.group(1)), p.name)
-            for p in self.model_dir.iterdir()
-            if (m := VERSION_PATTERN.match(p.name)) and (p / "card.json").is_file()
-        ]
-        return [name for _, name in sorted(found)]
+        return model_versions(self.model_dir, VERSION_PATTERN)
 
     def _next_version(self) -> str:
-        existing = self.versions()
-        last = int(VERSION_PATTERN.match(existing[-1]).group(1)) if existing else 0
-        return f"propensity_v{last + 1}"
+        return next_model_version(self.model_dir, VERSION_PATTERN, "propensity_v")
 
     def prepare(self) -> None:
         if self.network is not None:
