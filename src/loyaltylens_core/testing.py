@@ -453,6 +453,20 @@ def redis_binary() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server")
 
 
+def fake_plugin_environment(tmp_path: Path, source: str, name: str) -> dict[str, str]:
+    """Environment for a ``loyaltylens`` subprocess whose every stage is ``fake``: the
+    ``plugin`` object of ``source``, installed as its own distribution in ``tmp_path/site``
+    (so Ray's workers and any child process load it too), data in ``tmp_path/data``."""
+    import os
+
+    site = tmp_path / "site"
+    make_distribution(site, f"loyaltylens-{name}", f"ll{name}", source, name, "plugin")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
+    env.update({"PYTHONPATH": str(site), "LOYALTYLENS_DATA_DIR": str(tmp_path / "data"),
+                **{f"LOYALTYLENS_{stage.upper()}": "fake" for stage in STAGES}})
+    return env
+
+
 @contextlib.contextmanager
 def redis_server(password: str | None = None) -> Iterator[RedisServer]:
     """A real Redis on 127.0.0.1 (its own process, no persistence) for tests of code that

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,8 +10,7 @@ import numpy as np
 import pytest
 
 from loyaltylens_core.drift import drift_report, psi_categorical, psi_numeric
-from loyaltylens_core.stages import STAGES
-from loyaltylens_core.testing import make_distribution, make_features
+from loyaltylens_core.testing import fake_plugin_environment, make_features
 
 
 def test_the_same_distribution_has_no_drift_and_a_shift_in_money_is_critical():
@@ -74,11 +72,7 @@ plugin = FakePlugin(feature_store=Store({f.customer_id: f for f in rows(DAYS[1])
 
 @pytest.fixture
 def monitor(tmp_path):
-    site = tmp_path / "site"
-    make_distribution(site, "loyaltylens-driftfakes", "lldriftfakes", STORE, "driftfakes", "plugin")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
-    env.update({"PYTHONPATH": str(site), "LOYALTYLENS_DATA_DIR": str(tmp_path / "data"),
-                **{f"LOYALTYLENS_{stage.upper()}": "fake" for stage in STAGES}})
+    env = fake_plugin_environment(tmp_path, STORE, "driftfakes")
 
     def run(*args: str, shift: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "loyaltylens_core.cli", "-q", "monitor", *args],

@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow.fs import FileSelector
 
-from loyaltylens_core.stages import STAGES
-from loyaltylens_core.testing import make_distribution, s3_bucket, s3_environment, s3_server
+from loyaltylens_core.testing import fake_plugin_environment, s3_bucket, s3_environment, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -62,11 +61,7 @@ plugin = FakePlugin(feature_store=FakeFeatureStore(customers), generator=Generat
 
 @pytest.fixture
 def cli(tmp_path):
-    site = tmp_path / "site"
-    make_distribution(site, "loyaltylens-rayfakes", "llrayfakes", FAKES, "rayfakes", "plugin")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
-    env.update({"PYTHONPATH": str(site), "LOYALTYLENS_DATA_DIR": str(tmp_path / "data"),
-                **{f"LOYALTYLENS_{stage.upper()}": "fake" for stage in STAGES}})
+    env = fake_plugin_environment(tmp_path, FAKES, "rayfakes")
     env.pop("RAY_ADDRESS", None)
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join([f"C{i:04d}" for i in range(1, 41)] + ["C9999"]) + "\n")
