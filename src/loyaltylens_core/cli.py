@@ -387,10 +387,66 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
     headline = card.get("evaluation", {}).get("headline", "test")
     metrics = card.get("metrics", {}).get(headline, {})
     calibration = card.get("calibration", {}).get("method")
+    role = card.get("role")
     typer.echo(
         f"trained {card.get('model_version')} on {headline}: {summary_line(metrics)}"
         + (f"; calibration: {calibration}" if calibration else "")
+        + (f"; {role}" if role else "")
+        + (f" (serving stays with the champion: `loyaltylens promote {card.get('model_version')}`)"
+           if role == "challenger" else "")
     )
+
+
+def _model_store() -> Any:
+    """The selected propensity plugin's versions (capability VersionedModels)."""
+    from .errors import UsageError
+
+    pipeline = _pipeline(needed=("propensity",))
+    model = pipeline.component("propensity", prepare=False)
+    if "VersionedModels" not in pipeline.capabilities("propensity"):
+        raise UsageError(f"propensity plugin {pipeline.config.stages['propensity']!r} keeps no model versions here",
+                         "manage its versions with its own tooling")
+    return model.models
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print the versions as JSON.")) -> None:
+    """List the propensity model's versions: role (champion / challenger) and held-out metrics."""
+    rows = _model_store().listing()
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        typer.echo("no trained versions yet: `loyaltylens train`")
+    for row in rows:
+        metrics = "  ".join(f"{k.upper()} {row[k]:.4f}" for k in ("auc", "brier", "ece") if row.get(k) is not None)
+        typer.echo(f"{row['version']:16s} {row['role']:10s} {metrics}  data {row['training_data_hash']}  "
+                   f"{row['created_at']}")
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="The challenger to make the champion, e.g. propensity_v2."),
+    force: bool = typer.Option(False, "--force", help="Promote even if it does not beat the champion."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Make a version the champion if it beats the current one on the same held-out window."""
+    result = _model_store().promote(version, force=force)
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{result['champion']} is the champion (was {result['previous'] or 'none'}; "
+               f"{'forced' if result['forced'] else result['comparison']})")
+
+
+@app.command()
+def rollback(as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")) -> None:
+    """Return to the previous champion."""
+    result = _model_store().rollback()
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"{result['champion']} is the champion again (was {result['previous']})")
 
 
 @app.command()

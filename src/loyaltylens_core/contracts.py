@@ -346,6 +346,14 @@ class LoadsSnapshots(Protocol):
 
 
 @runtime_checkable
+class VersionedModels(Protocol):
+    """A model with numbered versions and a champion: ``models`` is a
+    ``loyaltylens_core.model_versions.ModelStore`` (`loyaltylens models`, `promote`, `rollback`)."""
+
+    models: Any
+
+
+@runtime_checkable
 class ReportsFallback(Protocol):
     """A component that may serve from its own fallback (a remote retriever answering from
     the embedded one while its server is down) sets ``fallback_reason``; the pipeline
@@ -358,7 +366,8 @@ CAPABILITIES: dict[str, type] = {
     protocol.__name__: protocol
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
-        Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable, BatchRetriever, Indexable,
+        Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
+        VersionedModels, BatchRetriever, Indexable,
         ReportsFallback, BatchGenerator, AsyncGenerator,
     )
 }

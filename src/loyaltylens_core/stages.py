@@ -34,7 +34,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
            "ExportsSnapshots", "LoadsSnapshots", "ReportsFallback"),
           "reads a customer's point-in-time features"),
     Stage("propensity", "register_propensity_models", "PropensityModel", "torch", True,
-          (*_COMMON, "BatchPropensityModel", "Trainable", "Exportable"),
+          (*_COMMON, "BatchPropensityModel", "Trainable", "Exportable", "VersionedModels"),
           "scores how likely a customer is to redeem an offer"),
     Stage("embedder", "register_embedders", "Embedder", "sentence-transformers", False,
           ("Preparable", "Closeable"),

@@ -70,12 +70,27 @@ def test_plugins_lists_the_default_distributions(cli):
 def test_explicit_train_and_index_and_seed(cli):
     train = cli("train", "--json")
     assert train.returncode == 0, train.stderr
-    assert json.loads(train.stdout)["model_version"] == "propensity_v2"
+    card = json.loads(train.stdout)
+    assert card["model_version"] == "propensity_v2" and card["role"] == "challenger"
     index = cli("index")
     assert index.returncode == 0 and "indexed 200 offers" in index.stdout
     seed = cli("seed", "--customers", "1000")
     assert seed.returncode == 0 and "1000 customers" in seed.stdout
-    assert json.loads(cli("run", "C001", "--json").stdout)["propensity"]["model_version"] == "propensity_v2"
+
+    def serving() -> str:
+        return json.loads(cli("run", "C001", "--json").stdout)["propensity"]["model_version"]
+
+    assert serving() == "propensity_v1"  # a challenger does not serve until promoted
+    listed = json.loads(cli("models", "--json").stdout)
+    assert [(m["version"], m["role"]) for m in listed] == [("propensity_v1", "champion"), ("propensity_v2", "challenger")]
+    assert all(m["auc"] and m["ece"] is not None for m in listed)
+    promoted = cli("promote", "propensity_v2", "--force", "--json")
+    assert promoted.returncode == 0, promoted.stderr
+    assert json.loads(promoted.stdout)["previous"] == "propensity_v1" and serving() == "propensity_v2"
+    back = cli("rollback")
+    assert back.returncode == 0 and "propensity_v1 is the champion again" in back.stdout and serving() == "propensity_v1"
+    unknown = cli("promote", "propensity_v9")
+    assert unknown.returncode == 2 and "'propensity_v9' not found" in unknown.stderr
 
 
 def test_batch_all_writes_every_customer_once(cli, tmp_path):

@@ -29,7 +29,7 @@ from loyaltylens_core.contracts import (
     TrainingSet,
 )
 from loyaltylens_core.errors import StageError
-from loyaltylens_core.model_versions import model_versions, next_model_version
+from loyaltylens_core.model_versions import ModelStore
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -57,6 +57,8 @@ class LightGBMPropensity:
         self.settings = settings
         self.context = context
         self.model_dir = Path(settings.model_dir or context.data_dir / "models-lightgbm")
+        # Versions and the champion (`loyaltylens models / promote / rollback`).
+        self.models = ModelStore(self.model_dir, VERSION_PATTERN, "lightgbm_v")
         self.booster: Any = None
         self.card: dict[str, Any] = {}
         self.version = ""
@@ -64,15 +66,15 @@ class LightGBMPropensity:
     # --- versions -----------------------------------------------------------------
 
     def versions(self) -> list[str]:
-        return model_versions(self.model_dir, VERSION_PATTERN)
+        return self.models.versions()
 
     def prepare(self) -> None:
         if self.booster is not None:
             return
         if self.settings.version:
             self.load(self.settings.version)
-        elif self.versions():
-            self.load(self.versions()[-1])
+        elif self.models.serving():
+            self.load(str(self.models.serving()))
         elif self.context.read_only:
             raise StageError(f"no trained LightGBM model in {self.model_dir} and this process may not train one",
                              "run `loyaltylens --use propensity=lightgbm train` first")
@@ -149,11 +151,13 @@ class LightGBMPropensity:
             "serving": {"exportable": False, "why": "LightGBM trees are not TorchScript; deploy targets need it"},
         }
         self._save(version, booster, card)
-        self.load(version)
-        return card
+        role = self.models.trained(version)  # the first version is the champion; later ones challengers
+        if role == "champion" or self.booster is None:  # a challenger does not replace what serves here
+            self.load(version)
+        return {**card, "role": role}
 
     def _next_version(self) -> str:
-        return next_model_version(self.model_dir, VERSION_PATTERN, "lightgbm_v")
+        return self.models.next_version()
 
     def _save(self, version: str, booster: Any, card: dict[str, Any]) -> None:
         self.model_dir.mkdir(parents=True, exist_ok=True)

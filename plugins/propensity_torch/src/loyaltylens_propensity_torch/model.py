@@ -27,7 +27,7 @@ import numpy as np
 from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, ProvidesTrainingExamples, TrainingSet
 from loyaltylens_core.errors import StageError
 from loyaltylens_core.metrics import calibrate, plot_reliability
-from loyaltylens_core.model_versions import model_versions, next_model_version
+from loyaltylens_core.model_versions import ModelStore
 
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
@@ -63,6 +63,8 @@ class TorchPropensityModel:
         self.settings = settings
         self.context = context
         self.model_dir = Path(settings.model_dir or context.data_dir / "models")
+        # Versions and the champion (`loyaltylens models / promote / rollback`).
+        self.models = ModelStore(self.model_dir, VERSION_PATTERN, "propensity_v")
         self.network: NumpyTabularTransformer | None = None
         self.card: dict[str, Any] = {}
         self.version = ""
@@ -73,18 +75,18 @@ class TorchPropensityModel:
     # --- versions -------------------------------------------------------------------
 
     def versions(self) -> list[str]:
-        return model_versions(self.model_dir, VERSION_PATTERN)
+        return self.models.versions()
 
     def _next_version(self) -> str:
-        return next_model_version(self.model_dir, VERSION_PATTERN, "propensity_v")
+        return self.models.next_version()
 
     def prepare(self) -> None:
         if self.network is not None:
             return
         if self.settings.version:
             self.load(self.settings.version)
-        elif self.versions():
-            self.load(self.versions()[-1])
+        elif self.models.serving():
+            self.load(str(self.models.serving()))
         elif getattr(self.context, "read_only", False):
             raise StageError(
                 f"no trained propensity model in {self.model_dir} and this process may not train one",
@@ -228,8 +230,10 @@ class TorchPropensityModel:
             "torch_version": torch.__version__,
         }
         self._save(version, network, card)
-        self.load(version)
-        return card
+        role = self.models.trained(version)  # the first version is the champion; later ones challengers
+        if role == "champion" or self.network is None:  # a challenger does not replace what serves here
+            self.load(version)
+        return {**card, "role": role}
 
     @staticmethod
     def _raw_scores(network: Any, numeric: Any, cats: Any) -> np.ndarray:
