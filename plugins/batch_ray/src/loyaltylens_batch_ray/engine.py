@@ -188,6 +188,7 @@ class RayBatchEngine:
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=self.workers),
             num_cpus=self.settings.cpus_per_worker,
+            scheduling_strategy="SPREAD",  # one actor per node first: every machine scores, not the first one
             max_restarts=-1,  # an actor killed mid-job comes back...
             max_task_retries=-1,  # ...and its batch is retried
         )
