@@ -63,9 +63,13 @@ class ModelStore:
         return next_model_version(self.directory, self.pattern, self.prefix)
 
     def card(self, version: str) -> dict[str, Any]:
-        if version not in self.versions():
+        versions = self.versions()
+        if version not in versions:
             raise UsageError(f"model version {version!r} not found in {self.directory}",
-                             f"available: {', '.join(self.versions()) or 'none'}")
+                             f"available: {', '.join(versions) or 'none'}")
+        return self._read_card(version)
+
+    def _read_card(self, version: str) -> dict[str, Any]:
         card: dict[str, Any] = json.loads((self.directory / version / "card.json").read_text())
         return card
 
@@ -99,8 +103,8 @@ class ModelStore:
     def listing(self) -> list[dict[str, Any]]:
         champion = self.champion()
         rows = []
-        for version in self.versions():
-            card = self.card(version)
+        for version in self.versions():  # listed once, not once more per card
+            card = self._read_card(version)
             rows.append({"version": version, "role": "champion" if version == champion else "challenger",
                          "created_at": card.get("created_at"), "training_data_hash": card.get("training_data_hash"),
                          **{k: headline(card).get(k) for k in ("auc", "brier", "ece")}})

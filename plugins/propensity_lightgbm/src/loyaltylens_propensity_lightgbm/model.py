@@ -73,8 +73,8 @@ class LightGBMPropensity:
             return
         if self.settings.version:
             self.load(self.settings.version)
-        elif self.models.serving():
-            self.load(str(self.models.serving()))
+        elif serving := self.models.serving():  # the champion, else the newest
+            self.load(serving)
         elif self.context.read_only:
             raise StageError(f"no trained LightGBM model in {self.model_dir} and this process may not train one",
                              "run `loyaltylens --use propensity=lightgbm train` first")

@@ -85,8 +85,8 @@ class TorchPropensityModel:
             return
         if self.settings.version:
             self.load(self.settings.version)
-        elif self.models.serving():
-            self.load(str(self.models.serving()))
+        elif serving := self.models.serving():  # the champion, else the newest
+            self.load(serving)
         elif getattr(self.context, "read_only", False):
             raise StageError(
                 f"no trained propensity model in {self.model_dir} and this process may not train one",
