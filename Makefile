@@ -13,23 +13,28 @@ PIP := $(PY) -m pip
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench clean chromium
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install --quiet -e '.[serve,test]' $(foreach p,$(PLUGINS),-e '$(p:/=)[test]')
+	$(PIP) install --quiet -e '.[serve,report,test]' $(foreach p,$(PLUGINS),-e '$(p:/=)[test]')
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/loyaltylens run $(CUSTOMER)
 
 # The whole suite, slow tests included. pytest exits 5 when it collects nothing.
-test: $(STAMP)
+# The HTML report is checked in headless Chromium: a Debian package (no PyPI route that
+# works offline), installed once here.
+test: $(STAMP) chromium
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -42,7 +42,8 @@ def schema() -> Any:
 
     from .rows import BATCH_COLUMNS
 
-    types = {"string": pa.string(), "float64": pa.float64(), "int8": pa.int8(), "list<string>": pa.list_(pa.string())}
+    types = {"string": pa.string(), "float64": pa.float64(), "int8": pa.int8(), "list<string>": pa.list_(pa.string()),
+             "map<string,string>": pa.map_(pa.string(), pa.string())}
     return pa.schema([(name, types[kind]) for name, kind in BATCH_COLUMNS])
 
 
@@ -78,6 +79,9 @@ class BatchJob:
     lines: dict[str, int] = dataclasses.field(default_factory=dict)
     config_path: str | None = None
     use: list[str] = dataclasses.field(default_factory=list)
+    # Names this batch in its impression ids (``<batch_id>-<customer_id>``): kept in job.json,
+    # so a resumed batch gives the same customer the same id.
+    batch_id: str = "batch"
 
     def write_part(self, index: int, rows: "list[dict[str, Any]] | pa.Table",
                    rejected: dict[str, LoyaltyLensError]) -> None:
@@ -86,7 +90,7 @@ class BatchJob:
         The rejects go first: a part that exists always has its rejects beside it."""
         notes = [[c, self.lines.get(c), e.message] for c, e in rejected.items()]
         _atomic_write_bytes(self.parts / f"part-{index:06d}.rejects.json", json.dumps(notes).encode())
-        _write_parquet(self.parts / f"part-{index:06d}.parquet", rows)
+        _write_parquet(self.parts / f"part-{index:06d}.parquet", rows, self.batch_id)
 
 
 def run_in_process(job: BatchJob) -> None:
@@ -170,13 +174,20 @@ def _write_table(path: Path, table: Any) -> None:
     os.replace(tmp, path)
 
 
-def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table") -> None:
+def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table", batch_id: str) -> None:
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if isinstance(rows, pa.Table):
-        _write_table(path, rows.select(schema().names).cast(schema()))
+        table = rows.select(schema().names)
+        if not pa.types.is_map(table.schema.field("variants").type):  # from_pylist guessed a list
+            variants = pa.array(table["variants"].to_pylist(), schema().field("variants").type)
+            table = table.set_column(table.schema.get_field_index("variants"), "variants", variants)
+        table = table.cast(schema())
     else:
-        _write_table(path, pa.Table.from_pylist(rows, schema=schema()))
+        table = pa.Table.from_pylist(rows, schema=schema())
+    ids = pc.binary_join_element_wise(pa.scalar(batch_id), table["customer_id"], "-")
+    _write_table(path, table.set_column(0, "impression_id", ids))
 
 
 def _job_fingerprint(ids: Sequence[str]) -> str:
@@ -223,7 +234,10 @@ def run_batch(
 
     if not parts.is_dir():
         parts.mkdir(parents=True)
-        job = {"ids_sha256": fingerprint, "customers": len(ids), "chunk_size": chunk_size}
+        import uuid
+
+        job = {"ids_sha256": fingerprint, "customers": len(ids), "chunk_size": chunk_size,
+               "batch_id": uuid.uuid4().hex[:16]}
         _atomic_write_bytes(job_file, json.dumps(job).encode())
     job = json.loads(job_file.read_text())
     chunk_size = int(job["chunk_size"])
@@ -241,7 +255,8 @@ def run_batch(
     try:
         with progress.task(f"Batch → {target.display.rsplit('/', 1)[-1]}", total=len(ids)) as advance:
             advance(resumed)
-            engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use)))
+            engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use),
+                                str(job.get("batch_id") or fingerprint[:16])))
     finally:
         gc.unfreeze()
     missing = [i for i in range(len(chunks)) if not (parts / f"part-{i:06d}.parquet").is_file()]
@@ -255,7 +270,8 @@ def run_batch(
         )
     computed = sum(len(chunk) for _, chunk in todo)
     seconds = time.perf_counter() - started
-    rejects = _merge(parts, target, len(chunks))
+    rejects, merged = _merge(parts, target, len(chunks))
+    pipeline.after_batch(merged)
     rejects_file: Path | str = Path(target.rejects) if target.filesystem is None else target.rejects_display
     return BatchSummary(out=Path(target.path) if target.filesystem is None else target.display, customers=len(ids) - rejects, computed=computed, resumed=resumed,
                         seconds=seconds, rejects=rejects, rejects_file=rejects_file if rejects else None,
@@ -388,9 +404,9 @@ def storage_errors(what: str) -> Iterator[None]:
         ) from None
 
 
-def _merge(parts: Path, out: Destination, count: int) -> int:
+def _merge(parts: Path, out: Destination, count: int) -> tuple[int, Any]:
     """Parts into ``out``, their rejects into ``<out stem>.rejects.csv``; returns how
-    many customers were rejected."""
+    many customers were rejected, and the merged table."""
     import csv
     import io
 
@@ -411,6 +427,7 @@ def _merge(parts: Path, out: Destination, count: int) -> int:
         writer.writerows(rejected)
         data = text.getvalue().encode()
     out.write_rejects(data)
-    out.write_table(pa.concat_tables(tables) if tables else schema().empty_table())
+    merged = pa.concat_tables(tables) if tables else schema().empty_table()
+    out.write_table(merged)
     shutil.rmtree(parts)
-    return len(rejected)
+    return len(rejected), merged

@@ -27,9 +27,14 @@ class Components:
     """The configured stages' components, built lazily."""
 
     def __init__(
-        self, config: Config, registry: Registry, progress: Progress = QUIET, *, read_only: bool = False
+        self, config: Config, registry: Registry, progress: Progress = QUIET, *, read_only: bool = False,
+        parent: "Components | None" = None, own: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
+        # An experiment variant's components: only the stages it changes (``own``) are
+        # built here; every other stage is the parent's component, shared.
+        self._parent = parent
+        self._own = own
         self.registry = registry
         self.progress = progress
         # Service workers share one data dir that the parent prepared: they only read it.
@@ -81,6 +86,8 @@ class Components:
         """The stage's component, built on first use and prepared (data, training,
         index) unless ``prepare=False``: `loyaltylens train` and `index` are about to do
         that work themselves and must not do it twice on a fresh install."""
+        if self._parent is not None and stage not in self._own:
+            return self._parent.component(stage, prepare=prepare)
         component = self._components.get(stage)
         if component is None:
             component = self._components[stage] = self._build(self.implementation(stage), stage)
@@ -103,10 +110,16 @@ class Components:
         """The optional capabilities (contracts.CAPABILITIES) the stage's component declares:
         checked once, when it was built."""
         self.component(stage, prepare=False)
-        return self._capabilities[stage]
+        return self._owner(stage)._capabilities[stage]
+
+    def _owner(self, stage: str) -> "Components":
+        """Whose component a stage is: this one's, or the parent's it shares."""
+        if self._parent is not None and stage not in self._own:
+            return self._parent._owner(stage)
+        return self
 
     def _has(self, stage: str, capability: str) -> bool:
-        return capability in self._capabilities.get(stage, ())
+        return capability in self._owner(stage)._capabilities.get(stage, ())
 
     def _build(self, impl: Implementation, component_key: str) -> Any:
         stage = impl.stage
@@ -121,6 +134,7 @@ class Components:
             seed=self.config.core.seed,
             progress=self.progress,
             demo_customers=self.config.core.demo_customers,
+            demo_drift=self.config.core.demo_drift,
             _component=self.component,
             _named=self.named_component,
             read_only=self.read_only,

@@ -53,6 +53,12 @@ class CoreSettings(BaseModel):
     seed: int = 42
     top_k: int = Field(3, ge=1, le=50)
     demo_customers: int = Field(5000, ge=10, le=2_000_000)
+    # Plant a drift in the demo data: from DRIFT_FROM_DAY on, baskets cost 40% more (a price
+    # rise), so the last snapshot's monetary_90d has moved and `loyaltylens monitor` says so.
+    demo_drift: bool = False
+    # Every offer handed out is kept in the feedback_store stage (impressions), so that
+    # outcomes can be joined to it; false turns that off.
+    record_impressions: bool = True
 
 
 @dataclasses.dataclass
@@ -66,6 +72,8 @@ class Config:
     path: Path | None = None
     # The [serve] table, validated by `loyaltylens serve` (ServeSettings).
     serve: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # [experiments.NAME] tables, checked (experiments.Experiment).
+    experiments: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def settings_for(self, impl: Implementation) -> BaseModel:
         """Validate this implementation's table with its own pydantic model."""
@@ -222,6 +230,7 @@ def load_config(
     core_raw: dict[str, Any] = {}
     tables: dict[tuple[str, str], dict[str, Any]] = {}
     serve: dict[str, Any] = {}
+    experiments: dict[str, Any] = {}
 
     path = find_config_file(config_path, env)
     if path is not None:
@@ -230,6 +239,10 @@ def load_config(
             serve = data.pop("serve")
             if not isinstance(serve, dict):
                 raise ConfigError(f"file:{path}: 'serve' must be a table", "write [serve]")
+        if "experiments" in data:
+            from .experiments import parse
+
+            experiments = parse(data.pop("experiments"), f"file:{path}")
         _merge_file(data, f"file:{path}", stages, core_raw, tables, sources)
     _merge_env(env, stages, core_raw, tables, sources)
     for stage, name in parse_use(use or []).items():
@@ -245,7 +258,8 @@ def load_config(
             f"setting {field!r} is invalid (from {sources.get(field, 'config')}): {err['msg']}",
             "fix the value",
         ) from None
-    return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path, serve=serve)
+    return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path, serve=serve,
+                  experiments=experiments)
 
 
 def _merge_file(
@@ -286,7 +300,7 @@ def _merge_file(
                 for field in table:
                     sources[f"{key}.{norm}.{field}"] = source
         else:
-            known = [*CoreSettings.model_fields, "stages", "serve", *STAGES]
+            known = [*CoreSettings.model_fields, "stages", "serve", "experiments", *STAGES]
             raise ConfigError(
                 f"{source}: unknown key {key!r}",
                 f"top-level keys are: {', '.join(known)}{suggest(key, known)}",

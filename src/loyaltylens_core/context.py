@@ -23,6 +23,7 @@ class StageContext:
     # True in service workers: open stores read-only, never seed, train or index (the
     # parent process prepared the data dir before starting them).
     read_only: bool = False
+    demo_drift: bool = False
 
     def component(self, stage: str) -> Any:
         """Another stage's component, built on first use (e.g. the embedder)."""
@@ -50,6 +51,7 @@ class StageContext:
             self.data_dir / "demo",
             seed=self.seed,
             customers=self.demo_customers,
+            drift=self.demo_drift,
             progress=self.progress,
             rebuild=rebuild,
         )

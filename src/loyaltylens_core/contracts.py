@@ -117,6 +117,8 @@ class PipelineResult(Contract):
     plugins: dict[str, PluginRef]
     latency_ms: dict[str, float]
     contract_version: str = CONTRACT_VERSION
+    # The variant of each running experiment this customer is in ({experiment: variant}).
+    experiments: dict[str, str] = Field(default_factory=dict)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -230,6 +232,27 @@ class BatchEngine(Protocol):
     workers: int
 
     def run(self, job: Any) -> None: ...
+
+
+@runtime_checkable
+class FeedbackStore(Protocol):
+    """Impressions (offers handed out) and outcomes (what customers did), as Arrow tables
+    with the schemas of ``loyaltylens_core.impressions``. Writes are append-only and may
+    come from many processes at once (service workers); a store keeps the first row per
+    ``impression_id`` and per ``(impression_id, event)``.
+
+    ``record_outcomes`` returns ``{"added": n, "duplicates": n, "unknown": [row, ...]}``:
+    rows already stored (or repeated in the table) are not added again, and rows whose
+    impression the store does not hold are not written (their positions are returned).
+    ``record_outcomes(..., check=False)`` appends without those checks (the service's
+    ``POST /v1/feedback``: unknown and repeated rows are then ignored when read).
+    ``impressions_with_outcomes`` is ``impressions.JOINED_SCHEMA``: one row per impression."""
+
+    def record_impressions(self, impressions: Any) -> None: ...
+
+    def record_outcomes(self, outcomes: Any, check: bool = True) -> dict[str, Any]: ...
+
+    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> Any: ...
 
 
 @runtime_checkable

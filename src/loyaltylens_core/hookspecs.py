@@ -17,7 +17,7 @@ does not fail the run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -71,6 +71,11 @@ def register_batch_engines(register: "Register") -> None:
 
 
 @hookspec
+def register_feedback_stores(register: "Register") -> None:
+    """Register feedback stores (stage ``feedback_store``): impressions and outcomes."""
+
+
+@hookspec
 def loyaltylens_after_stage(event: "StageEvent") -> None:
     """Called after every stage of every run, with its name, plugin and latency."""
 
@@ -78,3 +83,9 @@ def loyaltylens_after_stage(event: "StageEvent") -> None:
 @hookspec
 def loyaltylens_after_run(result: "PipelineResult") -> None:
     """Called after every completed run with the full result."""
+
+
+@hookspec
+def loyaltylens_after_batch(impressions: Any) -> None:
+    """Called once per finished ``loyaltylens batch`` with its impressions: an Arrow table
+    with ``loyaltylens_core.impressions.IMPRESSION_SCHEMA`` (one row per customer offered)."""

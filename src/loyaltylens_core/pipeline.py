@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Sequence
 
-from . import adapters, events
+from . import adapters, events, impressions
 from .components import Components, ensure_writable
 from .config import Config, load_config
 from .contracts import (
@@ -27,7 +27,9 @@ from .contracts import (
     validate_customer_id,
 )
 from .errors import ContractViolation, CustomerNotFound, LoyaltyLensError, UsageError
-from .plugins import Registry, load_registry
+from .experiments import Variant, variant_config
+from .impressions import ImpressionRecorder
+from .plugins import Registry, guard_event_listeners, load_registry
 from .progress import QUIET, Progress
 from .rows import BATCH_COLUMNS, Many, batch_row
 from .stages import RUN_STAGES
@@ -52,16 +54,34 @@ class _Draft:
     candidates: list[OfferCandidate] = dataclasses.field(default_factory=list)
     fallbacks: list[str] = dataclasses.field(default_factory=list)
     latency: dict[str, float] = dataclasses.field(default_factory=dict)
+    experiments: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Pipeline(Components):
     """The configured stages (components.py) plus the logic that joins them."""
 
     def __init__(
-        self, config: Config, registry: Registry, progress: Progress = QUIET, *, read_only: bool = False
+        self, config: Config, registry: Registry, progress: Progress = QUIET, *, read_only: bool = False,
+        parent: "Pipeline | None" = None, own: frozenset[str] = frozenset(),
     ) -> None:
-        super().__init__(config, registry, progress, read_only=read_only)
+        super().__init__(config, registry, progress, read_only=read_only, parent=parent, own=own)
         self._hooks = registry.plugin_manager.hook
+        # One pipeline per combination of experiment variants that changes a stage, built
+        # on first use; each shares this pipeline's components for the stages it keeps.
+        self._variant_pipelines: dict[tuple[tuple[str, str], ...], Pipeline] = {}
+        self.recorder: ImpressionRecorder | None = None
+        if parent is None and config.core.record_impressions:
+            self.recorder = ImpressionRecorder(lambda: self.component("feedback_store"))
+            registry.plugin_manager.register(self.recorder)
+            guard_event_listeners(registry.plugin_manager)
+
+    def close(self) -> None:
+        """Write impressions still buffered, then close every component."""
+        if self.recorder is not None:
+            self.recorder.flush()
+        for child in self._variant_pipelines.values():
+            child.close()
+        super().close()
 
     @classmethod
     def from_config(
@@ -77,17 +97,64 @@ class Pipeline(Components):
     ) -> "Pipeline":
         config = load_config(config_path, use=use)
         registry = load_registry(extra_plugins, entry_points=entry_points)
+        if config.core.record_impressions:
+            needed = (*needed, "feedback_store")
         config.validate_against(registry, needed)
+        for experiment in config.experiments.values():  # every pin resolves before the first run
+            for variant in experiment.variants:
+                variant_config(config, registry, (variant,)).validate_against(registry, ("generator", "propensity"))
         if not read_only:
             ensure_writable(config.core.data_dir)
         return cls(config, registry, progress, read_only=read_only)
+
+    # --- experiments ----------------------------------------------------------------
+
+    def _assign(self, customer_id: str) -> dict[str, Variant]:
+        return {name: e.assign(customer_id) for name, e in self.config.experiments.items()}
+
+    def _for_variants(self, assigned: dict[str, Variant]) -> "Pipeline":
+        """The pipeline a customer in these variants runs through (this one when no
+        variant changes a stage)."""
+        changing = tuple((name, v) for name, v in assigned.items() if v.stages())
+        if not changing:
+            return self
+        key = tuple((name, v.name) for name, v in changing)
+        child = self._variant_pipelines.get(key)
+        if child is None:
+            config = variant_config(self.config, self.registry, tuple(v for _, v in changing))
+            own = frozenset().union(*(v.stages() for _, v in changing))
+            child = Pipeline(config, self.registry, self.progress, read_only=self.read_only, parent=self, own=own)
+            self._variant_pipelines[key] = child
+        return child
+
+    def _route(self, customer_id: str) -> tuple["Pipeline", dict[str, str]]:
+        if not self.config.experiments:
+            return self, {}
+        assigned = self._assign(customer_id)
+        return self._for_variants(assigned), {name: v.name for name, v in assigned.items()}
+
+    def _groups(self, features: Sequence[CustomerFeatures]) -> list[tuple["Pipeline", dict[str, str], list[int]]]:
+        """Customers grouped by the pipeline their variants run through, positions kept."""
+        if not self.config.experiments:
+            return [(self, {}, list(range(len(features))))]
+        groups: dict[tuple[tuple[str, str], ...], tuple[Pipeline, dict[str, str], list[int]]] = {}
+        for i, f in enumerate(features):
+            target, labels = self._route(f.customer_id)
+            key = tuple(sorted(labels.items()))
+            groups.setdefault(key, (target, labels, []))[2].append(i)
+        return list(groups.values())
 
 
     # --- one customer ---------------------------------------------------------------
 
     def run(self, customer_id: str, *, as_of: dt.date | None = None) -> PipelineResult:
         validate_customer_id(customer_id)
+        target, labels = self._route(customer_id)
+        return target._run(customer_id, as_of, labels)
+
+    def _run(self, customer_id: str, as_of: dt.date | None, labels: dict[str, str]) -> PipelineResult:
         draft = self._score_and_retrieve(customer_id, as_of)
+        draft.experiments = labels
         t = time.perf_counter()
         copy = self._generate(draft.features, draft.propensity, draft.candidates, draft.fallbacks)
         self._after_stage(draft.run_id, customer_id, "generator", draft.latency, t)
@@ -102,7 +169,14 @@ class Pipeline(Components):
         import anyio.to_thread
 
         validate_customer_id(customer_id)
+        target, labels = self._route(customer_id)
+        return await target._arun(customer_id, as_of, labels, threads)
+
+    async def _arun(self, customer_id: str, as_of: dt.date | None, labels: dict[str, str], threads: Any) -> PipelineResult:
+        import anyio.to_thread
+
         draft = await anyio.to_thread.run_sync(self._score_and_retrieve, customer_id, as_of, limiter=threads)
+        draft.experiments = labels
         generator = self.component("generator")
         t = time.perf_counter()
         if not draft.candidates or not self._has("generator", "AsyncGenerator"):
@@ -152,6 +226,7 @@ class Pipeline(Components):
             fallbacks=tuple(draft.fallbacks),
             plugins=self.run_plugin_refs(),
             latency_ms=draft.latency,
+            experiments=draft.experiments,
         )
         self._after_run(result)
         return result
@@ -178,9 +253,10 @@ class Pipeline(Components):
         ``fallback_reason`` (contracts.ReportsFallback); the result must say so.
         A stage that never built its component here (a batch worker has no feature
         store) has nothing to report."""
-        if "ReportsFallback" not in self._capabilities.get(stage, ()):
+        owner = self._owner(stage)
+        if "ReportsFallback" not in owner._capabilities.get(stage, ()):
             return
-        component = self._components.get(stage)
+        component = owner._components.get(stage)
         reason = component.fallback_reason if component is not None else None
         if reason:
             fallbacks.append(f"{stage}:{reason}")
@@ -315,10 +391,21 @@ class Pipeline(Components):
 
     def rows_for(self, features: Sequence[CustomerFeatures]) -> list[dict[str, Any]]:
         """Batch rows for customers whose features are already read: what a batch engine's
-        worker runs on features the driver resolved (no feature store on the worker)."""
-        many = self._many(list(features))
+        worker runs on features the driver resolved (no feature store on the worker).
+        Customers in experiment variants run through their variant's stages."""
+        groups = self._groups(features)
+        if len(groups) == 1 and groups[0][0] is self:
+            return self._rows_plain(list(features), groups[0][1])
+        rows: list[dict[str, Any]] = [{} for _ in features]
+        for target, labels, positions in groups:
+            for i, row in zip(positions, target._rows_plain([features[i] for i in positions], labels)):
+                rows[i] = row
+        return rows
+
+    def _rows_plain(self, features: list[CustomerFeatures], labels: dict[str, str]) -> list[dict[str, Any]]:
+        many = self._many(features)
         prompt_version = self.component("generator").prompt_version
-        return [batch_row(f, p, c, n, copy, prompt_version) for f, p, c, n, copy in many.rows()]
+        return [batch_row(f, p, c, n, copy, prompt_version, labels) for f, p, c, n, copy in many.rows()]
 
     def run_many(
         self, customer_ids: Sequence[str], *, as_of: dt.date | None = None
@@ -341,20 +428,25 @@ class Pipeline(Components):
         for i in valid:
             if customer_ids[i] in unknown:
                 out[i] = unknown[customer_ids[i]]
-        many = self._many(features)
-        latency = {"feature_store": read_ms, **many.timing}
+        groups = [(target, labels, positions, target._many([features[j] for j in positions]))
+                  for target, labels, positions in self._groups(features)]
+        latency: dict[str, float] = {"feature_store": read_ms}
+        for *_, many in groups:
+            for stage, ms in many.timing.items():
+                latency[stage] = latency.get(stage, 0.0) + ms
         latency["total"] = (time.perf_counter() - started) * 1000
         latency = {stage: ms / max(1, len(served)) for stage, ms in latency.items()}  # per customer
         created = dt.datetime.now(dt.timezone.utc)
-        refs = self.run_plugin_refs()
-        for i, (f, p, cands, notes, copy) in zip(served, many.rows()):
-            result = PipelineResult(
-                run_id=uuid.uuid4().hex, created_at=created, customer_id=f.customer_id, features=f,
-                propensity=p, candidates=tuple(cands), top_offer=cands[0].offer if cands else None,
-                copy=copy, fallbacks=tuple(notes), plugins=refs, latency_ms=dict(latency),
-            )
-            self._after_run(result)
-            out[i] = result
+        for target, labels, positions, many in groups:
+            refs = target.run_plugin_refs()
+            for j, (f, p, cands, notes, copy) in zip(positions, many.rows()):
+                result = PipelineResult(
+                    run_id=uuid.uuid4().hex, created_at=created, customer_id=f.customer_id, features=f,
+                    propensity=p, candidates=tuple(cands), top_offer=cands[0].offer if cands else None,
+                    copy=copy, fallbacks=tuple(notes), plugins=refs, latency_ms=dict(latency), experiments=labels,
+                )
+                self._after_run(result)
+                out[served[j]] = result
         return [r for r in out if r is not None]
 
     def _generate_many(
@@ -397,3 +489,10 @@ class Pipeline(Components):
 
     def _after_run(self, result: PipelineResult) -> None:
         events.after_run(self._hooks, result)
+
+    def after_batch(self, rows: Any) -> None:
+        """A finished batch's merged rows (``batch.schema()``): its impressions, to listeners."""
+        if self._hooks.loyaltylens_after_batch.get_hookimpls():
+            self._hooks.loyaltylens_after_batch(
+                impressions=impressions.from_batch(rows, dt.datetime.now(dt.timezone.utc))
+            )

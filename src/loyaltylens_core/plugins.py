@@ -308,7 +308,7 @@ def load_registry(
     return Registry(pm, implementations, broken, conflicts)
 
 
-EVENT_HOOKS = ("loyaltylens_after_stage", "loyaltylens_after_run")
+EVENT_HOOKS = ("loyaltylens_after_stage", "loyaltylens_after_run", "loyaltylens_after_batch")
 
 
 def guard_event_listeners(pm: pluggy.PluginManager) -> None:

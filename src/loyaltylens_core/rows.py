@@ -9,22 +9,29 @@ from typing import Any, Iterator, Sequence
 from .contracts import CustomerFeatures, GeneratedCopy, OfferCandidate, PropensityScore
 
 BATCH_COLUMNS: tuple[tuple[str, str], ...] = (
-    # (column, arrow type): the one list behind batch rows and the parquet schema
-    ("customer_id", "string"), ("score", "float64"), ("label", "int8"), ("model_version", "string"),
+    # (column, arrow type): the one list behind batch rows and the parquet schema.
+    # impression_id is filled when a part is written (batch.BatchJob.write_part): it names
+    # the batch, which a worker computing rows does not know.
+    ("impression_id", "string"), ("customer_id", "string"), ("tier", "string"), ("channel", "string"), ("score", "float64"), ("label", "int8"), ("model_version", "string"),
     ("top_offer_id", "string"), ("top_offer_title", "string"), ("top_offer_category", "string"),
     ("similarity", "float64"), ("candidate_offer_ids", "list<string>"), ("headline", "string"),
     ("body", "string"), ("cta", "string"), ("prompt_version", "string"), ("fallbacks", "list<string>"),
+    ("variants", "map<string,string>"),
 )
 
 
 def batch_row(
     features: CustomerFeatures, score: PropensityScore, candidates: Sequence[OfferCandidate],
     fallbacks: Sequence[str], copy: GeneratedCopy | None, prompt_version: str | None,
+    variants: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One customer's flat row in ``loyaltylens batch`` output (columns: BATCH_COLUMNS)."""
     top = candidates[0] if candidates else None
     return {
+        "impression_id": None,
         "customer_id": features.customer_id,
+        "tier": features.tier,
+        "channel": features.channel_preference,
         "score": score.score,
         "label": score.label,
         "model_version": score.model_version,
@@ -38,6 +45,7 @@ def batch_row(
         "cta": copy.cta if copy else None,
         "prompt_version": copy.prompt_version if copy else prompt_version,
         "fallbacks": list(fallbacks),
+        "variants": list((variants or {}).items()),
     }
 
 

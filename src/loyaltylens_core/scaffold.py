@@ -318,6 +318,73 @@ def test_writes_every_chunk_and_resumes(loyaltylens_pipeline, tmp_path, monkeypa
 ''',
         "test_imports": "import pytest\n\nfrom loyaltylens_core.batch import run_batch\nfrom loyaltylens_core.errors import PluginError\n",
     },
+    "feedback_store": {
+        "settings": "    max_impressions: int = 1_000_000  # held in memory; the oldest are dropped beyond this\n",
+        "imports": "import datetime as dt\nfrom typing import TYPE_CHECKING, Any\n",
+        "body": '''
+class $cls:
+    """Impressions and outcomes in memory: replace with writes to your warehouse or stream.
+
+    Tables are Arrow (``loyaltylens_core.impressions``): keep the first row per impression
+    and per (impression, event), as reports expect.
+    """
+
+    def __init__(self, settings: Settings, context: StageContext) -> None:
+        from loyaltylens_core.impressions import impression_schema, outcome_schema
+
+        self.settings = settings
+        self.impressions = impression_schema().empty_table()
+        self.outcomes = outcome_schema().empty_table()
+
+    def record_impressions(self, impressions: Any) -> None:
+        import pyarrow as pa
+
+        table = pa.concat_tables([self.impressions, impressions])
+        self.impressions = table.slice(max(0, table.num_rows - self.settings.max_impressions))
+
+    def record_outcomes(self, outcomes: Any, check: bool = True) -> dict[str, Any]:
+        import pyarrow as pa
+
+        known = set(self.impressions["impression_id"].to_pylist())
+        held = set(zip(self.outcomes["impression_id"].to_pylist(), self.outcomes["event"].to_pylist()))
+        keep, unknown, repeats = [], [], 0
+        for row, key in enumerate(zip(outcomes["impression_id"].to_pylist(), outcomes["event"].to_pylist())):
+            if check and key[0] not in known:
+                unknown.append(row)
+            elif key in held:
+                repeats += 1
+            else:
+                held.add(key)
+                keep.append(row)
+        self.outcomes = pa.concat_tables([self.outcomes, outcomes.take(pa.array(keep, pa.int64()))])
+        return {"added": len(keep), "duplicates": repeats, "unknown": unknown}
+
+    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> Any:
+        import pyarrow.compute as pc
+
+        from loyaltylens_core.impressions import join_outcomes
+
+        joined = join_outcomes(self.impressions, self.outcomes)
+        return joined if since is None else joined.filter(pc.greater_equal(joined["shown_at"], since))
+''',
+        "test": '''
+def test_keeps_impressions_and_joins_their_outcomes(loyaltylens_pipeline):
+    import pyarrow as pa
+
+    from loyaltylens_core.impressions import outcome_schema
+
+    pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["feedback_store=$name"])
+    result = pipeline.run("C001")
+    pipeline.close()  # writes the buffered impressions
+    store = pipeline.component("feedback_store")
+    outcome = pa.table({"impression_id": [result.run_id, "nobody"], "event": ["redeemed", "viewed"],
+                        "rating": [5, None], "at": [result.created_at] * 2}, schema=outcome_schema())
+    assert store.record_outcomes(outcome) == {"added": 1, "duplicates": 0, "unknown": [1]}
+    (row,) = store.impressions_with_outcomes().to_pylist()
+    assert row["impression_id"] == result.run_id and row["redeemed"] and row["rating"] == 5
+''',
+        "test_imports": "",
+    },
 }
 
 INIT = '''"""LoyaltyLens $stage plugin ``$name``: $summary.

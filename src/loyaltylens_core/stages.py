@@ -51,6 +51,9 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("batch_engine", "register_batch_engines", "BatchEngine", "local", False,
           ("Closeable",),
           "computes a batch's chunks: in this process, or on a cluster"),
+    Stage("feedback_store", "register_feedback_stores", "FeedbackStore", "duckdb", False,
+          ("Closeable",),
+          "keeps the offers handed out (impressions) and what customers did with them (outcomes)"),
 )
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}

@@ -184,6 +184,50 @@ class FakeBatchEngine:
         run_in_process(job)
 
 
+class FakeFeedbackStore:
+    """Impressions and outcomes in memory, with the reference join and the same duplicate
+    and unknown-impression rules as a real store."""
+
+    def __init__(self) -> None:
+        from .impressions import impression_schema, outcome_schema
+
+        self.impressions = impression_schema().empty_table()
+        self.outcomes = outcome_schema().empty_table()
+
+    def record_impressions(self, impressions: Any) -> None:
+        import pyarrow as pa
+
+        self.impressions = pa.concat_tables([self.impressions, impressions])
+
+    def record_outcomes(self, outcomes: Any, check: bool = True) -> dict[str, Any]:
+        import pyarrow as pa
+
+        if not check:
+            self.outcomes = pa.concat_tables([self.outcomes, outcomes])
+            return {"added": outcomes.num_rows, "duplicates": 0, "unknown": []}
+        known = set(self.impressions["impression_id"].to_pylist())
+        seen = set(zip(self.outcomes["impression_id"].to_pylist(), self.outcomes["event"].to_pylist()))
+        keep, unknown, duplicates = [], [], 0
+        for row, key in enumerate(zip(outcomes["impression_id"].to_pylist(), outcomes["event"].to_pylist())):
+            if key[0] not in known:
+                unknown.append(row)
+            elif key in seen:
+                duplicates += 1
+            else:
+                seen.add(key)
+                keep.append(row)
+        self.outcomes = pa.concat_tables([self.outcomes, outcomes.take(pa.array(keep, pa.int64()))])
+        return {"added": len(keep), "duplicates": duplicates, "unknown": unknown}
+
+    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> Any:
+        import pyarrow.compute as pc
+
+        from .impressions import join_outcomes
+
+        joined = join_outcomes(self.impressions, self.outcomes)
+        return joined if since is None else joined.filter(pc.greater_equal(joined["shown_at"], since))
+
+
 FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "feature_store": FakeFeatureStore,
     "propensity": FakePropensity,
@@ -192,6 +236,7 @@ FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "generator": FakeGenerator,
     "deploy_target": FakeDeployTarget,
     "batch_engine": FakeBatchEngine,
+    "feedback_store": FakeFeedbackStore,
 }
 
 

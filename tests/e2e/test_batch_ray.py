@@ -27,5 +27,7 @@ def test_ray_batch_equals_the_local_batch_on_the_real_pipeline(built, tmp_path):
     # The model computes in float32 and its matrix products round differently with the size of
     # the batch they see (Ray's batches are not the local engine's chunks): equal to float32
     # precision, everything else exactly.
+    # Each batch names its own impressions; everything else must match.
+    assert all(r.pop("impression_id").endswith(r["customer_id"]) for r in [*got, *expected])
     for a, b in zip(got, expected):
         assert a == {**b, "score": pytest.approx(b["score"], abs=1e-6), "similarity": pytest.approx(b["similarity"], abs=1e-6)}

@@ -323,3 +323,45 @@ def test_weaviate_down_answers_from_the_fallback_and_says_so(start_server):
     reply = httpx.get(running.url + "/v1/offers/C001", timeout=60)
     assert reply.status_code == 200
     assert "retriever:weaviate_unreachable" in reply.json()["fallbacks"]
+
+
+# --- closing the loop ----------------------------------------------------------------------
+
+
+def _served_impressions(data_dir) -> list[dict]:
+    from loyaltylens_feedback_duckdb.store import DuckDBFeedbackStore
+
+    rows = DuckDBFeedbackStore(data_dir / "feedback").impressions_with_outcomes().to_pylist()
+    return [r for r in rows if r["source"] == "serve"]
+
+
+def test_two_workers_record_every_offer_they_hand_out_and_take_feedback(start_server, built_cli):
+    before = {r["impression_id"] for r in _served_impressions(built_cli.data_dir)}
+    running = start_server("--workers", "2")
+    time.sleep(1.5)
+    assert {r["impression_id"] for r in _served_impressions(built_cli.data_dir)} == before  # warm-up is not handed out
+    with httpx.Client(base_url=running.url) as client:
+        run_ids = [client.get(f"/v1/offers/C{i:03d}", headers={"connection": "close"}).json()["run_id"]
+                   for i in range(40, 50)]
+        many = client.post("/v1/offers", json={"customer_ids": ["C051", "C052"]}).json()["results"]
+        run_ids += [entry["result"]["run_id"] for entry in many]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            new = {r["impression_id"] for r in _served_impressions(built_cli.data_dir)} - before
+            if new >= set(run_ids):
+                break
+            time.sleep(0.2)
+        assert new == set(run_ids)  # each offer once, from whichever worker served it
+
+        reply = client.post("/v1/feedback", json={"outcomes": [
+            {"impression_id": run_ids[0], "event": "redeemed", "rating": 5},
+            {"impression_id": run_ids[1], "event": "viewed", "time": "2026-06-01T10:00:00"}]})
+        assert reply.status_code == 202 and reply.json() == {"accepted": 2}
+        one = client.post("/v1/feedback", json={"impression_id": run_ids[2], "event": "clicked"})
+        assert one.status_code == 202
+        bad = client.post("/v1/feedback", json={"outcomes": [{"impression_id": run_ids[0], "event": "bought"}]})
+        assert bad.status_code == 400 and "outcomes.0.event" in bad.json()["error"]
+        assert client.post("/v1/feedback", content=b"{nope").status_code == 400
+    rows = {r["impression_id"]: r for r in _served_impressions(built_cli.data_dir)}
+    assert rows[run_ids[0]]["redeemed"] and rows[run_ids[0]]["rating"] == 5
+    assert rows[run_ids[1]]["viewed"] and rows[run_ids[2]]["clicked"] and not rows[run_ids[3]]["viewed"]

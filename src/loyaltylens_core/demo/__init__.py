@@ -30,6 +30,12 @@ START_DATE = dt.date(2026, 1, 1)
 DAYS = 180
 DEFAULT_CUSTOMERS = 5000
 OFFER_EVERY_DAYS = 14
+# The planted drift (demo_drift = true): a competitor opens and from this day on customers
+# shop DRIFT_ACTIVITY as often, so the last snapshot's frequency, recency, spend and score
+# have moved (`loyaltylens monitor` flags them). Thinned with a random stream of its own: the
+# data without drift is byte for byte what it always was.
+DRIFT_FROM_DAY = 150
+DRIFT_ACTIVITY = 0.5
 
 TIERS = ["bronze", "silver", "gold", "platinum"]
 TIER_P = [0.5, 0.3, 0.15, 0.05]
@@ -83,6 +89,7 @@ def ensure_demo_data(
     customers: int = DEFAULT_CUSTOMERS,
     progress: Progress = QUIET,
     rebuild: bool = False,
+    drift: bool = False,
 ) -> DemoData:
     """The dataset in ``directory``, built first if missing, stale or ``rebuild``."""
     manifest_path = directory / "manifest.json"
@@ -92,12 +99,13 @@ def ensure_demo_data(
             manifest.get("version") == DATA_VERSION
             and manifest.get("seed") == seed
             and manifest.get("customers") == customers
+            and manifest.get("drift", False) == drift
         ):
             return _from_manifest(directory, manifest)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=directory.parent))
     try:
-        manifest = _generate(staging, seed=seed, n_customers=customers, progress=progress)
+        manifest = _generate(staging, seed=seed, n_customers=customers, progress=progress, drift=drift)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)
@@ -118,7 +126,7 @@ def _from_manifest(directory: Path, manifest: dict[str, Any]) -> DemoData:
     )
 
 
-def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> dict[str, Any]:
+def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress, drift: bool = False) -> dict[str, Any]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -141,6 +149,11 @@ def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> 
         days = np.arange(DAYS)
         rate = activity[:, None] * np.exp(-churn_speed[:, None] * days[None, :] / DAYS)
         counts = rng.poisson(rate)
+        if drift:
+            thin = np.random.default_rng(seed + 1)
+            counts[:, DRIFT_FROM_DAY:] = thin.binomial(counts[:, DRIFT_FROM_DAY:], DRIFT_ACTIVITY)
+            rate = rate.copy()
+            rate[:, DRIFT_FROM_DAY:] *= DRIFT_ACTIVITY
         _write_customers(out / "customers.csv", ids, tier_idx, channel_idx, signup)
         advance(1)
 
@@ -190,6 +203,7 @@ def _generate(out: Path, *, seed: int, n_customers: int, progress: Progress) -> 
             "version": DATA_VERSION,
             "seed": seed,
             "customers": n_customers,
+            "drift": drift,
             "transactions": int(len(cust_rows)),
             "start_date": START_DATE.isoformat(),
             "end_date": (START_DATE + dt.timedelta(days=DAYS - 1)).isoformat(),
@@ -209,7 +223,8 @@ def _write_customers(path: Path, ids: list[str], tier_idx: Any, channel_idx: Any
 
 
 def true_probability(
-    demo: DemoData, customer_ids: Sequence[str], as_of: Sequence[dt.date], horizon_days: int
+    demo: DemoData, customer_ids: Sequence[str], as_of: Sequence[dt.date], horizon_days: int,
+    continued: bool = False,
 ) -> Any:
     """Each (customer, as_of) example's true probability of a redemption dated in
     (as_of, as_of + horizon], from the generator's hidden model; None without ``truth.npz``.
@@ -219,7 +234,11 @@ def true_probability(
     each redeemed with probability sigmoid(base_logit + 0.6 min(transactions in the 15 days
     up to sending, 3)) and dated 0-7 days after sending. Transactions after ``as_of`` are
     Poisson with the hidden daily rate, so the expectation over them is taken exactly;
-    offers are treated as independent given that (their windows share one day)."""
+    offers are treated as independent given that (their windows share one day).
+
+    ``continued`` lets the world go on after the data ends: offers keep coming every 14
+    days and each customer's shopping rate keeps its exponential trend (what the demo's
+    outcomes after the last snapshot follow, `loyaltylens feedback demo`)."""
     import numpy as np
 
     path = demo.directory / "truth.npz"
@@ -234,6 +253,13 @@ def true_probability(
         phase, base_logit = truth["phase"].astype(np.int64), truth["base_logit"].astype(np.float64)
     if len(rows) and (rows.min() < 0 or rows.max() >= len(phase)):
         return None
+    end = DAYS
+    if continued:
+        extra = horizon_days + OFFER_EVERY_DAYS + 8
+        trend = rate[:, -1:] / np.maximum(rate[:, -2:-1], 1e-12)
+        rate = np.hstack([rate, rate[:, -1:] * trend ** np.arange(1, extra + 1)[None, :]])
+        counts = np.hstack([counts, np.zeros((len(phase), extra))])  # unknown: only their expectation is used
+        end = DAYS + extra
     zeros = np.zeros((len(phase), 1))
     cum_counts = np.hstack([zeros, np.cumsum(counts, axis=1)])
     cum_rate = np.hstack([zeros, np.cumsum(rate, axis=1)])
@@ -252,15 +278,15 @@ def true_probability(
         none = np.ones(len(r))
         for j in range(horizon_days // OFFER_EVERY_DAYS + 2):
             sent = first + OFFER_EVERY_DAYS * j
-            valid = (sent <= day + horizon_days) & (sent < DAYS)
-            s = np.minimum(sent, DAYS - 1)
+            valid = (sent <= day + horizon_days) & (sent < end)
+            s = np.minimum(sent, end - 1)
             lo, hi = np.maximum(day + 1 - s, 0), np.minimum(day + horizon_days - s, 7)
             window = np.clip(hi - lo + 1, 0, 8) / 8.0
             start = np.maximum(s - 14, 0)
             known_end = np.minimum(s, day)
             known = np.where(known_end >= start, cum_counts[r, known_end + 1] - cum_counts[r, start], 0.0)
             future_start = np.maximum(start, day + 1)
-            lam = np.where(s >= future_start, cum_rate[r, s + 1] - cum_rate[r, np.minimum(future_start, DAYS)], 0.0)
+            lam = np.where(s >= future_start, cum_rate[r, s + 1] - cum_rate[r, np.minimum(future_start, end)], 0.0)
             k0 = np.minimum(known, 3)
             p, mass, pmf = np.zeros(len(r)), np.zeros(len(r)), np.exp(-lam)
             for k in range(3):

@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Literal
 
 import anyio
 import anyio.to_thread
@@ -76,6 +76,21 @@ class ErrorBody(BaseModel):
 class OffersRequest(BaseModel):
     customer_ids: list[str] = Field(examples=[["C001", "C002", "nobody"]])
     as_of: dt.date | None = Field(None, description="Point-in-time features as of this date (default: latest)")
+
+
+class OutcomeIn(BaseModel):
+    """One outcome of an offer the service handed out (its ``run_id`` is the impression id)."""
+
+    model_config = {"extra": "forbid"}
+    impression_id: str = Field(min_length=1, max_length=128, examples=["d51f5970ab39439caf6e20fb311d48f2"])
+    event: Literal["viewed", "clicked", "redeemed", "dismissed"]
+    rating: int | None = Field(None, ge=1, le=5)
+    time: dt.datetime | None = Field(None, description="When it happened (default: now); no offset means UTC")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    outcomes: list[OutcomeIn] = Field(min_length=1)
 
 
 def _error(status: int, message: str, hint: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -153,6 +168,8 @@ async def _warm(state: State, app: Any) -> None:
             await _self_request(app, "GET", f"/v1/offers/{customer_id}")
             await _self_request(app, "POST", "/v1/offers", json.dumps({"customer_ids": [customer_id]}).encode())
         state.audit = audit
+        if state.pipeline.recorder is not None:  # from here on, offers are handed out
+            state.pipeline.recorder.enabled = True
         if audit is not None:
             audit.open()
         metrics.prepare_children()
@@ -199,6 +216,9 @@ def _build_and_warm(state: State) -> None:
     state.thread_limits = threadpool_limits(limits=state.settings.blas_threads)
     state.keys = load_keys(os.environ, state.settings.api_keys_file)
     pipeline = Pipeline.from_config(state.options.config, use=state.options.use, read_only=True)
+    if pipeline.recorder is not None:  # warm-up runs hand nothing out: not impressions
+        pipeline.recorder.enabled = False
+        pipeline.recorder.source = "serve"
     pipeline.prepare()
     state.pipeline = pipeline
     state.audit = AuditLog(pipeline.config.core.data_dir / "audit" / "audit.jsonl",
@@ -382,6 +402,38 @@ def _routes(app: FastAPI, state: State) -> None:
         )
         return JSONResponse(reply)
 
+    @app.post(
+        "/v1/feedback", tags=["offers"], status_code=202,
+        summary="Outcomes of offers handed out: impression_id (a result's run_id), event, optional rating and time",
+        description=(
+            "`{\"outcomes\": [{\"impression_id\": ..., \"event\": \"redeemed\", \"rating\": 5}]}` or one "
+            "outcome object. Stored at once (202 after the write); a repeated (impression, event) and an id naming no "
+            "impression are ignored when reports read them, as `loyaltylens feedback import` would reject them."
+        ),
+        responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    )
+    async def feedback(request: Request) -> Response:
+        pipeline = pipeline_or_503()
+        from pydantic import ValidationError
+
+        try:
+            raw = json.loads(await request.body() or b"null")
+            body = FeedbackRequest.model_validate(raw if isinstance(raw, dict) and "outcomes" in raw
+                                                  else {"outcomes": [raw]})
+        except json.JSONDecodeError:
+            return _error(400, "body is not JSON", "send {\"outcomes\": [{\"impression_id\": ..., \"event\": ...}]}")
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            return _error(400, f"{where}: {err['msg']}", "see POST /v1/feedback in /docs")
+        if len(body.outcomes) > state.settings.batch_limit:
+            return _error(413, f"{len(body.outcomes)} outcomes is over the limit of {state.settings.batch_limit}",
+                          "split the request, or raise [serve] batch_limit")
+        table = _outcome_table(body.outcomes)
+        store = pipeline.component("feedback_store")
+        await anyio.to_thread.run_sync(lambda: store.record_outcomes(table, check=False), limiter=state.threads)
+        return JSONResponse({"accepted": len(body.outcomes)}, status_code=202)
+
     @app.get("/v1/plugins", tags=["service"], summary="The plugin serving each stage")
     async def plugins() -> dict[str, Any]:
         pipeline = pipeline_or_503()
@@ -392,6 +444,24 @@ def _routes(app: FastAPI, state: State) -> None:
         pipeline = pipeline_or_503()
         described: dict[str, Any] = pipeline.config.describe(pipeline.registry)
         return described
+
+
+def _outcome_table(outcomes: list[OutcomeIn]) -> Any:
+    import pyarrow as pa
+
+    from ..impressions import outcome_schema
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def utc(when: dt.datetime | None) -> dt.datetime:
+        if when is None:
+            return now
+        return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+
+    return pa.table({
+        "impression_id": [o.impression_id for o in outcomes], "event": [o.event for o in outcomes],
+        "rating": [o.rating for o in outcomes], "at": [utc(o.time) for o in outcomes],
+    }, schema=outcome_schema())
 
 
 def _score(pipeline: Any, body: bytes, content_type: str) -> dict[str, Any]:

@@ -1,0 +1,205 @@
+"""Impressions: every offer `run`, `batch` or the service hands out, kept so outcomes can
+be joined to it later (`loyaltylens feedback import`, `loyaltylens report`).
+
+The core records them through its own event-hook listener (``ImpressionRecorder``, a
+pluggy plugin on ``loyaltylens_after_run`` and ``loyaltylens_after_batch``) into the
+``feedback_store`` stage, so another store replaces the embedded one by config and any
+other plugin can listen to the same events.
+
+Tables are Arrow with the schemas below: a batch of a million customers is one table,
+not a million objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .contracts import PipelineResult
+
+EVENTS: tuple[str, ...] = ("viewed", "clicked", "redeemed", "dismissed")
+
+# (column, type): impressions as handed out.
+IMPRESSION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("impression_id", "string"), ("shown_at", "timestamp"), ("customer_id", "string"),
+    ("offer_id", "string"), ("offer_category", "string"), ("tier", "string"), ("channel", "string"),
+    ("score", "float64"), ("model_version", "string"), ("prompt_version", "string"),
+    ("source", "string"), ("variants", "map"),
+)
+# Outcomes as reported: one event per row.
+OUTCOME_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("impression_id", "string"), ("event", "string"), ("rating", "int8"), ("at", "timestamp"),
+)
+# One row per impression with what happened to it (what reports read).
+OUTCOME_FLAGS: tuple[str, ...] = EVENTS
+JOINED_EXTRA: tuple[tuple[str, str], ...] = (
+    *((event, "bool") for event in EVENTS), ("rating", "float64"),
+)
+
+
+def _arrow_type(kind: str) -> Any:
+    import pyarrow as pa
+
+    return {
+        "string": pa.string(), "float64": pa.float64(), "int8": pa.int8(), "bool": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"), "map": pa.map_(pa.string(), pa.string()),
+    }[kind]
+
+
+def _schema(columns: Sequence[tuple[str, str]]) -> "pa.Schema":
+    import pyarrow as pa
+
+    return pa.schema([(name, _arrow_type(kind)) for name, kind in columns])
+
+
+def impression_schema() -> "pa.Schema":
+    return _schema(IMPRESSION_COLUMNS)
+
+
+def outcome_schema() -> "pa.Schema":
+    return _schema(OUTCOME_COLUMNS)
+
+
+def joined_schema() -> "pa.Schema":
+    return _schema((*IMPRESSION_COLUMNS, *JOINED_EXTRA))
+
+
+def from_results(results: Sequence["PipelineResult"], source: str) -> "pa.Table":
+    """Impressions of finished runs: one row per run that offered something."""
+    import pyarrow as pa
+
+    rows = [
+        {
+            "impression_id": r.run_id, "shown_at": r.created_at, "customer_id": r.customer_id,
+            "offer_id": r.top_offer.offer_id, "offer_category": r.top_offer.category,
+            "tier": r.features.tier, "channel": r.features.channel_preference,
+            "score": r.propensity.score, "model_version": r.propensity.model_version,
+            "prompt_version": r.copy_.prompt_version if r.copy_ else None,
+            "source": source, "variants": list(r.experiments.items()),
+        }
+        for r in results
+        if r.top_offer is not None
+    ]
+    return pa.Table.from_pylist(rows, schema=impression_schema())
+
+
+def from_batch(rows: "pa.Table", shown_at: dt.datetime) -> "pa.Table":
+    """A batch's merged rows (``batch.schema()``) as impressions, column by column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    offered = rows.filter(pc.is_valid(rows["top_offer_id"]))
+    n = offered.num_rows
+    columns = {
+        "impression_id": offered["impression_id"], "shown_at": pa.repeat(pa.scalar(shown_at, _arrow_type("timestamp")), n),
+        "customer_id": offered["customer_id"], "offer_id": offered["top_offer_id"],
+        "offer_category": offered["top_offer_category"], "tier": offered["tier"], "channel": offered["channel"],
+        "score": offered["score"], "model_version": offered["model_version"],
+        "prompt_version": offered["prompt_version"], "source": pa.repeat(pa.scalar("batch"), n),
+        "variants": offered["variants"],
+    }
+    return pa.table(columns, schema=impression_schema())
+
+
+def join_outcomes(impressions: "pa.Table", outcomes: "pa.Table") -> "pa.Table":
+    """One row per impression (the first of each id) with a flag per event and the mean
+    rating: the reference join, used by stores without a query engine of their own."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if impressions.num_rows:
+        _, first = np.unique(impressions["impression_id"].to_numpy(zero_copy_only=False), return_index=True)
+        impressions = impressions.take(pa.array(np.sort(first)))
+    index = {key: i for i, key in enumerate(impressions["impression_id"].to_pylist())}
+    flags = {event: np.zeros(impressions.num_rows, dtype=bool) for event in EVENTS}
+    rating_sum = np.zeros(impressions.num_rows)
+    rating_n = np.zeros(impressions.num_rows)
+    seen: set[tuple[str, str]] = set()
+    for impression_id, event, rating in zip(
+        outcomes["impression_id"].to_pylist(), outcomes["event"].to_pylist(), outcomes["rating"].to_pylist()
+    ):
+        row = index.get(impression_id)
+        if row is None or (impression_id, event) in seen:
+            continue
+        seen.add((impression_id, event))
+        flags[event][row] = True
+        if rating is not None:
+            rating_sum[row] += rating
+            rating_n[row] += 1
+    rating = pa.array(np.divide(rating_sum, rating_n, out=np.zeros_like(rating_sum), where=rating_n > 0),
+                      mask=rating_n == 0)
+    table = impressions
+    for event in EVENTS:
+        table = table.append_column(event, pa.array(flags[event]))
+    table = table.append_column("rating", pc.cast(rating, pa.float64()))
+    return table.cast(joined_schema())
+
+
+class ImpressionRecorder:
+    """The core's listener that writes impressions into the feedback store.
+
+    Single runs are buffered and written by a background thread every ``flush_s`` seconds
+    (or at ``flush_rows``) and when the pipeline closes, so neither a request nor a `run`
+    waits on a file write and a service writes a few files a second, not one per request;
+    a process killed without closing loses at most ``flush_s`` of impressions. A batch's
+    impressions are written at once. A failure to record is reported on stderr and never
+    fails the run that made the impression. ``enabled = False`` pauses recording (the
+    service's warm-up runs are not impressions)."""
+
+    def __init__(self, store: Callable[[], Any], source: str = "run",
+                 flush_rows: int = 5000, flush_s: float = 1.0) -> None:
+        import threading
+
+        self._store = store
+        self.source = source
+        self.enabled = True
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self._pending: list["PipelineResult"] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @hookimpl
+    def loyaltylens_after_run(self, result: "PipelineResult") -> None:
+        if not self.enabled or result.top_offer is None:
+            return
+        with self._lock:
+            self._pending.append(result)
+            many = len(self._pending) >= self.flush_rows
+            if self._thread is None:
+                import threading
+
+                self._thread = threading.Thread(target=self._flush_loop, name="loyaltylens-impressions", daemon=True)
+                self._thread.start()
+        if many:
+            self._wake.set()
+
+    @hookimpl
+    def loyaltylens_after_batch(self, impressions: Any) -> None:
+        if self.enabled:
+            self._store().record_impressions(impressions)
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered now (the pipeline's ``close`` calls this)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            self._store().record_impressions(from_results(pending, self.source))
+        except Exception as exc:  # noqa: BLE001 - recording must not fail the runs it records
+            print(f"warning: {len(pending)} impression(s) not recorded: {type(exc).__name__}: {exc}", file=sys.stderr)
