@@ -23,50 +23,69 @@ from .contracts import CustomerFeatures
 NUMERIC = ("recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score")
 CATEGORICAL = ("channel_preference", "tier")
 FLOOR = 1e-4
-MIN_DISTINCT = 3
+LATTICE_MASS = 0.5  # share of the mass on the 2 x bins commonest values that makes a lattice
 STATUSES = ("ok", "warning", "critical")  # exit codes 0, 1, 2
 
 
 def quantile_edges(reference: np.ndarray, bins: int) -> np.ndarray:
-    """Inner bin edges at the reference's quantiles. Ties are merged (a feature with few
-    distinct values gets fewer bins). For a feature with many distinct values, a bin must
-    also span at least MIN_DISTINCT of them: a ratio like offers redeemed / sent lives on a
-    lattice (k/10 one month, k/11 the next), and a sliver of a bin around one lattice point
-    would read as drift when the customers have not changed."""
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    distinct = np.unique(reference)
-    if len(distinct) <= MIN_DISTINCT * bins:
-        return edges
-    kept: list[float] = []
-    low = -np.inf
-    for edge in edges.tolist():
-        spanned = np.searchsorted(distinct, edge, "left") - np.searchsorted(distinct, low, "left")
-        if spanned >= MIN_DISTINCT:
-            kept.append(edge)
-            low = edge
-    return np.array(kept)
+    """Inner bin edges at the reference's quantiles; ties merged (a feature with few
+    distinct values gets fewer bins)."""
+    edges: np.ndarray = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    return edges
 
 
-def _shares(counts: np.ndarray) -> np.ndarray:
-    shares: np.ndarray = np.maximum(counts / max(1, counts.sum()), FLOOR)
-    return shares
+def lattice_spread(reference: np.ndarray, bins: int) -> float:
+    """How far to spread each value before binning: 0 for a continuous feature; for one
+    whose mass sits on a few points (a ratio like offers redeemed / sent lives on k/10
+    for some customers, k/11 for others, k/12 a month later), 1/20 of the reference's
+    1-99% range. Without it a bin between two lattice points empties out next month while
+    the customers have not changed (PSI 1.7 on the demo's consecutive snapshots; 0.004 to
+    0.06 with it, while a shift of 0.05 still reads about 0.07)."""
+    _, counts = np.unique(reference, return_counts=True)
+    if np.sort(counts)[::-1][: 2 * bins].sum() < LATTICE_MASS * len(reference) or len(counts) <= bins:
+        return 0.0
+    low, high = np.quantile(reference, [0.01, 0.99])
+    return float(high - low) / 20
+
+
+def bin_shares(values: np.ndarray, edges: np.ndarray, spread: float) -> np.ndarray:
+    """Each bin's share of the values; with ``spread``, each value counts as uniform on
+    [v - spread, v + spread] and its mass is split over the bins that interval covers."""
+    if spread <= 0:
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        shares: np.ndarray = counts / max(1, len(values))
+        return shares
+    below = np.zeros(len(edges))
+    for start in range(0, len(values), 100_000):  # bounded memory: values x edges per block
+        block = values[start : start + 100_000, None]
+        below += np.clip((edges[None, :] - (block - spread)) / (2 * spread), 0, 1).sum(axis=0)
+    return np.diff(np.concatenate([[0.0], below / max(1, len(values)), [1.0]]))
+
+
+def _floored(shares: np.ndarray) -> np.ndarray:
+    floored: np.ndarray = np.maximum(shares, FLOOR)
+    return floored
+
+
+def psi_from_shares(reference: np.ndarray, current: np.ndarray) -> float:
+    ref, cur = _floored(reference), _floored(current)
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
 def psi_from_counts(reference: np.ndarray, current: np.ndarray) -> float:
-    ref, cur = _shares(reference.astype(float)), _shares(current.astype(float))
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
+    return psi_from_shares(reference / max(1, reference.sum()), current / max(1, current.sum()))
 
 
 def psi_numeric(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> tuple[float, list[dict[str, Any]]]:
     """PSI and the per-bin table (edges from the reference's quantiles)."""
     ref, cur = np.asarray(reference, dtype=float), np.asarray(current, dtype=float)
     edges = quantile_edges(ref, bins)
-    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
-    cur_counts = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1)
+    spread = lattice_spread(ref, bins)
+    ref_shares, cur_shares = bin_shares(ref, edges, spread), bin_shares(cur, edges, spread)
     bounds: list[float | None] = [None, *edges.tolist(), None]  # None: unbounded (JSON has no infinity)
-    table = [{"low": bounds[i], "high": bounds[i + 1], "reference": float(ref_counts[i] / max(1, len(ref))),
-              "current": float(cur_counts[i] / max(1, len(cur)))} for i in range(len(edges) + 1)]
-    return psi_from_counts(ref_counts, cur_counts), table
+    table = [{"low": bounds[i], "high": bounds[i + 1], "reference": float(ref_shares[i]),
+              "current": float(cur_shares[i])} for i in range(len(edges) + 1)]
+    return psi_from_shares(ref_shares, cur_shares), table
 
 
 def psi_categorical(reference: Sequence[str], current: Sequence[str]) -> tuple[float, list[dict[str, Any]]]:

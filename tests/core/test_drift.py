@@ -109,3 +109,19 @@ def test_monitor_thresholds_decide_the_status(monitor):
 def test_bad_monitor_input_is_one_line(monitor, args, message):
     proc = monitor(*args)
     assert proc.returncode in (2, 4) and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_ratio_on_a_new_lattice_is_not_drift_but_a_real_shift_is():
+    """Offers redeemed / sent: 11 offers a customer last month, 13 this month. The customers'
+    propensities are the same draw; only the lattice moved. A shifted propensity is drift."""
+    import numpy as np
+
+    from loyaltylens_core.drift import psi_numeric
+
+    rng = np.random.default_rng(5)
+    propensity = rng.beta(2, 4, 5000)
+    last_month = rng.binomial(11, propensity) / 11
+    this_month = rng.binomial(13, propensity) / 13
+    shifted = rng.binomial(13, np.clip(propensity + 0.15, 0, 1)) / 13
+    assert psi_numeric(last_month, this_month)[0] < 0.1
+    assert psi_numeric(last_month, shifted)[0] > 0.25
