@@ -331,9 +331,7 @@ def monitor(
 
     Exit code 0 when every PSI is below --warning, 1 when one reaches it, 2 when one reaches
     --critical, so cron or CI can gate on it."""
-    import datetime as dt
-
-    from .drift import STATUSES, drift_report
+    from .drift import STATUSES, snapshot_drift
     from .errors import UsageError
 
     if not 0 < warning < critical:
@@ -341,29 +339,13 @@ def monitor(
                          "e.g. --warning 0.1 --critical 0.25")
     current_day, reference_day = _date_option(as_of, "--as-of"), _date_option(reference, "--reference")
     pipeline = _pipeline(needed=("feature_store", "propensity"))
-    store = pipeline.component("feature_store")
-    if "ExportsSnapshots" not in pipeline.capabilities("feature_store"):
-        raise UsageError(f"feature store {pipeline.config.stages['feature_store']!r} cannot hand out whole snapshots",
-                         "run monitor on the offline store, e.g. --use feature_store=duckdb")
-    current = store.snapshot_info(current_day)
-    before = reference_day if reference_day is not None else current.as_of - dt.timedelta(days=1)
-    ref = store.snapshot_info(before)
-    if ref.as_of >= current.as_of:
-        raise UsageError(f"the reference snapshot ({ref.as_of}) is not before the current one ({current.as_of})",
-                         "pass an earlier --reference")
-
-    def rows(day: Any) -> list[Any]:
-        return [f for batch in store.snapshot_batches(day) for f in batch]
-
-    ref_rows, cur_rows = rows(ref.as_of), rows(current.as_of)
-    report = drift_report(ref_rows, cur_rows, [s.score for s in pipeline.predict_many(ref_rows)],
-                          [s.score for s in pipeline.predict_many(cur_rows)], warning=warning, critical=critical,
-                          bins=bins)
+    report = snapshot_drift(pipeline, current_day, reference_day, warning=warning, critical=critical, bins=bins)
     if as_json:
         _print_json(report)
     else:
-        typer.echo(f"reference {ref.as_of} ({ref.customers:,} customers) -> current {current.as_of} "
-                   f"({current.customers:,}): {report['status']}")
+        ref, current = report["reference"], report["current"]
+        typer.echo(f"reference {ref['as_of']} ({ref['customers']:,} customers) -> current {current['as_of']} "
+                   f"({current['customers']:,}): {report['status']}")
         for name, row in report["features"].items():
             typer.echo(f"  {name:24s} PSI {row['psi']:7.4f}  {row['status']}")
     raise typer.Exit(STATUSES.index(report["status"]))
@@ -463,6 +445,7 @@ def feedback_demo(
 def report(
     since: Optional[str] = typer.Option(None, "--since", help="Only impressions shown on or after YYYY-MM-DD."),
     html: Optional[str] = typer.Option(None, "--html", help="Also write an HTML report with plots to this file."),
+    drift: bool = typer.Option(False, "--drift", help="Add `monitor`'s drift (latest snapshot vs the one before)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Redemption per experiment variant (95% CI, lift vs control), propensity calibration
@@ -474,9 +457,13 @@ def report(
 
     day = _date_option(since, "--since")
     when = dt.datetime.combine(day, dt.time(), dt.timezone.utc) if day is not None else None
-    pipeline = _pipeline(needed=("feedback_store",))
+    pipeline = _pipeline(needed=("feedback_store", "feature_store", "propensity") if drift else ("feedback_store",))
     table = pipeline.component("feedback_store").impressions_with_outcomes(when)
     result = build_report(table, pipeline.config.experiments)
+    if drift:
+        from .drift import snapshot_drift
+
+        result["drift"] = snapshot_drift(pipeline)
     if html:
         from .report_html import write_html
 
@@ -491,8 +478,9 @@ def report(
 
 @app.command()
 def train(as_json: bool = typer.Option(False, "--json", help="Print the model card as JSON.")) -> None:
-    """Train a new version of the propensity model and print its metrics."""
-    pipeline = _pipeline(needed=("feature_store", "propensity"))
+    """Train a new version of the propensity model and print its metrics (logged to the
+    selected tracker, e.g. --use tracker=mlflow)."""
+    pipeline = _pipeline(needed=("feature_store", "propensity", "tracker"))
     model = pipeline.component("propensity", prepare=False)
     if "Trainable" not in pipeline.capabilities("propensity"):
         from .errors import UsageError
@@ -501,7 +489,9 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
             f"propensity plugin {pipeline.config.stages['propensity']!r} cannot be trained here",
             "train it with its own tooling",
         )
+    tracker = pipeline.component("tracker")  # built first: a bad tracker config fails before training
     card = model.train()
+    card["tracking"] = _log_training(pipeline, model, tracker, card)
     if as_json:
         _print_json(card)
         return
@@ -518,6 +508,31 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
         + (f" (serving stays with the champion: `loyaltylens promote {card.get('model_version')}`)"
            if role == "challenger" else "")
     )
+    tracking = card["tracking"]
+    if tracking:
+        typer.echo(f"tracked in {pipeline.config.stages['tracker']}: "
+                   + ", ".join(f"{k} {v}" for k, v in tracking.items() if v is not None))
+
+
+def _log_training(pipeline: Any, model: Any, tracker: Any, card: dict[str, Any]) -> dict[str, Any]:
+    """The finished run to the tracker. The version is saved already: a tracker that fails
+    says so in one line without hiding that (the run can be logged again by retraining)."""
+    from .config import mask_urls
+    from .errors import LoyaltyLensError, StageError
+
+    version = card.get("model_version")
+    model_dir = model.models.directory / version if "VersionedModels" in pipeline.capabilities("propensity") else None
+    name = pipeline.config.stages["tracker"]
+    try:
+        logged: dict[str, Any] = tracker.log_training(card, model_dir)
+    except LoyaltyLensError as exc:
+        raise StageError(f"{version} is trained and saved, but tracker {name!r} failed: {mask_urls(exc.message)}",
+                         exc.hint or "check the tracker's settings") from None
+    except Exception as exc:  # noqa: BLE001 - a tracker's own errors, one line
+        detail = mask_urls(" ".join(str(exc).split()))[:300]
+        raise StageError(f"{version} is trained and saved, but tracker {name!r} failed: {type(exc).__name__}: {detail}",
+                         "check the tracker's settings (tracking URI, credentials); `loyaltylens models` lists the version") from None
+    return logged
 
 
 def _model_store() -> Any:

@@ -160,6 +160,12 @@ def mask(field: str, value: Any) -> Any:
 
 # scheme://[user]:password@ in a URL-valued setting
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
+_ANY_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+def mask_urls(text: str) -> str:
+    """Passwords inside any URL of a message (a library's error quoting the URL it called)."""
+    return _ANY_URL_PASSWORD.sub(r"\1********@", text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -256,6 +256,15 @@ class FeedbackStore(Protocol):
 
 
 @runtime_checkable
+class Tracker(Protocol):
+    """Logs a finished training run: ``card`` is the model card `train` returns (with
+    ``history``, one entry per epoch), ``model_dir`` the version's directory (weights, card,
+    plots). Returns what to tell the user (``run_id``, ``registered_model``, ``version``...)."""
+
+    def log_training(self, card: dict[str, Any], model_dir: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class NonBlocking(Protocol):
     """A component whose methods return in well under a millisecond without waiting on
     I/O (in-memory lookups, small numpy work). When every stage of a run says so, the

@@ -130,3 +130,34 @@ def drift_report(
             "reference": {"as_of": str(reference[0].as_of) if reference else None, "customers": len(reference)},
             "current": {"as_of": str(current[0].as_of) if current else None, "customers": len(current)},
             "features": rows}
+
+
+def snapshot_drift(
+    pipeline: Any, as_of: Any = None, reference: Any = None, *,
+    warning: float = 0.1, critical: float = 0.25, bins: int = 10,
+) -> dict[str, Any]:
+    """``drift_report`` between two snapshots of the pipeline's feature store (the current
+    one: the latest on or before ``as_of``; the reference: the latest on or before
+    ``reference``, default the one before the current), scored by the pipeline's model.
+    What `loyaltylens monitor` and `report --drift` show."""
+    import datetime as dt
+
+    from .errors import UsageError
+
+    store = pipeline.component("feature_store")
+    if "ExportsSnapshots" not in pipeline.capabilities("feature_store"):
+        raise UsageError(f"feature store {pipeline.config.stages['feature_store']!r} cannot hand out whole snapshots",
+                         "run monitor on the offline store, e.g. --use feature_store=duckdb")
+    current = store.snapshot_info(as_of)
+    before = reference if reference is not None else current.as_of - dt.timedelta(days=1)
+    ref = store.snapshot_info(before)
+    if ref.as_of >= current.as_of:
+        raise UsageError(f"the reference snapshot ({ref.as_of}) is not before the current one ({current.as_of})",
+                         "pass an earlier --reference")
+
+    def rows(day: Any) -> list[Any]:
+        return [f for batch in store.snapshot_batches(day) for f in batch]
+
+    ref_rows, cur_rows = rows(ref.as_of), rows(current.as_of)
+    return drift_report(ref_rows, cur_rows, [s.score for s in pipeline.predict_many(ref_rows)],
+                        [s.score for s in pipeline.predict_many(cur_rows)], warning=warning, critical=critical, bins=bins)

@@ -76,6 +76,11 @@ def register_feedback_stores(register: "Register") -> None:
 
 
 @hookspec
+def register_trackers(register: "Register") -> None:
+    """Register experiment trackers (stage ``tracker``): where `loyaltylens train` logs runs."""
+
+
+@hookspec
 def loyaltylens_after_stage(event: "StageEvent") -> None:
     """Called after every stage of every run, with its name, plugin and latency."""
 

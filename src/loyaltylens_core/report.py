@@ -243,4 +243,9 @@ def render_text(report: dict[str, Any]) -> str:
         for row in report[key]:
             lines.append(f"  {str(row[column]):16s} {row['impressions']:>9,} shown  {_pct(row['rate']):>7s} "
                          f"[{_pct(row['ci'][0])}, {_pct(row['ci'][1])}]")
+    if "drift" in report:
+        drift = report["drift"]
+        lines.append(f"drift {drift['reference']['as_of']} -> {drift['current']['as_of']}: {drift['status']}")
+        for name, row in drift["features"].items():
+            lines.append(f"  {name:24s} PSI {row['psi']:7.4f}  {row['status']}")
     return "\n".join(lines)

@@ -54,8 +54,27 @@ def _rate_bars(rows: list[dict[str, Any]], key: str, title: str) -> str:
     return _png(figure)
 
 
+def _drift_plot(drift: dict[str, Any]) -> str:
+    import matplotlib.pyplot as plt
+
+    names = list(drift["features"])
+    values = [drift["features"][n]["psi"] for n in names]
+    colours = {"ok": "#55A868", "warning": "#DD8452", "critical": "#C44E52"}
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    axis.barh(names, values, color=[colours[drift["features"][n]["status"]] for n in names])
+    for label, value in drift["thresholds"].items():
+        axis.axvline(value, color="#555555", linestyle="--", linewidth=1)
+        axis.text(value, len(names) - 0.4, f" {label}", fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlabel("PSI")
+    axis.set_title(f"Drift {drift['reference']['as_of']} → {drift['current']['as_of']}")
+    return _png(figure)
+
+
 def _table(rows: list[dict[str, Any]], key: str, extra: tuple[str, ...] = ()) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in (key, "impressions", "redeemed", "rate", "95% CI", *extra))
+    labels = {"p_value": "p-value", "lift": "lift vs control", "significant": "significant (p < 0.05)"}
+    head = "".join(f"<th>{html.escape(labels.get(h, h))}</th>"
+                   for h in (key, "impressions", "redeemed", "rate", "95% CI", *extra))
     body = []
     for r in rows:
         cells = [html.escape(str(r[key])), f"{r['impressions']:,}", f"{r['redeemed']:,}", _pct(r["rate"]),
@@ -105,6 +124,13 @@ def render_html(report: dict[str, Any]) -> str:
             parts.append(f"<h2>{title}</h2>")
             parts.append(_table(report[key], column))
             parts.append(f"<img alt='{title.lower()}' src='data:image/png;base64,{_rate_bars(report[key], column, title)}'>")
+    if "drift" in report:
+        drift = report["drift"]
+        parts.append(f"<h2>Drift <small>({html.escape(drift['status'])})</small></h2>")
+        rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{r['psi']:.4f}</td><td>{html.escape(r['status'])}</td></tr>"
+                       for n, r in drift["features"].items())
+        parts.append(f"<table><thead><tr><th>feature</th><th>PSI</th><th>status</th></tr></thead><tbody>{rows}</tbody></table>")
+        parts.append(f"<img alt='drift by feature' src='data:image/png;base64,{_drift_plot(drift)}'>")
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
              "img{display:block;margin:1em 0}")

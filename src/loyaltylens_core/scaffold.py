@@ -374,14 +374,45 @@ def test_keeps_impressions_and_joins_their_outcomes(loyaltylens_pipeline):
     from loyaltylens_core.impressions import outcome_schema
 
     pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["feedback_store=$name"])
-    result = pipeline.run("C001")
-    pipeline.close()  # writes the buffered impressions
     store = pipeline.component("feedback_store")
+    result = pipeline.run("C001")
+    pipeline.recorder.flush()  # impressions are buffered; closing the pipeline flushes them too
     outcome = pa.table({"impression_id": [result.run_id, "nobody"], "event": ["redeemed", "viewed"],
                         "rating": [5, None], "at": [result.created_at] * 2}, schema=outcome_schema())
     assert store.record_outcomes(outcome) == {"added": 1, "duplicates": 0, "unknown": [1]}
     (row,) = store.impressions_with_outcomes().to_pylist()
     assert row["impression_id"] == result.run_id and row["redeemed"] and row["rating"] == 5
+''',
+        "test_imports": "",
+    },
+    "tracker": {
+        "settings": "    file_name: str = \"runs.jsonl\"  # in the plugin's directory under the data dir\n",
+        "imports": "import json\nfrom typing import TYPE_CHECKING, Any\n",
+        "body": '''
+class $cls:
+    """Appends each training run to a JSON-lines file: replace with calls to your tracker.
+
+    ``card`` is the model card (``history`` holds one entry per epoch); ``model_dir`` the
+    trained version's directory, or None.
+    """
+
+    def __init__(self, settings: Settings, context: StageContext) -> None:
+        self.path = context.plugin_dir() / settings.file_name
+
+    def log_training(self, card: dict[str, Any], model_dir: Any) -> dict[str, Any]:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"card": card, "model_dir": str(model_dir) if model_dir else None}) + "\\n")
+        return {"runs_file": str(self.path)}
+''',
+        "test": '''
+def test_logs_each_training_run(loyaltylens_pipeline):
+    import json
+
+    pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["tracker=$name"])
+    tracker = pipeline.component("tracker")
+    out = tracker.log_training({"model_version": "m1", "history": [{"epoch": 1, "train_loss": 0.5}]}, None)
+    (line,) = open(out["runs_file"]).read().splitlines()
+    assert json.loads(line)["card"]["model_version"] == "m1"
 ''',
         "test_imports": "",
     },

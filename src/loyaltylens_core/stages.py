@@ -54,6 +54,9 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("feedback_store", "register_feedback_stores", "FeedbackStore", "duckdb", False,
           ("Closeable",),
           "keeps the offers handed out (impressions) and what customers did with them (outcomes)"),
+    Stage("tracker", "register_trackers", "Tracker", "none", False,
+          ("Closeable",),
+          "logs training runs (parameters, metrics per epoch, model card, model) to an experiment tracker"),
 )
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGE_TABLE}

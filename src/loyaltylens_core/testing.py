@@ -228,6 +228,17 @@ class FakeFeedbackStore:
         return joined if since is None else joined.filter(pc.greater_equal(joined["shown_at"], since))
 
 
+class FakeTracker:
+    """Keeps every logged training run."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[dict[str, Any], Any]] = []
+
+    def log_training(self, card: dict[str, Any], model_dir: Any) -> dict[str, Any]:
+        self.runs.append((card, model_dir))
+        return {"run_id": f"fake-{len(self.runs)}"}
+
+
 FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "feature_store": FakeFeatureStore,
     "propensity": FakePropensity,
@@ -237,6 +248,7 @@ FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "deploy_target": FakeDeployTarget,
     "batch_engine": FakeBatchEngine,
     "feedback_store": FakeFeedbackStore,
+    "tracker": FakeTracker,
 }
 
 

@@ -41,13 +41,14 @@ def test_the_demo_loop_finds_the_planted_lift_and_a_calibrated_model(built, tmp_
     assert demo.returncode == 0, demo.stderr
     assert json.loads(demo.stdout)["impressions"] == 1000
     html = tmp_path / "report.html"
-    proc = built("-q", "report", "--json", "--html", str(html))
+    proc = built("-q", "report", "--json", "--drift", "--html", str(html))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     experiment = report["experiments"]["demo_reminder"]
     reminder = next(v for v in experiment["variants"] if v["variant"] == "reminder")
     assert experiment["control"] == "control"
     assert reminder["significant"] and reminder["lift"] > 0.08, reminder
+    assert report["drift"]["status"] == "ok"
     calibration = report["calibration"]
     assert calibration["ece"] < 0.08, calibration
     assert calibration["auc"] > 0.65, calibration
@@ -57,6 +58,7 @@ def test_the_demo_loop_finds_the_planted_lift_and_a_calibrated_model(built, tmp_
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([chromium, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120)
     assert "Propensity calibration" in dom.stdout and "Experiment demo_reminder" in dom.stdout
+    assert "Drift" in dom.stdout and dom.stdout.count("data:image/png;base64,") == 5  # variants, calibration, 2 groups, drift
     shot = tmp_path / "shot.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,2400", html.as_uri()],
                    capture_output=True, timeout=120)
