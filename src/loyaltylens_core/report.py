@@ -115,38 +115,53 @@ def calibration(scores: Any, redeemed: Any, bins: int = 10) -> dict[str, Any]:
     }
 
 
-def _experiment_labels(table: Any) -> dict[str, Any]:
-    """{experiment: array of each impression's variant (None when not in it)}, read from
-    the ``variants`` map column without a Python loop over rows."""
+def _experiment_labels(table: Any) -> dict[str, tuple[Any, list[str]]]:
+    """{experiment: (each impression's variant as a code, -1 when not in it; the variant
+    names)}, read from the ``variants`` map column with Arrow kernels (no Python loop over
+    rows: a million impressions take milliseconds)."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     column = table["variants"].combine_chunks()
     if len(column) == 0:
         return {}
     offsets = column.offsets.to_numpy()
-    keys = column.keys.to_numpy(zero_copy_only=False)
-    items = column.items.to_numpy(zero_copy_only=False)
+    keys, items = column.keys, column.items
     parents = np.repeat(np.arange(len(column)), np.diff(offsets))
-    out: dict[str, Any] = {}
-    for name in np.unique(keys) if len(keys) else []:
-        labels = np.full(len(column), None, dtype=object)
-        mask = keys == name
-        labels[parents[mask]] = items[mask]
-        out[str(name)] = labels
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for name in pc.unique(keys).to_pylist():
+        mask = pc.equal(keys, name).to_numpy(zero_copy_only=False)
+        encoded = pc.dictionary_encode(items.filter(pa.array(mask)))
+        codes = np.full(len(column), -1, dtype=np.int64)
+        codes[parents[mask]] = encoded.indices.to_numpy(zero_copy_only=False)
+        out[str(name)] = (codes, [str(v) for v in encoded.dictionary.to_pylist()])
     return out
 
 
-def experiment_results(table: Any, experiments: dict[str, Any]) -> dict[str, Any]:
+def _control_of(name: str, names: list[str], experiments: dict[str, Any]) -> str:
+    configured = experiments.get(name)
+    if configured is not None and configured.control in names:
+        return str(configured.control)
+    return sorted(names)[0]
+
+
+def experiment_results(table: Any, experiments: dict[str, Any],
+                       labels: dict[str, tuple[Any, list[str]]] | None = None) -> dict[str, Any]:
+    import numpy as np
+
     redeemed = table["redeemed"].to_numpy(zero_copy_only=False)
     out: dict[str, Any] = {}
-    for name, labels in sorted(_experiment_labels(table).items()):
+    for name, (codes, present) in sorted((labels if labels is not None else _experiment_labels(table)).items()):
         configured = experiments.get(name)
-        present = sorted({str(v) for v in labels if v is not None})
-        order = [v.name for v in configured.variants] if configured is not None else present
-        names = [v for v in order if v in present] + [v for v in present if v not in order]
-        control = configured.control if configured is not None else names[0]
-        counts = {v: (int((labels == v).sum()), int(redeemed[labels == v].sum())) for v in names}
-        n0, x0 = counts.get(control, (0, 0))
+        order = [v.name for v in configured.variants] if configured is not None else sorted(present)
+        names = [v for v in order if v in present] + sorted(v for v in present if v not in order)
+        control = _control_of(name, present, experiments)
+        inside = codes >= 0
+        shown = np.bincount(codes[inside], minlength=len(present))
+        hits = np.bincount(codes[inside], weights=redeemed[inside], minlength=len(present))
+        counts = {v: (int(shown[i]), int(hits[i])) for i, v in enumerate(present)}
+        n0, x0 = counts[control]
         rows = []
         for variant in names:
             n, x = counts[variant]
@@ -159,16 +174,14 @@ def experiment_results(table: Any, experiments: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _untreated(table: Any, experiments: dict[str, Any]) -> Any:
+def _untreated(table: Any, experiments: dict[str, Any], labels: dict[str, tuple[Any, list[str]]]) -> Any:
     """Impressions no experiment treated: in no variant, or in each experiment's control."""
     import numpy as np
 
     keep = np.ones(table.num_rows, dtype=bool)
-    for name, labels in _experiment_labels(table).items():
-        configured = experiments.get(name)
-        present = sorted({str(v) for v in labels if v is not None})
-        control = configured.control if configured is not None else (present[0] if present else None)
-        keep &= (labels == None) | (labels == control)  # noqa: E711 - elementwise on an object array
+    for name, (codes, present) in labels.items():
+        control = present.index(_control_of(name, present, experiments))
+        keep &= (codes == -1) | (codes == control)
     return keep
 
 
@@ -183,15 +196,16 @@ def build_report(table: Any, experiments: dict[str, Any] | None = None) -> dict[
     scores = table["score"].to_numpy(zero_copy_only=False)
     shown = table["shown_at"]
     experiments = experiments or {}
-    untreated = _untreated(table, experiments)
+    labels = _experiment_labels(table)
+    untreated = _untreated(table, experiments, labels)
     total = int(redeemed.sum())
     return {
         "impressions": n,
-        "first_shown": shown[0].as_py().isoformat() if n else None,
+        "first_shown": pc.min(shown).as_py().isoformat() if n else None,
         "last_shown": pc.max(shown).as_py().isoformat() if n else None,
         "outcomes": {event: int(pc.sum(table[event]).as_py() or 0) for event in EVENTS},
         "redemption": _rate_row("scope", "all", n, total),
-        "experiments": experiment_results(table, experiments),
+        "experiments": experiment_results(table, experiments, labels),
         # A treatment changes the outcome the score predicts: calibrate on the rest.
         "calibration": {**calibration(scores[untreated], redeemed[untreated]),
                         "impressions": int(untreated.sum()), "scope": "control arms and impressions in no experiment"},

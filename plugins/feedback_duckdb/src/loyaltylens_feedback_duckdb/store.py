@@ -133,8 +133,7 @@ class DuckDBFeedbackStore:
                 o AS (SELECT impression_id, event, rating FROM ({self._table(con, 'outcomes')}) {FIRST_OUTCOME}),
                 f AS (SELECT impression_id, {flags}, avg(rating) AS rating FROM o GROUP BY impression_id)
                 SELECT i.*, {outer}, f.rating
-                FROM i LEFT JOIN f USING (impression_id)
-                ORDER BY i.shown_at, i.impression_id"""
+                FROM i LEFT JOIN f USING (impression_id)"""
             return con.sql(query, params={"since": since} if since is not None else None).to_arrow_table()
 
         return self._read(read).cast(joined_schema())
