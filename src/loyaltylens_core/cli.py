@@ -355,6 +355,7 @@ def monitor(
 def feedback_import(
     path: str = typer.Argument(..., help="CSV or Parquet: impression_id, event[, rating][, time]."),
     rejects: Optional[str] = typer.Option(None, "--rejects", help="Where bad rows go (default <file stem>.rejects.csv)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 2 when any row was rejected (good rows are still kept)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Import outcomes (viewed, clicked, redeemed, dismissed): idempotent on (impression, event).
@@ -369,13 +370,15 @@ def feedback_import(
     summary = import_file(pipeline.component("feedback_store"), Path(path), Path(rejects) if rejects else None)
     if as_json:
         _print_json(summary.to_dict())
-        return
-    typer.echo(f"{summary.rows:,} rows: {summary.added:,} added, {summary.duplicates:,} already held, "
-               f"{summary.rejected:,} rejected ({summary.seconds:.2f} s)")
+    else:
+        typer.echo(f"{summary.rows:,} rows: {summary.added:,} added, {summary.duplicates:,} already held, "
+                   f"{summary.rejected:,} rejected ({summary.seconds:.2f} s)")
     if summary.rejects_file is not None:
         for line in first_rejects(summary.rejects_file):
             typer.echo(f"  {line}", err=True)
         typer.echo(f"rejected rows: {summary.rejects_file}", err=True)
+        if strict:
+            raise typer.Exit(2)
 
 
 @feedback_app.command("demo")

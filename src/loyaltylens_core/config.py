@@ -144,6 +144,12 @@ class Config:
                 }
             plugins[f"{stage}.{impl.name}"] = table
         out["settings"] = plugins
+        out["experiments"] = {
+            name: {"control": e.control, "variants": {
+                v.name: {"share": v.share, "model_version": v.model_version, "prompt_version": v.prompt_version,
+                         "generator": v.generator} for v in e.variants}}
+            for name, e in self.experiments.items()
+        }
         return out
 
 

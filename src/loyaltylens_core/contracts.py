@@ -386,6 +386,16 @@ class VersionedModels(Protocol):
 
 
 @runtime_checkable
+class RecordsImpressionRows(Protocol):
+    """A feedback store that also writes impressions given as plain rows (dicts with
+    ``impressions.IMPRESSION_COLUMNS``' keys). The recorder uses it for a few rows while
+    pandas is not loaded, so a single `loyaltylens run` builds no Arrow array (pyarrow's
+    conversions import pandas: +0.4 s of wall time for one offer)."""
+
+    def record_impression_rows(self, rows: Sequence[dict[str, Any]]) -> None: ...
+
+
+@runtime_checkable
 class ReportsFallback(Protocol):
     """A component that may serve from its own fallback (a remote retriever answering from
     the embedded one while its server is down) sets ``fallback_reason``; the pipeline
@@ -400,7 +410,7 @@ CAPABILITIES: dict[str, type] = {
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
         VersionedModels, BatchRetriever, Indexable,
-        ReportsFallback, BatchGenerator, AsyncGenerator,
+        ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
     )
 }
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 EVENTS: tuple[str, ...] = ("viewed", "clicked", "redeemed", "dismissed")
 
+ROWS_PATH_MAX = 100
 # (column, type): impressions as handed out.
 IMPRESSION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("impression_id", "string"), ("shown_at", "timestamp"), ("customer_id", "string"),
@@ -70,11 +71,9 @@ def joined_schema() -> "pa.Schema":
     return _schema((*IMPRESSION_COLUMNS, *JOINED_EXTRA))
 
 
-def from_results(results: Sequence["PipelineResult"], source: str) -> "pa.Table":
-    """Impressions of finished runs: one row per run that offered something."""
-    import pyarrow as pa
-
-    rows = [
+def rows_from_results(results: Sequence["PipelineResult"], source: str) -> list[dict[str, Any]]:
+    """Impressions of finished runs as plain rows: one per run that offered something."""
+    return [
         {
             "impression_id": r.run_id, "shown_at": r.created_at, "customer_id": r.customer_id,
             "offer_id": r.top_offer.offer_id, "offer_category": r.top_offer.category,
@@ -86,7 +85,15 @@ def from_results(results: Sequence["PipelineResult"], source: str) -> "pa.Table"
         for r in results
         if r.top_offer is not None
     ]
-    return pa.Table.from_pylist(rows, schema=impression_schema())
+
+
+def from_results(results: Sequence["PipelineResult"], source: str) -> "pa.Table":
+    """Impressions of finished runs as an Arrow table, built column by column."""
+    import pyarrow as pa
+
+    rows = rows_from_results(results, source)
+    schema = impression_schema()
+    return pa.table([pa.array([row[f.name] for row in rows], f.type) for f in schema], schema=schema)
 
 
 def from_batch(rows: "pa.Table", shown_at: dt.datetime) -> "pa.Table":
@@ -200,6 +207,14 @@ class ImpressionRecorder:
         if not pending:
             return
         try:
-            self._store().record_impressions(from_results(pending, self.source))
+            from .contracts import RecordsImpressionRows
+
+            store = self._store()
+            # A few rows before pandas is loaded (a CLI `run`): rows, written without Arrow.
+            # Otherwise (a service's flush, thousands of rows) Arrow is much faster.
+            if len(pending) <= ROWS_PATH_MAX and "pandas" not in sys.modules and isinstance(store, RecordsImpressionRows):
+                store.record_impression_rows(rows_from_results(pending, self.source))
+            else:
+                store.record_impressions(from_results(pending, self.source))
         except Exception as exc:  # noqa: BLE001 - recording must not fail the runs it records
             print(f"warning: {len(pending)} impression(s) not recorded: {type(exc).__name__}: {exc}", file=sys.stderr)

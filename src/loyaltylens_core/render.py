@@ -62,4 +62,11 @@ def config_tree(described: dict[str, Any]) -> Tree:
         node = settings.add(plugin)
         for key, item in table.items():
             node.add(f"{key} = {item['value']!r}  [dim]({item['source']})[/dim]")
+    if described.get("experiments"):
+        experiments = tree.add("experiments")
+        for name, experiment in described["experiments"].items():
+            node = experiments.add(f"{name}  [dim](control: {experiment['control']})[/dim]")
+            for variant, spec in experiment["variants"].items():
+                pins = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "share" and v)
+                node.add(f"{variant}: share {spec['share']:g}" + (f", {pins}" if pins else ""))
     return tree

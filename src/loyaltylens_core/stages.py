@@ -52,7 +52,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
           ("Closeable",),
           "computes a batch's chunks: in this process, or on a cluster"),
     Stage("feedback_store", "register_feedback_stores", "FeedbackStore", "duckdb", False,
-          ("Closeable",),
+          ("Closeable", "RecordsImpressionRows"),
           "keeps the offers handed out (impressions) and what customers did with them (outcomes)"),
     Stage("tracker", "register_trackers", "Tracker", "none", False,
           ("Closeable",),

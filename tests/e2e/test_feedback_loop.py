@@ -79,3 +79,38 @@ def test_monitor_flags_the_planted_drift_and_nothing_on_the_plain_demo(built, tm
     features = json.loads(drifted.stdout)["features"]
     assert features["frequency_30d"]["status"] == "critical"  # customers shop half as often
     assert features["channel_preference"]["status"] == features["tier"]["status"] == "ok"
+
+
+def test_an_experiment_pins_a_trained_challenger_for_its_variant(built, tmp_path):
+    trained = built("-q", "train", "--json")
+    assert trained.returncode == 0, trained.stderr
+    challenger = json.loads(trained.stdout)["model_version"]
+    champion = next(m["version"] for m in json.loads(built("-q", "models", "--json").stdout) if m["role"] == "champion")
+    assert challenger != champion
+    config = tmp_path / "loyaltylens.toml"
+    config.write_text(f"""
+[experiments.model_test]
+control = "champion"
+[experiments.model_test.variants.champion]
+share = 0.5
+[experiments.model_test.variants.challenger]
+share = 0.5
+model_version = "{challenger}"
+""")
+    shown = built("-q", "--config", str(config), "config", "show", "--json")
+    assert json.loads(shown.stdout)["experiments"]["model_test"]["variants"]["challenger"]["model_version"] == challenger
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(f"C{i:03d}" for i in range(100, 160)) + "\n")
+    out = tmp_path / "out.parquet"
+    proc = built("-q", "--config", str(config), "batch", "--ids", str(ids), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out).to_pylist()
+    by_variant = {dict(r["variants"])["model_test"]: set() for r in rows}
+    for r in rows:
+        by_variant[dict(r["variants"])["model_test"]].add(r["model_version"])
+    assert by_variant == {"champion": {champion}, "challenger": {challenger}}
+    single = json.loads(built("-q", "--config", str(config), "run", rows[0]["customer_id"], "--json").stdout)
+    assert single["propensity"]["model_version"] == rows[0]["model_version"]
+    assert single["experiments"] == dict(rows[0]["variants"])

@@ -99,3 +99,39 @@ def test_an_unwritable_directory_is_one_clear_error(tmp_path):
 
     with pytest.raises(StageError, match="cannot create the feedback store"):
         DuckDBFeedbackStore(blocker / "fb")
+
+
+def test_rows_written_without_arrow_read_back_like_arrow_segments_and_compact_with_them(tmp_path):
+    store = DuckDBFeedbackStore(tmp_path / "fb", compact_after=3)
+    arrow_rows = impressions(["a", "b"]).to_pylist()
+    store.record_impressions(impressions(["a", "b"]))
+    store.record_impression_rows([{**row, "impression_id": "r-" + row["impression_id"]} for row in arrow_rows])
+    store.record_impression_rows([{**arrow_rows[0], "impression_id": "r-c", "variants": [], "prompt_version": None}])
+    table = store.impressions_with_outcomes()
+    by_id = {r["impression_id"]: r for r in table.to_pylist()}
+    assert set(by_id) == {"a", "b", "r-a", "r-b", "r-c"}
+    for key in ("shown_at", "score", "variants", "tier", "source"):
+        assert by_id["r-a"][key] == by_id["a"][key]
+    assert by_id["r-c"]["variants"] == [] and by_id["r-c"]["prompt_version"] is None
+    store.record_impression_rows([{**arrow_rows[0], "impression_id": "r-d"}])  # 4 segments > 3: compacted
+    assert len(list((tmp_path / "fb" / "impressions").glob("seg-*.parquet"))) == 1
+    assert store.impressions_with_outcomes().num_rows == 6
+
+
+def test_a_single_run_records_its_impression_without_importing_pyarrow(tmp_path):
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, datetime as dt
+from pathlib import Path
+from loyaltylens_feedback_duckdb.store import DuckDBFeedbackStore
+store = DuckDBFeedbackStore(Path({str(tmp_path / 'fb')!r}))
+store.record_impression_rows([{{"impression_id": "x", "shown_at": dt.datetime.now(dt.timezone.utc), "customer_id": "C1",
+    "offer_id": "O1", "offer_category": "c", "tier": "gold", "channel": "web", "score": 0.5, "model_version": "m",
+    "prompt_version": "p", "source": "run", "variants": [("e", "b")]}}])
+print("pyarrow" in sys.modules, "pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    assert DuckDBFeedbackStore(tmp_path / "fb").impressions_with_outcomes()["variants"].to_pylist() == [[("e", "b")]]

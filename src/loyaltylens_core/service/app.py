@@ -219,6 +219,9 @@ def _build_and_warm(state: State) -> None:
     if pipeline.recorder is not None:  # warm-up runs hand nothing out: not impressions
         pipeline.recorder.enabled = False
         pipeline.recorder.source = "serve"
+        from ..impressions import from_results
+
+        from_results([], "serve")  # Arrow's conversions load pandas once, here, not in the first flush
     pipeline.prepare()
     state.pipeline = pipeline
     state.audit = AuditLog(pipeline.config.core.data_dir / "audit" / "audit.jsonl",

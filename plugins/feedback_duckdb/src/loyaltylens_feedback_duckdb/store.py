@@ -18,17 +18,20 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from loyaltylens_core.errors import StageError
-from loyaltylens_core.impressions import EVENTS, impression_schema, joined_schema, outcome_schema
+
+if TYPE_CHECKING:  # pyarrow loads only on the Arrow paths: a single `run` writes rows with DuckDB
+    import pyarrow as pa
+from loyaltylens_core.impressions import EVENTS, IMPRESSION_COLUMNS, impression_schema, joined_schema, outcome_schema
 
 T = TypeVar("T")
 MERGED_LIMIT = 16
+_DUCKDB_TYPES = {"string": "VARCHAR", "timestamp": "TIMESTAMPTZ", "float64": "DOUBLE", "map": "MAP(VARCHAR, VARCHAR)"}
+IMPRESSION_DDL = ", ".join(f'"{name}" {_DUCKDB_TYPES[kind]}' for name, kind in IMPRESSION_COLUMNS)
 FIRST_IMPRESSION = "QUALIFY row_number() OVER (PARTITION BY impression_id ORDER BY shown_at, source) = 1"
 FIRST_OUTCOME = 'QUALIFY row_number() OVER (PARTITION BY impression_id, event ORDER BY "at", rating) = 1'
 
@@ -47,11 +50,25 @@ class DuckDBFeedbackStore:
 
     # --- writes ---------------------------------------------------------------------
 
-    def record_impressions(self, impressions: pa.Table) -> None:
+    def record_impressions(self, impressions: "pa.Table") -> None:
         if impressions.num_rows:
             self._append("impressions", impressions.cast(impression_schema()))
 
-    def record_outcomes(self, outcomes: pa.Table, check: bool = True) -> dict[str, Any]:
+    def record_impression_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """The same segment written by DuckDB from plain rows: what a single `run` records,
+        without importing pyarrow (see contracts.RecordsImpressionRows)."""
+        if not rows:
+            return
+        columns = [name for name, _ in IMPRESSION_COLUMNS]
+        values = ", ".join("map(?::VARCHAR[], ?::VARCHAR[])" if name == "variants" else "?" for name in columns)
+        with contextlib.closing(duckdb.connect()) as con:
+            con.execute(f"CREATE TABLE segment ({IMPRESSION_DDL})")
+            con.executemany(f"INSERT INTO segment VALUES ({values})", [_flat(row, columns) for row in rows])
+            self._append_sql("impressions", con, "SELECT * FROM segment")
+
+    def record_outcomes(self, outcomes: "pa.Table", check: bool = True) -> dict[str, Any]:
+        import pyarrow as pa
+
         outcomes = outcomes.cast(outcome_schema())
         if not check or not outcomes.num_rows:
             if outcomes.num_rows:
@@ -59,7 +76,7 @@ class DuckDBFeedbackStore:
             return {"added": outcomes.num_rows, "duplicates": 0, "unknown": []}
         numbered = outcomes.append_column("_row", pa.array(range(outcomes.num_rows), pa.int64()))
 
-        def check_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
+        def check_rows(con: duckdb.DuckDBPyConnection) -> "pa.Table":
             con.register("incoming", numbered)
             return con.sql(f"""
                 WITH n AS (
@@ -87,11 +104,16 @@ class DuckDBFeedbackStore:
         return {"added": int(keep.sum()), "duplicates": int(duplicate_mask.sum()),
                 "unknown": [int(r) for r in rows[unknown_mask]]}
 
-    def _append(self, kind: str, table: pa.Table) -> None:
-        directory = self.dirs[kind]
-        name = f"seg-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.parquet"
-        _write_whole(directory / name, table)
-        if len(_segments(directory)) > self.compact_after:
+    def _append(self, kind: str, table: "pa.Table") -> None:
+        _write_whole(self.dirs[kind] / _segment_name(), table)
+        self._compact_if_many(kind)
+
+    def _append_sql(self, kind: str, con: duckdb.DuckDBPyConnection, query: str) -> None:
+        _copy_whole(con, query, self.dirs[kind] / _segment_name())
+        self._compact_if_many(kind)
+
+    def _compact_if_many(self, kind: str) -> None:
+        if len(_segments(self.dirs[kind])) > self.compact_after:
             self.compact(kind)
 
     def compact(self, kind: str, everything: bool = False) -> int:
@@ -110,12 +132,10 @@ class DuckDBFeedbackStore:
                 return 0
             first = FIRST_IMPRESSION if kind == "impressions" else FIRST_OUTCOME
             files = ", ".join(f"'{p}'" for p in chosen)
-            with contextlib.closing(duckdb.connect()) as con:
-                table = con.sql(f"SELECT * FROM read_parquet([{files}]) {first}").to_arrow_table()
-            schema = impression_schema() if kind == "impressions" else outcome_schema()
             # Named after the newest segment it replaces, so names keep sorting by age.
             name = chosen[-1].stem.removesuffix("-merged") + "-merged.parquet"
-            _write_whole(directory / name, table.cast(schema))
+            with contextlib.closing(duckdb.connect()) as con:  # DuckDB alone: no Arrow, no pandas
+                _copy_whole(con, f"SELECT * FROM read_parquet([{files}]) {first}", directory / name)
             for path in chosen:
                 if path.name != name:
                     path.unlink(missing_ok=True)
@@ -123,11 +143,11 @@ class DuckDBFeedbackStore:
 
     # --- reads ----------------------------------------------------------------------
 
-    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> pa.Table:
+    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> "pa.Table":
         flags = ",\n".join(f"bool_or(event = '{e}') AS {e}" for e in EVENTS)
         outer = ",\n".join(f"coalesce(f.{e}, false) AS {e}" for e in EVENTS)
         where = "WHERE shown_at >= $since" if since is not None else ""
-        def read(con: duckdb.DuckDBPyConnection) -> pa.Table:
+        def read(con: duckdb.DuckDBPyConnection) -> "pa.Table":
             query = f"""
                 WITH i AS (SELECT * FROM ({self._table(con, 'impressions')}) {where} {FIRST_IMPRESSION}),
                 o AS (SELECT impression_id, event, rating FROM ({self._table(con, 'outcomes')}) {FIRST_OUTCOME}),
@@ -175,11 +195,37 @@ class DuckDBFeedbackStore:
         """Nothing stays open between calls; present so the core closes it like any store."""
 
 
+def _segment_name() -> str:
+    return f"seg-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.parquet"
+
+
+def _flat(row: dict[str, Any], columns: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for name in columns:
+        if name == "variants":
+            pairs = list(row[name] or [])
+            out += [[k for k, _ in pairs], [v for _, v in pairs]]
+        else:
+            out.append(row[name])
+    return out
+
+
+def _copy_whole(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
+    """``query``'s rows as a Parquet file that exists whole or not at all."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def _segments(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("seg-*.parquet"))
 
 
-def _write_whole(path: Path, table: pa.Table) -> None:
+def _write_whole(path: Path, table: "pa.Table") -> None:
+    import pyarrow.parquet as pq
+
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     with open(tmp, "rb") as fh:
