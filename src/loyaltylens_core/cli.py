@@ -482,8 +482,8 @@ def report(
 @app.command()
 def train(as_json: bool = typer.Option(False, "--json", help="Print the model card as JSON.")) -> None:
     """Train a new version of the propensity model and print its metrics (logged to the
-    selected tracker, e.g. --use tracker=mlflow)."""
-    pipeline = _pipeline(needed=("feature_store", "propensity", "tracker"))
+    selected tracking plugin: a local JSON-lines log by default, --use tracking=mlflow)."""
+    pipeline = _pipeline(needed=("feature_store", "propensity", "tracking"))
     model = pipeline.component("propensity", prepare=False)
     if "Trainable" not in pipeline.capabilities("propensity"):
         from .errors import UsageError
@@ -492,7 +492,7 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
             f"propensity plugin {pipeline.config.stages['propensity']!r} cannot be trained here",
             "train it with its own tooling",
         )
-    tracker = pipeline.component("tracker")  # built first: a bad tracker config fails before training
+    tracker = pipeline.component("tracking")  # built first: a bad tracker config fails before training
     card = model.train()
     card["tracking"] = _log_training(pipeline, model, tracker, card)
     if as_json:
@@ -513,7 +513,7 @@ def train(as_json: bool = typer.Option(False, "--json", help="Print the model ca
     )
     tracking = card["tracking"]
     if tracking:
-        typer.echo(f"tracked in {pipeline.config.stages['tracker']}: "
+        typer.echo(f"tracked in {pipeline.config.stages['tracking']}: "
                    + ", ".join(f"{k} {v}" for k, v in tracking.items() if v is not None))
 
 
@@ -525,7 +525,7 @@ def _log_training(pipeline: Any, model: Any, tracker: Any, card: dict[str, Any])
 
     version = card.get("model_version")
     model_dir = model.models.directory / version if "VersionedModels" in pipeline.capabilities("propensity") else None
-    name = pipeline.config.stages["tracker"]
+    name = pipeline.config.stages["tracking"]
     try:
         logged: dict[str, Any] = tracker.log_training(card, model_dir)
     except LoyaltyLensError as exc:

@@ -77,7 +77,7 @@ def register_feedback_stores(register: "Register") -> None:
 
 @hookspec
 def register_trackers(register: "Register") -> None:
-    """Register experiment trackers (stage ``tracker``): where `loyaltylens train` logs runs."""
+    """Register experiment trackers (stage ``tracking``): where `loyaltylens train` logs runs."""
 
 
 @hookspec

@@ -237,11 +237,6 @@ def load_registry(
                 continue
             dist_of[ep.name] = (dist_name, dist_version)
 
-    from . import builtin
-
-    pm.register(builtin, name=builtin.NAME)
-    dist_of[builtin.NAME] = ("loyaltylens", builtin.version())
-
     for plugin in extra_plugins:
         name = pm.register(plugin)
         if name is not None:

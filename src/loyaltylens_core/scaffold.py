@@ -385,7 +385,7 @@ def test_keeps_impressions_and_joins_their_outcomes(loyaltylens_pipeline):
 ''',
         "test_imports": "",
     },
-    "tracker": {
+    "tracking": {
         "settings": "    file_name: str = \"runs.jsonl\"  # in the plugin's directory under the data dir\n",
         "imports": "import json\nfrom typing import TYPE_CHECKING, Any\n",
         "body": '''
@@ -408,8 +408,8 @@ class $cls:
 def test_logs_each_training_run(loyaltylens_pipeline):
     import json
 
-    pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["tracker=$name"])
-    tracker = pipeline.component("tracker")
+    pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["tracking=$name"])
+    tracker = pipeline.component("tracking")
     out = tracker.log_training({"model_version": "m1", "history": [{"epoch": 1, "train_loss": 0.5}]}, None)
     (line,) = open(out["runs_file"]).read().splitlines()
     assert json.loads(line)["card"]["model_version"] == "m1"

@@ -54,7 +54,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("feedback_store", "register_feedback_stores", "FeedbackStore", "duckdb", False,
           ("Closeable", "RecordsImpressionRows"),
           "keeps the offers handed out (impressions) and what customers did with them (outcomes)"),
-    Stage("tracker", "register_trackers", "Tracker", "none", False,
+    Stage("tracking", "register_trackers", "Tracker", "jsonl", False,
           ("Closeable",),
           "logs training runs (parameters, metrics per epoch, model card, model) to an experiment tracker"),
 )

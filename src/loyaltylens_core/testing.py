@@ -248,7 +248,7 @@ FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "deploy_target": FakeDeployTarget,
     "batch_engine": FakeBatchEngine,
     "feedback_store": FakeFeedbackStore,
-    "tracker": FakeTracker,
+    "tracking": FakeTracker,
 }
 
 

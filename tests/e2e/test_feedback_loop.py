@@ -85,6 +85,10 @@ def test_an_experiment_pins_a_trained_challenger_for_its_variant(built, tmp_path
     trained = built("-q", "train", "--json")
     assert trained.returncode == 0, trained.stderr
     challenger = json.loads(trained.stdout)["model_version"]
+    from pathlib import Path
+
+    runs = Path(json.loads(trained.stdout)["tracking"]["runs_file"]).read_text().splitlines()
+    assert json.loads(runs[-1])["model_version"] == challenger  # the default tracking plugin's log
     champion = next(m["version"] for m in json.loads(built("-q", "models", "--json").stdout) if m["role"] == "champion")
     assert challenger != champion
     config = tmp_path / "loyaltylens.toml"

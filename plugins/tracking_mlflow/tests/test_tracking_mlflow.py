@@ -1,5 +1,5 @@
 """The MLflow tracker against a real local MLflow store (sqlite tracking URI, file artifacts):
-what `loyaltylens train --use tracker=mlflow` leaves behind, read back with MLflow's client."""
+what `loyaltylens train --use tracking=mlflow` leaves behind, read back with MLflow's client."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loyaltylens_tracker_mlflow import MLflowTrackerSettings
-from loyaltylens_tracker_mlflow.tracker import MLflowTracker
+from loyaltylens_tracking_mlflow import MLflowTrackerSettings
+from loyaltylens_tracking_mlflow.tracker import MLflowTracker
 
 CARD = {
     "model_version": "propensity_v3", "role": "challenger", "architecture": "tabular-transformer",
@@ -58,7 +58,7 @@ def test_no_registry_when_registered_model_is_empty(tmp_path):
 
 
 def test_mlflow_is_imported_only_when_the_tracker_is_built():
-    code = ("import sys, loyaltylens_tracker_mlflow\n"
+    code = ("import sys, loyaltylens_tracking_mlflow\n"
             "from loyaltylens_core.plugins import load_registry\n"
             "load_registry()\n"
             "print('mlflow' in sys.modules)")

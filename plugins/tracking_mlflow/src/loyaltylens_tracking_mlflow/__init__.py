@@ -1,4 +1,4 @@
-"""Experiment tracking in MLflow (stage ``tracker``, selected with ``--use tracker=mlflow``).
+"""Experiment tracking in MLflow (stage ``tracking``, selected with ``--use tracking=mlflow``).
 
 This module is the entry point: it registers the plugin and stays cheap to import. MLflow
 is imported only when the tracker is built, i.e. by `loyaltylens train` with it selected.
