@@ -265,6 +265,23 @@ def seed(
                + (f"; feature store: {rows} rows" if rows is not None else ""))
 
 
+def _since_option(value: Optional[str]) -> Any:
+    """--since as a UTC datetime: a date means its midnight UTC; a date-time without an
+    offset is UTC."""
+    import datetime as dt
+
+    from .errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise UsageError(f"--since {value!r} is not a date or date-time",
+                         "write YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM]") from None
+    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+
+
 def _date_option(value: Optional[str], flag: str) -> Any:
     """A YYYY-MM-DD option as a date (None stays None); anything else is one usage line."""
     import datetime as dt
@@ -446,7 +463,9 @@ def feedback_demo(
 
 @app.command()
 def report(
-    since: Optional[str] = typer.Option(None, "--since", help="Only impressions shown on or after YYYY-MM-DD."),
+    since: Optional[str] = typer.Option(
+        None, "--since", help="Only impressions shown from YYYY-MM-DD or an ISO date-time (UTC unless it says)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Only impressions from run, serve, batch or demo."),
     html: Optional[str] = typer.Option(None, "--html", help="Also write an HTML report with plots to this file."),
     drift: bool = typer.Option(False, "--drift", help="Add `monitor`'s drift (latest snapshot vs the one before)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -458,10 +477,13 @@ def report(
 
     from .report import build_report, render_text
 
-    day = _date_option(since, "--since")
-    when = dt.datetime.combine(day, dt.time(), dt.timezone.utc) if day is not None else None
+    when = _since_option(since)
     pipeline = _pipeline(needed=("feedback_store", "feature_store", "propensity") if drift else ("feedback_store",))
     table = pipeline.component("feedback_store").impressions_with_outcomes(when)
+    if source:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.equal(table["source"], source))
     result = build_report(table, pipeline.config.experiments)
     if drift:
         from .drift import snapshot_drift

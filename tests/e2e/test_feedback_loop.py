@@ -41,7 +41,8 @@ def test_the_demo_loop_finds_the_planted_lift_and_a_calibrated_model(built, tmp_
     assert demo.returncode == 0, demo.stderr
     assert json.loads(demo.stdout)["impressions"] == 1000
     html = tmp_path / "report.html"
-    proc = built("-q", "report", "--json", "--drift", "--html", str(html))
+    # Other tests of the session hand out offers in the same data dir: the demo's only.
+    proc = built("-q", "report", "--json", "--drift", "--source", "demo", "--html", str(html))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     experiment = report["experiments"]["demo_reminder"]
