@@ -226,8 +226,12 @@ def _build_and_warm(state: State) -> None:
     state.pipeline = pipeline
     state.audit = AuditLog(pipeline.config.core.data_dir / "audit" / "audit.jsonl",
                            state.settings.audit_max_bytes, state.settings.audit_backups)
-    state.llm = "AsyncGenerator" in pipeline.capabilities("generator")
-    state.inline = not state.llm and all(
+    # An experiment variant may swap the generator (to an LLM) or pin another model: its
+    # customers must not run on the event loop, and an LLM variant's requests are rate limited.
+    variants_change = any(e.stages() for e in pipeline.config.experiments.values())
+    swaps_generator = any(v.generator for e in pipeline.config.experiments.values() for v in e.variants)
+    state.llm = "AsyncGenerator" in pipeline.capabilities("generator") or swaps_generator
+    state.inline = not state.llm and not variants_change and all(
         "NonBlocking" in pipeline.capabilities(stage) and pipeline.component(stage).nonblocking is True
         for stage in RUN_STAGES
     )
