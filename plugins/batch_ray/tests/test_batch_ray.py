@@ -144,7 +144,9 @@ def test_an_unreachable_cluster_is_one_line_naming_the_address(cli):
 
 def test_blocks_run_on_both_nodes_of_a_two_node_cluster(cli, tmp_path, monkeypatch):
     """A head and a worker node of 1 CPU each (how Ray's own tests build a cluster on one
-    machine); the job joins it by address, and both nodes score batches."""
+    machine); the job joins it by address, and both nodes score batches. Each actor asks for
+    0.75 CPU, so two cannot share a node: SPREAD is a preference, and once in a full suite run
+    it left both actors on the head node (0.5 CPU each fit there)."""
     from ray.cluster_utils import Cluster
 
     nodes = tmp_path / "nodes"
@@ -157,6 +159,7 @@ def test_blocks_run_on_both_nodes_of_a_two_node_cluster(cli, tmp_path, monkeypat
         proc = cli("ray", "ray.parquet", RAY_TEST_NODES=str(nodes),
                    LOYALTYLENS_BATCH_ENGINE_RAY__ADDRESS=cluster.address,
                    LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE="4",
+                   LOYALTYLENS_BATCH_ENGINE_RAY__CPUS_PER_WORKER="0.75",
                    LOYALTYLENS_BATCH_ENGINE_RAY__STALL_TIMEOUT_S="120")
     finally:
         cluster.shutdown()
