@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+from .atomic import write_bytes, write_parquet
 from .errors import LoyaltyLensError, UsageError
 from .progress import QUIET, Progress
 
@@ -89,7 +90,7 @@ class BatchJob:
         that receives Arrow has them) and rejects (id -> error), each file whole or absent.
         The rejects go first: a part that exists always has its rejects beside it."""
         notes = [[c, self.lines.get(c), e.message] for c, e in rejected.items()]
-        _atomic_write_bytes(self.parts / f"part-{index:06d}.rejects.json", json.dumps(notes).encode())
+        write_bytes(self.parts / f"part-{index:06d}.rejects.json", json.dumps(notes).encode())
         _write_parquet(self.parts / f"part-{index:06d}.parquet", rows, self.batch_id)
 
 
@@ -153,27 +154,6 @@ def read_ids(path: Path) -> tuple[list[str], dict[str, int]]:
     return ids, seen
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_table(path: Path, table: Any) -> None:
-    """A parquet file that exists whole or not at all (parts and the merged result):
-    written next to its target, flushed to disk, then renamed into place."""
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table", batch_id: str) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -187,7 +167,7 @@ def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table", batch_id
     else:
         table = pa.Table.from_pylist(rows, schema=schema())
     ids = pc.binary_join_element_wise(pa.scalar(batch_id), table["customer_id"], "-")
-    _write_table(path, table.set_column(0, "impression_id", ids))
+    write_parquet(path, table.set_column(0, "impression_id", ids))
 
 
 def _job_fingerprint(ids: Sequence[str]) -> str:
@@ -238,7 +218,7 @@ def run_batch(
 
         job = {"ids_sha256": fingerprint, "customers": len(ids), "chunk_size": chunk_size,
                "batch_id": uuid.uuid4().hex[:16]}
-        _atomic_write_bytes(job_file, json.dumps(job).encode())
+        write_bytes(job_file, json.dumps(job).encode())
     job = json.loads(job_file.read_text())
     chunk_size = int(job["chunk_size"])
 
@@ -310,7 +290,7 @@ class Destination:
 
     def write_table(self, table: Any) -> None:
         if self.filesystem is None:
-            _write_table(Path(self.path), table)
+            write_parquet(Path(self.path), table)
             return
         import pyarrow.parquet as pq
 
@@ -324,7 +304,7 @@ class Destination:
             if data is None:
                 target.unlink(missing_ok=True)
             else:
-                _atomic_write_bytes(target, data)
+                write_bytes(target, data)
             return
         from pyarrow import fs
 

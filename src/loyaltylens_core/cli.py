@@ -247,22 +247,21 @@ def seed(
     ),
 ) -> None:
     """(Re)build the synthetic demo data and the feature store from it."""
-    from .demo import ensure_demo_data
-    from .progress import Progress
-
     pipeline = _pipeline(needed=("feature_store",))
-    demo = ensure_demo_data(
-        pipeline.config.core.data_dir / "demo",
-        seed=pipeline.config.core.seed,
-        customers=customers or pipeline.config.core.demo_customers,
-        drift=pipeline.config.core.demo_drift,
-        progress=Progress(quiet=state.quiet),
-        rebuild=True,
-    )
+    demo = _demo_data(pipeline, customers=customers, rebuild=True)
     store = pipeline.component("feature_store")
     rows = store.materialize(rebuild=True) if "Materializable" in pipeline.capabilities("feature_store") else None
     typer.echo(f"demo data: {demo.customers} customers in {demo.directory}"
                + (f"; feature store: {rows} rows" if rows is not None else ""))
+
+
+def _demo_data(pipeline: "Pipeline", *, customers: Optional[int] = None, rebuild: bool = False) -> Any:
+    """The demo dataset of the configured data dir, seed, size and drift (built if needed)."""
+    from .demo import ensure_demo_data
+
+    core = pipeline.config.core
+    return ensure_demo_data(core.data_dir / "demo", seed=core.seed, customers=customers or core.demo_customers,
+                            drift=core.demo_drift, progress=pipeline.progress, rebuild=rebuild)
 
 
 def _since_option(value: Optional[str]) -> Any:
@@ -271,15 +270,15 @@ def _since_option(value: Optional[str]) -> Any:
     import datetime as dt
 
     from .errors import UsageError
+    from .outcomes import as_utc
 
     if value is None:
         return None
     try:
-        when = dt.datetime.fromisoformat(value.strip())
+        return as_utc(dt.datetime.fromisoformat(value.strip()))
     except ValueError:
         raise UsageError(f"--since {value!r} is not a date or date-time",
                          "write YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM]") from None
-    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
 
 
 def _date_option(value: Optional[str], flag: str) -> Any:
@@ -410,7 +409,6 @@ def feedback_demo(
     its reminder variant has a planted +25% redemption lift for `loyaltylens report` to find."""
     from pathlib import Path
 
-    from .demo import ensure_demo_data
     from .demo.outcomes import EXPERIMENT, experiment, simulate
     from .errors import UsageError
     from .impressions import from_results
@@ -435,8 +433,7 @@ def feedback_demo(
     if not results:
         raise UsageError("no demo customer got an offer", "check `loyaltylens run C001`")
     core = pipeline.config.core
-    demo = ensure_demo_data(core.data_dir / "demo", seed=core.seed, customers=core.demo_customers, drift=core.demo_drift,
-                            progress=pipeline.progress)
+    demo = _demo_data(pipeline)
     impressions = from_results(results, "demo")
     try:
         outcomes = simulate(impressions, demo, results[0].features.as_of, seed=core.seed)
@@ -445,12 +442,9 @@ def feedback_demo(
     folder = Path(core.data_dir) / "demo-outcomes"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"outcomes-{impressions['shown_at'][0].as_py():%Y%m%dT%H%M%S}.parquet"
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(outcomes.rename_columns(["impression_id", "event", "rating", "time"])
-                   .cast(pa.schema([("impression_id", pa.string()), ("event", pa.string()),
-                                    ("rating", pa.int8()), ("time", pa.timestamp("us", tz="UTC"))])), path)
+    pq.write_table(outcomes.rename_columns(["impression_id", "event", "rating", "time"]), path)
     summary = import_file(pipeline.component("feedback_store"), path)
     out = {"customers": len(ids), "impressions": impressions.num_rows, "outcomes_file": str(path),
            **{k: v for k, v in summary.to_dict().items() if k in ("rows", "added", "duplicates", "rejected")}}

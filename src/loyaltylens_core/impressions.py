@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 EVENTS: tuple[str, ...] = ("viewed", "clicked", "redeemed", "dismissed")
 
+# A flush of at most this many impressions, before pandas is loaded, writes plain rows.
 ROWS_PATH_MAX = 100
 # (column, type): impressions as handed out.
 IMPRESSION_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -38,7 +39,6 @@ OUTCOME_COLUMNS: tuple[tuple[str, str], ...] = (
     ("impression_id", "string"), ("event", "string"), ("rating", "int8"), ("at", "timestamp"),
 )
 # One row per impression with what happened to it (what reports read).
-OUTCOME_FLAGS: tuple[str, ...] = EVENTS
 JOINED_EXTRA: tuple[tuple[str, str], ...] = (
     *((event, "bool") for event in EVENTS), ("rating", "float64"),
 )
@@ -113,6 +113,26 @@ def from_batch(rows: "pa.Table", shown_at: dt.datetime) -> "pa.Table":
         "variants": offered["variants"],
     }
     return pa.table(columns, schema=impression_schema())
+
+
+def screen_outcomes(
+    outcomes: "pa.Table", known: set[str] | None, held: set[tuple[str, str]]
+) -> tuple[list[int], int, list[int]]:
+    """Which rows of ``outcomes`` a store adds, by the Protocol's rules: (rows to add, how
+    many repeat a held or an earlier row's (impression, event), rows naming an impression
+    not in ``known``). ``known=None`` skips that check. ``held`` gains the added keys."""
+    keep: list[int] = []
+    unknown: list[int] = []
+    repeats = 0
+    for row, key in enumerate(zip(outcomes["impression_id"].to_pylist(), outcomes["event"].to_pylist())):
+        if known is not None and key[0] not in known:
+            unknown.append(row)
+        elif key in held:
+            repeats += 1
+        else:
+            held.add(key)
+            keep.append(row)
+    return keep, repeats, unknown
 
 
 def join_outcomes(impressions: "pa.Table", outcomes: "pa.Table") -> "pa.Table":

@@ -13,10 +13,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import io
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .atomic import write_bytes
 from .errors import UsageError
 from .impressions import EVENTS, outcome_schema
 
@@ -42,6 +44,11 @@ class ImportSummary:
         out["rejects_file"] = str(self.rejects_file) if self.rejects_file else None
         out["rows_per_s"] = round(self.rows / self.seconds) if self.seconds > 0 else None
         return out
+
+
+def as_utc(when: dt.datetime) -> dt.datetime:
+    """A time in UTC; one without an offset is taken to be UTC already."""
+    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
 
 
 def read_file(path: Path) -> tuple["pa.Table", str]:
@@ -147,8 +154,7 @@ def _parse_times(column: Any, now: dt.datetime) -> tuple[Any, Any]:
     text = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
     try:
         parsed = pc.cast(text, target)
-        missing = ~pc.is_valid(parsed).to_numpy(zero_copy_only=False)
-        return pc.fill_null(parsed, pa.scalar(now, target)), np.zeros(len(text), dtype=bool) & missing
+        return pc.fill_null(parsed, pa.scalar(now, target)), np.zeros(len(text), dtype=bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     values: list[dt.datetime] = []
@@ -163,7 +169,7 @@ def _parse_times(column: Any, now: dt.datetime) -> tuple[Any, Any]:
             bad[i] = True
             values.append(now)
             continue
-        values.append(when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc))
+        values.append(as_utc(when))
     return pa.array(values, target), bad
 
 
@@ -188,13 +194,12 @@ def import_file(store: Any, path: Path, rejects: Path | None = None) -> ImportSu
         offset = 2 if unit == "line" else 1  # a CSV's header is line 1
         columns = raw.column_names
         rows = raw.take(pa.array([i for i, _ in bad])).to_pylist()
-        tmp = rejects.with_name(f".{rejects.name}.tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([unit, "reason", *columns])
-            for (i, reason), row in zip(bad, rows):
-                writer.writerow([i + offset, reason, *(row[c] for c in columns)])
-        tmp.replace(rejects)
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow([unit, "reason", *columns])
+        for (i, reason), row in zip(bad, rows):
+            writer.writerow([i + offset, reason, *(row[c] for c in columns)])
+        write_bytes(rejects, text.getvalue().encode())
     else:
         rejects.unlink(missing_ok=True)
     return ImportSummary(rows=raw.num_rows, added=int(result["added"]), duplicates=int(result["duplicates"]),

@@ -147,12 +147,12 @@ def _control_of(name: str, names: list[str], experiments: dict[str, Any]) -> str
 
 
 def experiment_results(table: Any, experiments: dict[str, Any],
-                       labels: dict[str, tuple[Any, list[str]]] | None = None) -> dict[str, Any]:
+                       labels: dict[str, tuple[Any, list[str]]]) -> dict[str, Any]:
     import numpy as np
 
     redeemed = table["redeemed"].to_numpy(zero_copy_only=False)
     out: dict[str, Any] = {}
-    for name, (codes, present) in sorted((labels if labels is not None else _experiment_labels(table)).items()):
+    for name, (codes, present) in sorted(labels.items()):
         configured = experiments.get(name)
         order = [v.name for v in configured.variants] if configured is not None else sorted(present)
         names = [v for v in order if v in present] + sorted(v for v in present if v not in order)
@@ -243,8 +243,7 @@ def render_text(report: dict[str, Any]) -> str:
     c = report["calibration"]
     auc_text = "-" if c["auc"] is None else f"{c['auc']:.3f}"
     if c["brier"] is None:
-        lines.append("calibration: no untreated impressions")
-        c = {**c, "deciles": []}
+        lines.append("calibration: no untreated impressions")  # and no deciles below
     else:
         lines.append(f"calibration ({c['impressions']:,} untreated impressions): Brier {c['brier']:.4f}, "
                      f"ECE {c['ece']:.4f}, AUC {auc_text}, mean score {_pct(c['mean_score'])} vs redeemed "

@@ -140,6 +140,6 @@ def render_html(report: dict[str, Any]) -> str:
 
 def write_html(report: dict[str, Any], path: Path) -> None:
     """Written beside its name and renamed: a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_html(report), encoding="utf-8")
-    tmp.replace(path)
+    from .atomic import write_bytes
+
+    write_bytes(path, render_html(report).encode("utf-8"))

@@ -345,17 +345,11 @@ class $cls:
     def record_outcomes(self, outcomes: Any, check: bool = True) -> dict[str, Any]:
         import pyarrow as pa
 
-        known = set(self.impressions["impression_id"].to_pylist())
+        from loyaltylens_core.impressions import screen_outcomes
+
+        known = set(self.impressions["impression_id"].to_pylist()) if check else None
         held = set(zip(self.outcomes["impression_id"].to_pylist(), self.outcomes["event"].to_pylist()))
-        keep, unknown, repeats = [], [], 0
-        for row, key in enumerate(zip(outcomes["impression_id"].to_pylist(), outcomes["event"].to_pylist())):
-            if check and key[0] not in known:
-                unknown.append(row)
-            elif key in held:
-                repeats += 1
-            else:
-                held.add(key)
-                keep.append(row)
+        keep, repeats, unknown = screen_outcomes(outcomes, known, held)
         self.outcomes = pa.concat_tables([self.outcomes, outcomes.take(pa.array(keep, pa.int64()))])
         return {"added": len(keep), "duplicates": repeats, "unknown": unknown}
 

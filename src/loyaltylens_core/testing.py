@@ -205,17 +205,11 @@ class FakeFeedbackStore:
         if not check:
             self.outcomes = pa.concat_tables([self.outcomes, outcomes])
             return {"added": outcomes.num_rows, "duplicates": 0, "unknown": []}
+        from .impressions import screen_outcomes
+
         known = set(self.impressions["impression_id"].to_pylist())
-        seen = set(zip(self.outcomes["impression_id"].to_pylist(), self.outcomes["event"].to_pylist()))
-        keep, unknown, duplicates = [], [], 0
-        for row, key in enumerate(zip(outcomes["impression_id"].to_pylist(), outcomes["event"].to_pylist())):
-            if key[0] not in known:
-                unknown.append(row)
-            elif key in seen:
-                duplicates += 1
-            else:
-                seen.add(key)
-                keep.append(row)
+        held = set(zip(self.outcomes["impression_id"].to_pylist(), self.outcomes["event"].to_pylist()))
+        keep, duplicates, unknown = screen_outcomes(outcomes, known, held)
         self.outcomes = pa.concat_tables([self.outcomes, outcomes.take(pa.array(keep, pa.int64()))])
         return {"added": len(keep), "duplicates": duplicates, "unknown": unknown}
 

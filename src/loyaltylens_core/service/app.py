@@ -457,17 +457,12 @@ def _outcome_table(outcomes: list[OutcomeIn]) -> Any:
     import pyarrow as pa
 
     from ..impressions import outcome_schema
+    from ..outcomes import as_utc
 
     now = dt.datetime.now(dt.timezone.utc)
-
-    def utc(when: dt.datetime | None) -> dt.datetime:
-        if when is None:
-            return now
-        return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
-
     return pa.table({
         "impression_id": [o.impression_id for o in outcomes], "event": [o.event for o in outcomes],
-        "rating": [o.rating for o in outcomes], "at": [utc(o.time) for o in outcomes],
+        "rating": [o.rating for o in outcomes], "at": [now if o.time is None else as_utc(o.time) for o in outcomes],
     }, schema=outcome_schema())
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import duckdb
 
+from loyaltylens_core.atomic import write_parquet, write_with
 from loyaltylens_core.errors import StageError
 
 if TYPE_CHECKING:  # pyarrow loads only on the Arrow paths: a single `run` writes rows with DuckDB
@@ -105,7 +106,7 @@ class DuckDBFeedbackStore:
                 "unknown": [int(r) for r in rows[unknown_mask]]}
 
     def _append(self, kind: str, table: "pa.Table") -> None:
-        _write_whole(self.dirs[kind] / _segment_name(), table)
+        write_parquet(self.dirs[kind] / _segment_name(), table)
         self._compact_if_many(kind)
 
     def _append_sql(self, kind: str, con: duckdb.DuckDBPyConnection, query: str) -> None:
@@ -131,11 +132,10 @@ class DuckDBFeedbackStore:
             if len(chosen) < 2:
                 return 0
             first = FIRST_IMPRESSION if kind == "impressions" else FIRST_OUTCOME
-            files = ", ".join(f"'{p}'" for p in chosen)
             # Named after the newest segment it replaces, so names keep sorting by age.
             name = chosen[-1].stem.removesuffix("-merged") + "-merged.parquet"
             with contextlib.closing(duckdb.connect()) as con:  # DuckDB alone: no Arrow, no pandas
-                _copy_whole(con, f"SELECT * FROM read_parquet([{files}]) {first}", directory / name)
+                _copy_whole(con, f"{_read_all(chosen)} {first}", directory / name)
             for path in chosen:
                 if path.name != name:
                     path.unlink(missing_ok=True)
@@ -159,7 +159,7 @@ class DuckDBFeedbackStore:
         return self._read(read).cast(joined_schema())
 
     def counts(self) -> dict[str, int]:
-        """Impressions and outcomes held (after dropping repeats), for `feedback status`."""
+        """How many impressions and (impression, event) outcomes are held, repeats dropped."""
         def count(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             impressions, outcomes = self._table(con, "impressions"), self._table(con, "outcomes")
             held_impressions = con.execute(f"SELECT count(DISTINCT impression_id) FROM ({impressions})").fetchall()
@@ -173,8 +173,7 @@ class DuckDBFeedbackStore:
         """SQL for every segment of a table (an empty relation of its schema when none)."""
         segments = _segments(self.dirs[kind])
         if segments:
-            files = ", ".join(f"'{p}'" for p in segments)
-            return f"SELECT * FROM read_parquet([{files}])"
+            return _read_all(segments)
         empty = f"empty_{kind}"
         con.register(empty, (impression_schema() if kind == "impressions" else outcome_schema()).empty_table())
         return f"SELECT * FROM {empty}"
@@ -212,25 +211,17 @@ def _flat(row: dict[str, Any], columns: list[str]) -> list[Any]:
 
 def _copy_whole(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     """``query``'s rows as a Parquet file that exists whole or not at all."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)"))
+
+
+def _read_all(segments: Sequence[Path]) -> str:
+    files = ", ".join(f"'{p}'" for p in segments)
+    return f"SELECT * FROM read_parquet([{files}])"
 
 
 def _segments(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("seg-*.parquet"))
 
-
-def _write_whole(path: Path, table: "pa.Table") -> None:
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
