@@ -166,3 +166,23 @@ def test_blocks_run_on_both_nodes_of_a_two_node_cluster(cli, tmp_path, monkeypat
     assert proc.returncode == 0, proc.stderr
     assert len(rows(cli.tmp / "ray.parquet")) == 40
     assert len(list(nodes.iterdir())) == 2, "every batch ran on one node"
+
+
+def test_a_cluster_without_room_for_every_actor_fails_naming_them_instead_of_hanging(cli):
+    """Work waits for every Scorer actor (so a small job is not all taken by the first one up);
+    when the cluster cannot place them all, the job fails within stall_timeout_s, one line."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.wait_for_nodes()
+        proc = cli("ray", "ray.parquet",
+                   LOYALTYLENS_BATCH_ENGINE_RAY__ADDRESS=cluster.address,
+                   LOYALTYLENS_BATCH_ENGINE_RAY__CPUS_PER_WORKER="0.75",
+                   LOYALTYLENS_BATCH_ENGINE_RAY__STALL_TIMEOUT_S="5")
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 4, proc.stderr
+    assert "Ray could not start 2 Scorer actors x 0.75 CPU within 5 s" in proc.stderr
+    assert "Traceback" not in proc.stderr and "INFO" not in proc.stderr, proc.stderr  # Ray Data's console kept quiet
+    assert not (cli.tmp / "ray.parquet").exists()

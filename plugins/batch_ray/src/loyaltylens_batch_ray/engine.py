@@ -19,6 +19,7 @@ Data flow that works across machines (a DuckDB file on the driver's disk does no
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -82,6 +83,15 @@ def read_piece(batch: pa.Table, filesystem: Any) -> pa.Table:
     """One piece of a staged chunk file (runs as a Ray task, near the data or not)."""
     path, start, rows = (batch.column(name)[0].as_py() for name in ("path", "start", "rows"))
     return pq.read_table(path, filesystem=filesystem).slice(start, rows)
+
+
+def _quiet_console(name: str) -> None:
+    """Keep Ray Data's INFO lines and internal tracebacks off the terminal: the job reports
+    its own progress and fails with one line. The full log stays in Ray's session directory
+    (``/tmp/ray/session_latest/logs/ray-data``)."""
+    for handler in logging.getLogger(name).handlers:
+        if not type(handler).__name__.endswith("FileHandler"):  # Ray's SessionFileHandler is a plain Handler
+            handler.setLevel(logging.CRITICAL)
 
 
 def _in_order(tables: list[pa.Table]) -> pa.Table:
@@ -170,7 +180,13 @@ class RayBatchEngine:
         from ray.data import ActorPoolStrategy
 
         self._connect()
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        _quiet_console("ray.data")
+        # Work starts once every Scorer actor is up: otherwise the first actor to finish
+        # building its pipeline takes every block of a small job, and a cluster without room
+        # for all of them fails within stall_timeout_s instead of running on fewer.
+        context.wait_for_min_actors_s = self._actor_start_s()
         # The staged files are read by tasks we declare (not read_parquet, whose file
         # listing task asks for a whole CPU: on a cluster whose nodes the actors have left
         # with half a CPU each it would never be scheduled). Each file is cut into pieces so
@@ -188,9 +204,9 @@ class RayBatchEngine:
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=self.workers),
             num_cpus=self.settings.cpus_per_worker,
-            scheduling_strategy="SPREAD",  # one actor per node first: every machine scores, not the first one
-            max_restarts=-1,  # an actor killed mid-job comes back...
-            max_task_retries=-1,  # ...and its batch is retried
+            # Ray Data's defaults for actors are the ones we want: SPREAD (one per node first,
+            # so every machine scores), one killed mid-job comes back (max_restarts=-1) and its
+            # batch is retried (max_task_retries=-1); tests check the first and the last.
         )
         # Results stay Arrow on the driver (no row-by-row Python): each chunk's tables are
         # gathered until its customers are all in, then ordered by position and written.
@@ -214,7 +230,8 @@ class RayBatchEngine:
 
     def _stream(self, dataset: Any) -> Iterator[pa.Table]:
         """The dataset's result batches, failing (naming the stage) when none arrives within
-        ``stall_timeout_s``: a Ray job must never hang silently."""
+        ``stall_timeout_s``: a Ray job must never hang silently. The first batch may also wait
+        for the actors to start (which has its own limit, reported as such)."""
         results: queue.Queue[Any] = queue.Queue(maxsize=8)
         done = object()
 
@@ -227,9 +244,11 @@ class RayBatchEngine:
                 results.put(exc)
 
         threading.Thread(target=pump, name="loyaltylens-ray-results", daemon=True).start()
+        wait = self._actor_start_s() + self.settings.stall_timeout_s
         while True:
             try:
-                item = results.get(timeout=self.settings.stall_timeout_s)
+                item = results.get(timeout=wait)
+                wait = self.settings.stall_timeout_s
             except queue.Empty:
                 raise StageError(
                     f"Ray made no progress for {self.settings.stall_timeout_s:g} s in stage 'score' "
@@ -242,10 +261,19 @@ class RayBatchEngine:
                 raise self._explain(item) from None
             yield item
 
-    @staticmethod
-    def _explain(exc: BaseException) -> LoyaltyLensError:
+    def _actor_start_s(self) -> int:
+        """How long the actors may take to start (each loads every plugin and the model)."""
+        return max(1, math.ceil(self.settings.stall_timeout_s))
+
+    def _explain(self, exc: BaseException) -> LoyaltyLensError:
         """A worker's failure as one line naming the customers and the plugins, not a Ray dump."""
         text = str(exc)
+        if "while starting actors" in text:
+            return StageError(
+                f"Ray could not start {self.workers} Scorer actors x {self.settings.cpus_per_worker:g} CPU "
+                f"within {self.settings.stall_timeout_s:g} s",
+                "check `ray status` for free CPUs and memory, or lower [batch_engine.ray] num_workers",
+            )
         if MARKER in text:
             line = text[text.rindex(MARKER) + len(MARKER):].splitlines()[0]
             return StageError(f"Ray batch failed for {line}", "fix the plugin, then rerun: finished chunks are kept")
