@@ -9,7 +9,7 @@ from loyaltylens_core.errors import ContractViolation, CustomerNotFound, UsageEr
 from loyaltylens_core.hookspecs import hookimpl
 from loyaltylens_core.plugins import load_registry
 from loyaltylens_core.pipeline import FALLBACK_THRESHOLD
-from loyaltylens_core.testing import FakePlugin, FakePropensity, FakeRetriever, make_features
+from loyaltylens_core.testing import FakeGenerator, FakePlugin, FakePropensity, FakeRetriever, make_features
 
 
 def test_run_returns_a_full_result(loyaltylens_pipeline):
@@ -205,6 +205,34 @@ def test_component_serving_from_its_own_fallback_is_recorded(loyaltylens_pipelin
     assert pipeline.run("C001").fallbacks == ("retriever:remote_unreachable",)
     rows = pipeline.run_chunk(["C001", "C002"])
     assert all(row["fallbacks"] == ["retriever:remote_unreachable"] for row in rows)
+
+
+def test_a_chunk_pauses_cyclic_gc_and_leaves_it_as_it_found_it(loyaltylens_pipeline):
+    """Collections during a chunk walk its live rows for nothing; the caller's GC setting
+    is restored afterwards, also when a stage fails."""
+    import gc
+
+    seen: list[bool] = []
+
+    class Watching(FakeGenerator):
+        def generate(self, variables):
+            seen.append(gc.isenabled())
+            if variables["customer_id"] == "C002":
+                raise RuntimeError("copy service down")
+            return super().generate(variables)
+
+    pipeline = loyaltylens_pipeline(fake=FakePlugin(generator=Watching()))
+    assert len(pipeline.run_chunk(["C001"])) == 1
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(Exception, match="copy service down"):
+        pipeline.run_chunk(["C002"])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        pipeline.run_chunk(["C001"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_event_hooks_run_through_pluggy_ordering_and_wrappers(loyaltylens_pipeline, capsys):

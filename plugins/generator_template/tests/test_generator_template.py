@@ -28,6 +28,13 @@ def test_category_templates_are_used():
     assert copy.headline.startswith("Happy birthday")
 
 
+def test_a_batch_gets_the_same_copy_as_one_call_per_customer():
+    gen = build(TemplateGeneratorSettings(), None)
+    many = [variables(FAKE_OFFERS[i % 2], channel_preference=channel) for i, channel in enumerate(["web", "mobile", "in-store"])]
+    assert gen.generate_many(many) == [gen.generate(v) for v in many]
+    assert gen.generate_many([]) == []
+
+
 def test_every_builtin_category_renders():
     gen = build(TemplateGeneratorSettings(), None)
     for category in BUILTIN["v1"]:

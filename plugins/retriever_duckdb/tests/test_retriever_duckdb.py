@@ -93,6 +93,24 @@ def test_retrieve_many_equals_single_retrievals(tmp_path, catalogue):
     assert r.retrieve_many(queries) == [r.retrieve(q) for q in queries]
 
 
+def test_a_batch_asking_the_same_question_many_times_gets_each_customer_the_exact_answer(tmp_path, catalogue):
+    """Customers sharing text, tier and k, with thresholds admitting the same offers, are
+    answered once; thresholds on either side of an offer's threshold are different questions."""
+    r = retriever_for(tmp_path, catalogue)
+    asked = [("birthday coffee", 0.95, None), ("birthday coffee", 0.61, None), ("birthday coffee", 0.6, None),
+             ("birthday coffee", 0.59, None), ("birthday coffee", 0.3, "gold"), ("birthday coffee", 0.3, "silver"),
+             ("birthday coffee", 0.29, "gold"), ("birthday coffee", None, None), ("points", 0.6, None)]
+    queries = [RetrievalQuery(customer_id=f"C{i}", text=t, k=3, max_threshold=m, tier=tier)
+               for i, (t, m, tier) in enumerate(asked * 3)]
+    answers = r.retrieve_many(queries)
+    assert answers == [r.retrieve(q) for q in queries]
+    ids = [[c.offer.offer_id for c in a] for a in answers[: len(asked)]]
+    assert ids[0] == ids[1] == ids[2] != ids[3]  # 0.6 admits B (threshold 0.6), 0.59 does not
+    assert "C" in ids[4] and "C" not in ids[5] and "C" not in ids[6]  # gold-only C, at 0.3 and above
+    answers[0].clear()
+    assert answers[len(asked)] and answers[2 * len(asked)]  # every customer has a list of their own
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"), ("{not json", "not valid JSON"), ("[]", "is empty"),
     ('[{"offer_id": "X"}]', "field 'title'"),

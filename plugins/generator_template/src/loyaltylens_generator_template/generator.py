@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from loyaltylens_core.adapters import check_template, render
 from loyaltylens_core.contracts import GeneratedCopy
@@ -81,6 +81,11 @@ class TemplateGenerator:
                 f"available: {', '.join(sorted(available))}",
             )
         return cls(settings.version, available[settings.version])
+
+    def generate_many(self, many: Sequence[dict[str, Any]]) -> list[GeneratedCopy]:
+        """A batch's copy in one call (``BatchGenerator``): the pipeline then checks the
+        copies in one go instead of stepping through its per-customer path for each."""
+        return [self.generate(variables) for variables in many]
 
     def generate(self, variables: dict[str, Any]) -> GeneratedCopy:
         templates = self.sets.get(variables.get("offer_category", ""), self.sets["default"])
