@@ -176,6 +176,42 @@ def test_changing_one_offer_re_embeds_only_that_offer(tmp_path, catalogue):
     assert float(r.vectors[0] @ q) == pytest.approx(float(FakeEmbedder().embed([changed[0]["title"] + ". " + changed[0]["description"] + " (birthday offer)"])[0] @ q), abs=1e-6)
 
 
+def test_reindexing_rewrites_only_changed_rows_and_leaves_duckdb_as_a_rebuild_would(tmp_path, catalogue):
+    """Edited (text or not), added and removed offers: DuckDB ends with exactly the rows a
+    full rebuild writes, and a new process reading it back retrieves the same."""
+    first = retriever_for(tmp_path, catalogue)
+    first.close()
+    edited = [dict(OFFERS[0], min_propensity_threshold=0.05), dict(OFFERS[2], description="upgrade to platinum now"),
+              {"offer_id": "E", "title": "Evening cinema", "description": "cinema tickets evening",
+               "category": "partner", "min_propensity_threshold": 0.4}]  # B removed
+    catalogue.write_text(json.dumps(edited))
+    incremental = retriever_for(tmp_path, catalogue)
+    assert incremental.last_index["embedded"] == 2  # C's new text and E; A's threshold needs no vector
+    incremental.close()
+
+    def stored(directory):
+        con = duckdb.connect(str(directory / "loyaltylens.duckdb"), read_only=True)
+        rows = con.execute("SELECT offer_id, offer, min_propensity_threshold, content_hash, embedding "
+                           "FROM offer_vectors ORDER BY offer_id").fetchall()
+        con.close()
+        return rows
+
+    rebuilt_dir = tmp_path / "rebuilt"
+    rebuilt_dir.mkdir()
+    rebuilt = retriever_for(rebuilt_dir, catalogue)
+    rebuilt.close()
+    assert [r[0] for r in stored(tmp_path)] == ["A", "C", "E"]
+    assert stored(tmp_path) == stored(rebuilt_dir)
+    for sidecar_dir in tmp_path.glob("loyaltylens-*"):  # a new process must read DuckDB, not the mapped files
+        import shutil
+
+        shutil.rmtree(sidecar_dir)
+    again = retriever_for(tmp_path, catalogue)
+    query = RetrievalQuery(customer_id="C1", text="birthday coffee", k=3, max_threshold=0.06)
+    assert [c.offer.offer_id for c in again.retrieve(query)] == ["A"]
+    assert again.retrieve(query) == rebuilt.retrieve(query)
+
+
 def test_index_rebuild_re_embeds_everything(tmp_path, catalogue):
     r = retriever_for(tmp_path, catalogue)
     r.embedder = embedder = RecordingEmbedder()
