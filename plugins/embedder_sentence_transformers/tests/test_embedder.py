@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,43 @@ def test_onnx_backend_matches_sentence_transformers(tmp_path):
     assert float((a * b).sum(axis=1).min()) >= 0.999
     assert list((tmp_path / "onnx").glob("*.onnx"))  # exported once, kept for the next process
     assert not [p for p in (tmp_path / "onnx").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_a_bulk_of_texts_is_encoded_in_bfloat16_close_to_the_float32_reference(tmp_path):
+    """A process's first texts go through the float32 model; once it has 512 to encode it
+    switches to bfloat16, whose vectors stay within the 0.999 cosine bar (measured ≥ 0.9999)."""
+    from loyaltylens_core.adapters import query_vocabulary
+
+    texts = list(query_vocabulary()[:700])
+    bulk = build(SentenceTransformerSettings(bulk_precision="bfloat16", persistent_cache=False), None)
+    bulk.onnx_dir = tmp_path / "onnx"
+    first = bulk.embed(texts[:100])
+    assert bulk._bulk is None  # 100 texts: not worth torch's imports
+    rest = bulk.embed(texts[100:])
+    assert bulk._bulk is not None
+    reference = build(SentenceTransformerSettings(bulk_precision="float32", backend="torch",
+                                                  persistent_cache=False), None)
+    expected = reference.embed(texts)
+    assert reference._bulk is None
+    cosine = (np.vstack([first, rest]) * expected).sum(axis=1)
+    assert cosine.min() >= 0.999
+    assert not np.array_equal(rest, expected[100:])  # really another precision, not the same model
+
+
+def test_auto_keeps_float32_on_a_cpu_without_native_bfloat16(tmp_path, monkeypatch):
+    from loyaltylens_embedder_sentence_transformers import bf16_backend, embedder
+
+    monkeypatch.setattr(bf16_backend, "native_bf16", lambda: False)
+    monkeypatch.setattr(embedder, "BULK_TEXTS", 3)
+    auto = build(SentenceTransformerSettings(persistent_cache=False), None)
+    auto.onnx_dir = tmp_path / "onnx"
+    auto.embed(["one", "two", "three", "four"])
+    assert auto._bulk is None and auto.encoded == 4
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags():
+    from loyaltylens_embedder_sentence_transformers.bf16_backend import native_bf16
+
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert native_bf16() == bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))

@@ -26,6 +26,11 @@ class SentenceTransformerSettings(PluginSettings):
         description="onnx: ONNX Runtime, exported once from the same weights (1.4x faster here); "
         "torch: sentence-transformers; auto: onnx when onnxruntime is installed and the model's layout allows",
     )
+    bulk_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Precision once a process has 512+ texts to encode (a cold index): bfloat16 is ~1.5x faster "
+        "on CPUs with native bf16 (AVX512_BF16, AMX) at a cosine >= 0.9999 to float32; auto: bfloat16 where native",
+    )
     persistent_cache: bool = Field(
         True, description="Keep embeddings of texts seen before in <data_dir>/embedder-*/embeddings.sqlite"
     )

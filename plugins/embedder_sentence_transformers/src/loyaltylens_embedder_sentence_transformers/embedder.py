@@ -59,6 +59,10 @@ def choose_backend(wanted: str, path: Path) -> str:
     return "onnx" if available else "torch"
 
 
+# Texts a process encodes before a bfloat16 model is worth its 2-3 s of torch imports.
+BULK_TEXTS = 512
+
+
 class SentenceTransformerEmbedder:
     """Texts to vectors through three layers: memory, the sqlite file, the model.
 
@@ -83,6 +87,8 @@ class SentenceTransformerEmbedder:
         self.batch_size = settings.batch_size
         self.cache_size = settings.cache_size
         self.model_loads = 0  # how often the model was loaded: 0 on a warm run
+        self.encoded = 0  # texts this process encoded
+        self._bulk: Any = None  # the bfloat16 encoder, once there is bulk to encode
         self._lock = threading.Lock()  # the caches are shared by a service's threads
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._db: sqlite3.Connection | None = None
@@ -121,7 +127,29 @@ class SentenceTransformerEmbedder:
             self._dimension = int(self.model.encode(["dimension probe"]).shape[1])
         return self._dimension
 
+    def _bulk_model(self, more: int) -> Any:
+        """The bfloat16 encoder when it pays: a bulk of texts, and a CPU that computes in
+        bf16 (or a user who asked for it). None: stay on the float32 model."""
+        if self._bulk is None:
+            wanted = self.settings.bulk_precision
+            if (wanted == "float32" or self.settings.device != "cpu" or self.encoded + more < BULK_TEXTS
+                    or not (self.path / "tokenizer.json").is_file()):
+                return None
+            from .bf16_backend import Bf16SentenceEncoder, native_bf16
+
+            if wanted == "auto" and not native_bf16():
+                return None
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            self._bulk = Bf16SentenceEncoder(self.path)
+            self.model_loads += 1
+        return self._bulk
+
     def _encode(self, texts: list[str]) -> np.ndarray:
+        bulk = self._bulk_model(len(texts))
+        self.encoded += len(texts)
+        if bulk is not None:
+            return bulk.encode(texts, batch_size=self.batch_size)  # type: ignore[no-any-return]
         if self.backend == "onnx":
             return self.model.encode(texts, batch_size=self.batch_size)
         return self.model.encode(
