@@ -2,13 +2,14 @@
 
 For each size, on a fresh data dir (the query vocabulary's vectors come from a shared,
 pre-warmed embedder cache so every size pays for its own offers only):
-- cold index (`loyaltylens index`) wall time and peak RSS, then one changed offer re-indexed;
+- cold index (`loyaltylens index`) wall time and peak RSS, then one changed offer re-indexed
+  (three edits, median; this 2-core VM varies +-20% run to run);
 - a new process mapping the index: prepare() time and RSS;
 - retriever latency for vocabulary queries with random tiers and thresholds: first time a
   query is seen in the process (cold pages) and repeated, median and p95, plus how many the
   candidate lists answered, and recall@3 against an exact scan;
-- `loyaltylens batch --all` over 50,000 distinct demo customers (BENCH_CUSTOMERS): customers/s
-  (the job's own rate: chunks computed and written, impressions recorded) and peak RSS.
+- `loyaltylens batch --all` over 50,000 distinct demo customers (BENCH_CUSTOMERS), three runs:
+  median customers/s (the job's own rate: chunks computed and written) and peak RSS.
 
 Targets at 50,000 offers (issue "Catalogues at production scale"): cold index <= 120 s,
 one changed offer <= 5 s, process index load <= 0.2 s, retriever median <= 1 ms and
@@ -140,25 +141,35 @@ def main() -> int:
                    "LOYALTYLENS_EMBEDDER_SENTENCE_TRANSFORMERS__CACHE_PATH": str(cache)}
             run(["seed"], env)  # demo customers + features, so batch has someone to score
             cold_s, cold_rss, _ = run(["index", "--json"], env)
-            offers[n // 2]["description"] += " Now with extra points."
-            catalogue.write_text(json.dumps(offers))
-            inc_s, inc_rss, inc_out = run(["index", "--json"], env)
+            # One edited offer, three times (another offer each time): this 2-core VM's noise is
+            # +-20%, so the median of three is reported, with all three.
+            edits = []
+            for which in (n // 2, n // 3, n // 4):
+                offers[which]["description"] += " Now with extra points."
+                catalogue.write_text(json.dumps(offers))
+                inc_s, inc_rss, inc_out = run(["index", "--json"], env)
+                edits.append(inc_s)
             probe = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
             if probe.returncode:
                 raise SystemExit(probe.stderr[-2000:])
             p = json.loads(probe.stdout)
             run(["train"], env)
-            out = data / "results.parquet"
-            batch_s, batch_rss, batch_out = run(["batch", "--all", "--out", str(out), "--json"], env)
-            rate = json.loads(batch_out)["customers_per_second"]
+            rates, batch_rss = [], 0.0
+            for attempt in range(3):
+                out = data / f"results-{attempt}.parquet"
+                _, rss, batch_out = run(["batch", "--all", "--out", str(out), "--json"], env)
+                rates.append(json.loads(batch_out)["customers_per_second"])
+                batch_rss = max(batch_rss, rss)
+            rate = float(np.median(rates))
             row = {
                 "offers": n, "cold_index_s": cold_s, "cold_index_rss_mib": cold_rss,
-                "one_changed_s": inc_s, "embedded_on_change": json.loads(inc_out).get("embedded"),
+                "one_changed_s": float(np.median(edits)), "one_changed_all_s": edits,
+                "embedded_on_change": json.loads(inc_out).get("embedded"),
                 "load_s": p["load_s"], "load_rss_mib": p["rss_mib"],
                 "first_median_ms": float(np.median(p["first_ms"])), "first_p95_ms": float(np.percentile(p["first_ms"], 95)),
                 "repeat_median_ms": float(np.median(p["repeat_ms"])), "repeat_p95_ms": float(np.percentile(p["repeat_ms"], 95)),
                 "from_lists": p["listed"], "recall_at_3": p["recall_at_3"],
-                "batch_per_s": rate, "batch_rss_mib": batch_rss,
+                "batch_per_s": rate, "batch_all_per_s": rates, "batch_rss_mib": batch_rss,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
