@@ -44,10 +44,13 @@ class Generator(FakeGenerator):
         if os.environ.get("RAY_TEST_FAIL") in ids:
             raise RuntimeError("the copy service refused " + os.environ["RAY_TEST_FAIL"])
         nodes = os.environ.get("RAY_TEST_NODES")
-        if nodes:  # which Ray node scored this batch
+        if nodes:  # which Ray node scored this batch; each takes a while, as real scoring does
+            import time
+
             import ray
 
             Path(nodes, ray.get_runtime_context().get_node_id()).touch()
+            time.sleep(0.3)
         return [self.generate(v) for v in many]
 
 
@@ -146,7 +149,9 @@ def test_blocks_run_on_both_nodes_of_a_two_node_cluster(cli, tmp_path, monkeypat
     """A head and a worker node of 1 CPU each (how Ray's own tests build a cluster on one
     machine); the job joins it by address, and both nodes score batches. Each actor asks for
     0.75 CPU, so two cannot share a node: SPREAD is a preference, and once in a full suite run
-    it left both actors on the head node (0.5 CPU each fit there)."""
+    it left both actors on the head node (0.5 CPU each fit there). Ten blocks that each take
+    0.3 s: Ray Data gives an actor at most 2 at a time and prefers the one beside the data, so
+    five instant blocks could all be drained by one actor before the other asked."""
     from ray.cluster_utils import Cluster
 
     nodes = tmp_path / "nodes"
@@ -156,7 +161,7 @@ def test_blocks_run_on_both_nodes_of_a_two_node_cluster(cli, tmp_path, monkeypat
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        proc = cli("ray", "ray.parquet", RAY_TEST_NODES=str(nodes),
+        proc = cli("ray", "ray.parquet", "--chunk-size", "4", RAY_TEST_NODES=str(nodes),
                    LOYALTYLENS_BATCH_ENGINE_RAY__ADDRESS=cluster.address,
                    LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE="4",
                    LOYALTYLENS_BATCH_ENGINE_RAY__CPUS_PER_WORKER="0.75",
