@@ -59,6 +59,12 @@ def choose_backend(wanted: str, path: Path) -> str:
     return "onnx" if available else "torch"
 
 
+def _offline() -> None:
+    """Never reach for a hub: the weights are on disk or this is a configuration error."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
 # Texts a process encodes before a bfloat16 model is worth its 2-3 s of torch imports.
 BULK_TEXTS = 512
 
@@ -104,9 +110,7 @@ class SentenceTransformerEmbedder:
         """The encoder, loaded on first use (offline, from disk): ONNX Runtime or
         sentence-transformers, both with ``encode(texts, batch_size=...)``."""
         if self._model is None:
-            # Never reach for a hub: the weights are on disk or this is a configuration error.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            _offline()
             if self.backend == "onnx":
                 from .onnx_backend import OnnxSentenceEncoder
 
@@ -139,8 +143,7 @@ class SentenceTransformerEmbedder:
 
             if wanted == "auto" and not native_bf16():
                 return None
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            _offline()
             self._bulk = Bf16SentenceEncoder(self.path)
             self.model_loads += 1
         return self._bulk

@@ -80,6 +80,11 @@ def vectors_of(table: Any, column: str, dim: int) -> np.ndarray:
     return data.reshape(-1, dim).copy()  # owned and writable, not a view of Arrow's memory
 
 
+def _limits(queries: Sequence[RetrievalQuery]) -> np.ndarray:
+    """Each query's threshold filter as a number (no filter: infinity)."""
+    return np.array([np.inf if q.max_threshold is None else q.max_threshold for q in queries])
+
+
 @dataclasses.dataclass
 class StoredOffers:
     """The index as DuckDB holds it: what re-indexing keeps and what it must rewrite."""
@@ -241,7 +246,6 @@ class DuckDBRetriever:
             matrix = np.zeros((len(offers), fresh.shape[1] if len(todo) else 0), dtype=np.float32)
         if todo:
             matrix[todo] = fresh
-        matrix = matrix.astype(np.float32, copy=False)
         matrix /= np.linalg.norm(matrix, axis=1, keepdims=True).clip(min=1e-12)
 
         vocabulary = self._vocabulary()
@@ -543,7 +547,7 @@ class DuckDBRetriever:
     def _threshold_steps(self, queries: Sequence[RetrievalQuery]) -> list[int]:
         """How many of the catalogue's distinct thresholds each query's filter admits (-1:
         no filter): two queries with the same step are eligible for the same offers."""
-        limits = np.array([np.inf if q.max_threshold is None else q.max_threshold for q in queries])
+        limits = _limits(queries)
         steps = np.searchsorted(self.threshold_steps, limits, side="right")
         steps[np.isinf(limits)] = -1
         return steps.tolist()  # type: ignore[no-any-return]
@@ -595,7 +599,7 @@ class DuckDBRetriever:
         """Exact search for a block of queries: one matmul, one mask, one partial sort."""
         vectors = self._query_vectors([q.text for q in queries])
         similarity = vectors @ self.vectors.T
-        limits = np.array([np.inf if q.max_threshold is None else q.max_threshold for q in queries])
+        limits = _limits(queries)
         eligible = self.thresholds[None, :] <= limits[:, None]
         tiers = [q.tier for q in queries]
         if any(t is not None for t in tiers):
