@@ -144,3 +144,26 @@ def test_native_bfloat16_is_read_from_the_cpu_flags():
 
     flags = Path("/proc/cpuinfo").read_text().split()
     assert native_bf16() == bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def test_batches_group_texts_of_similar_length_and_cover_every_text_once():
+    """Texts are batched shortest first, each batch padded only to its own longest, and
+    every text lands in exactly one batch (the encoders put vectors back by ``rows``)."""
+    from tokenizers import Tokenizer
+
+    from loyaltylens_embedder_sentence_transformers.batching import length_sorted_batches
+    from loyaltylens_embedder_sentence_transformers.embedder import default_model_path
+
+    tokenizer = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    tokenizer.no_padding()
+    texts = ["a much longer text about double points on every flight this winter", "hi", "free coffee",
+             "x", "upgrade to business class for ten thousand points", "bonus miles"]
+    batches = list(length_sorted_batches(tokenizer, texts, batch_size=4))
+    assert sorted(int(r) for rows, _ in batches for r in rows) == list(range(len(texts)))
+    widths = [inputs["input_ids"].shape[1] for _, inputs in batches]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    for rows, inputs in batches:
+        for row, index in enumerate(rows):
+            ids = tokenizer.encode(texts[index]).ids
+            assert inputs["input_ids"][row, : len(ids)].tolist() == ids
+            assert inputs["attention_mask"][row].sum() == len(ids)

@@ -1,11 +1,13 @@
 """The same model in bfloat16 through torch, for bulk encoding on CPUs that compute in it.
 
-Why: fp32 MiniLM is compute-bound here (~175 texts/s through ONNX Runtime on 2 cores,
-close to what two AVX2/AVX-512 cores can multiply). CPUs with native bf16 dot products
-(AVX512_BF16, AMX) do twice the multiply-adds per instruction: ~255 texts/s, vectors at
-a cosine of >= 0.9999 to the fp32 reference (the bar is 0.999; measured minimum 0.99992
-over 1,024 catalogue texts). int8 (ONNX Runtime dynamic quantisation, also measured) was
-faster still but fell to 0.986.
+Why: fp32 MiniLM is compute-bound here (~265 texts/s through ONNX Runtime on 2 cores in
+length-sorted batches, close to what two AVX-512 cores can multiply). CPUs with native
+bf16 dot products (AVX512_BF16, AMX) do twice the multiply-adds per instruction: ~440
+texts/s (2,048 catalogue texts, batches of 64; this shared VM varies by up to a third),
+vectors at a cosine of >= 0.9999 to the fp32 reference (the bar is 0.999; measured
+minimum 0.99990). int8 (ONNX Runtime dynamic quantisation, also measured) was faster
+still but fell to 0.986. Two worker processes on one thread each were tried and measured
+no faster than one process on two threads (interleaved runs: 338-366 vs 315-371/s).
 
 Loading it imports torch and transformers (~2-3 s), so the embedder switches to it only
 once a process has a bulk of texts to encode (a cold index); a few new texts stay on
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .batching import length_sorted_batches, mean_pooled
 
 
 @functools.cache
@@ -53,23 +57,20 @@ class Bf16SentenceEncoder:
         except (OSError, ValueError, KeyError):
             max_length = 256
         self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
-        self.tokenizer.enable_padding()
+        self.tokenizer.no_padding()  # batches are padded by length_sorted_batches
         self.tokenizer.enable_truncation(max_length=max_length)
         self.torch = torch
         self.model: Any = AutoModel.from_pretrained(str(model_path), local_files_only=True,
                                                     dtype=torch.bfloat16).eval()
 
-    def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         torch = self.torch
-        out = []
+        out: np.ndarray | None = None
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                encodings = self.tokenizer.encode_batch(list(texts[start : start + batch_size]))
-                ids = torch.tensor([e.ids for e in encodings])
-                mask = torch.tensor([e.attention_mask for e in encodings])
-                types = torch.tensor([e.type_ids for e in encodings])
-                hidden = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
-                weights = mask[..., None].float()
-                pooled = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
-        return np.vstack(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
+            for rows, inputs in length_sorted_batches(self.tokenizer, texts, batch_size):
+                hidden = self.model(**{name: torch.from_numpy(array) for name, array in inputs.items()}).last_hidden_state
+                vectors = mean_pooled(hidden.float().numpy(), inputs["attention_mask"])
+                if out is None:
+                    out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+                out[rows] = vectors
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)

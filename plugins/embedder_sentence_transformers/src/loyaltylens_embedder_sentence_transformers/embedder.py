@@ -152,7 +152,7 @@ class SentenceTransformerEmbedder:
         bulk = self._bulk_model(len(texts))
         self.encoded += len(texts)
         if bulk is not None:
-            return bulk.encode(texts, batch_size=self.batch_size)  # type: ignore[no-any-return]
+            return bulk.encode(texts, batch_size=self.settings.bulk_batch_size)  # type: ignore[no-any-return]
         if self.backend == "onnx":
             return self.model.encode(texts, batch_size=self.batch_size)
         return self.model.encode(

@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .batching import length_sorted_batches, mean_pooled
+
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -108,7 +110,7 @@ class OnnxSentenceEncoder:
         except (OSError, ValueError, KeyError):
             max_length = 256
         self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
-        self.tokenizer.enable_padding()  # to the longest text of each batch
+        self.tokenizer.no_padding()  # batches are padded by length_sorted_batches
         self.tokenizer.enable_truncation(max_length=max_length)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
@@ -117,16 +119,10 @@ class OnnxSentenceEncoder:
         self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            encodings = self.tokenizer.encode_batch(list(texts[start : start + batch_size]))
-            feed = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-            }
-            hidden = self.session.run(None, feed)[0]
-            mask = feed["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-            out.append(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None))
-        return np.vstack(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
+        out: np.ndarray | None = None
+        for rows, inputs in length_sorted_batches(self.tokenizer, texts, batch_size):
+            vectors = mean_pooled(self.session.run(None, inputs)[0], inputs["attention_mask"])
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
