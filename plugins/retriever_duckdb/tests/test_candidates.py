@@ -51,6 +51,27 @@ def test_lists_give_the_exact_top_k_or_defer_to_exact_search(offers, prefilter):
     assert answered > 400 and answered + deferred == 600  # the lists answer most queries
 
 
+@pytest.mark.parametrize("prefilter", [50, 4096])
+def test_every_list_is_the_first_eligible_offers_of_the_prefilter_best_first(prefilter):
+    """The whole table, against its definition: per text, tier and bucket, the first ``size``
+    offers of the ``prefilter`` most similar (best first, ties by row) the filters admit."""
+    rng = np.random.default_rng(prefilter)
+    vectors, thresholds, tier_mask = random_catalogue(rng, 400)
+    thresholds[:20] = [0.0, 0.05, 0.1, 1.0, 0.049999, 0.0500001] + [0.35] * 14  # on and beside edges
+    queries, _, _ = random_catalogue(rng, 30)
+    lists, sims = build_lists(queries, vectors, thresholds, tier_mask, 6, prefilter=prefilter, block=7)
+    edges = np.round(np.arange(1, 21) * 0.05, 10)
+    for q in range(len(queries)):
+        similarity = queries[q] @ vectors.T
+        ranked = np.lexsort((np.arange(len(vectors)), -similarity))[: min(prefilter, len(vectors))]
+        for tier in range(ANY_TIER + 1):
+            tier_ok = np.ones(len(vectors), bool) if tier == ANY_TIER else tier_mask[tier]
+            for bucket, edge in enumerate(edges):
+                expected = [i for i in ranked if tier_ok[i] and thresholds[i] <= edge + 1e-12][:6]
+                assert lists[q, tier, bucket].tolist() == expected + [-1] * (6 - len(expected))
+                assert np.allclose(sims[q, tier, bucket][: len(expected)], similarity[expected], atol=1e-6)
+
+
 def random_catalogue(rng, offers, dim=24):
     vectors = rng.normal(size=(offers, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
