@@ -193,7 +193,10 @@ class Components:
         except ValidationError as exc:
             raise self._violation(stage, model, exc) from None
 
-    def _expect_list(self, stage: str, values: Any, model: type[M]) -> list[M]:
+    def _expect_list(self, stage: str, values: Any, model: type[M], seen: dict[int, M] | None = None) -> list[M]:
+        """``seen`` (object id -> validated copy), shared across the lists of one call whose
+        objects are all alive, validates an object that several lists hold once: a batch
+        retriever gives every customer asking the same question the same candidates."""
         if not isinstance(values, (list, tuple)):
             impl = self.implementation(stage)
             raise ContractViolation(
@@ -201,7 +204,15 @@ class Components:
                 f"expected a list of {model.__name__}",
                 "fix the plugin",
             )
-        return [self._expect(stage, v, model) for v in values]
+        if seen is None:
+            return [self._expect(stage, v, model) for v in values]
+        out = []
+        for value in values:
+            checked = seen.get(id(value))
+            if checked is None:
+                checked = seen[id(value)] = self._expect(stage, value, model)
+            out.append(checked)
+        return out
 
     def _violation(self, stage: str, model: type[BaseModel] | str, exc: ValidationError) -> ContractViolation:
         impl = self.implementation(stage)

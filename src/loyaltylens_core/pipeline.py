@@ -315,7 +315,8 @@ class Pipeline(Components):
                 f"{len(queries)} queries",
                 "fix the plugin",
             )
-        return [self._expect_list("retriever", cands, OfferCandidate) for cands in out]
+        seen: dict[int, OfferCandidate] = {}  # contracts are frozen: one checked copy may be shared
+        return [self._expect_list("retriever", cands, OfferCandidate, seen) for cands in out]
 
     def read_known(
         self, customer_ids: Sequence[str], as_of: dt.date | None = None

@@ -165,6 +165,37 @@ def test_batched_methods_fall_back_to_loops(loyaltylens_pipeline):
     assert [p.customer_id for p in pipeline.predict_many(features)] == ["C1", "C2"]
 
 
+def test_candidates_shared_by_many_customers_are_checked_once_and_still_checked(loyaltylens_pipeline):
+    """A batch retriever may hand customers who ask the same question the same objects:
+    each is validated once per call, and a bad one is still caught."""
+    from loyaltylens_core.adapters import retrieval_query
+    from loyaltylens_core.contracts import OfferCandidate
+    from loyaltylens_core.testing import FAKE_OFFERS
+
+    good = [OfferCandidate(offer=FAKE_OFFERS[0], similarity=0.9, rank=1)]
+    bad = [OfferCandidate.model_construct(offer=FAKE_OFFERS[0], similarity=0.5, rank=0)]
+
+    class SharingRetriever:
+        answer = good
+
+        def retrieve(self, query):
+            return self.answer
+
+        def retrieve_many(self, queries):
+            return [self.answer for _ in queries]
+
+    retriever = SharingRetriever()
+    pipeline = loyaltylens_pipeline(fake=FakePlugin(retriever=retriever))
+    features = [make_features(f"C{i}") for i in range(3)]
+    queries = [retrieval_query(f, FakePropensity().predict(f), 3) for f in features]
+    lists = pipeline.retrieve_many(queries)
+    assert [c.offer.offer_id for cands in lists for c in cands] == [FAKE_OFFERS[0].offer_id] * 3
+    assert lists[0][0] is lists[2][0]  # one checked copy, shared (contracts are frozen)
+    retriever.answer = bad
+    with pytest.raises(ContractViolation, match="'rank'"):
+        pipeline.retrieve_many(queries)
+
+
 def test_a_plugin_can_fall_back_to_another_named_plugin(loyaltylens_pipeline):
     class Flaky:
         prompt_version = "flaky-1"
