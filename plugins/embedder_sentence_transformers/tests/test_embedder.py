@@ -167,3 +167,17 @@ def test_batches_group_texts_of_similar_length_and_cover_every_text_once():
             ids = tokenizer.encode(texts[index]).ids
             assert inputs["input_ids"][row, : len(ids)].tolist() == ids
             assert inputs["attention_mask"][row].sum() == len(ids)
+
+
+@pytest.mark.slow
+def test_a_bulk_encode_leaves_the_onnx_export_for_the_next_process(tmp_path, monkeypatch):
+    """A cold index never touches ONNX Runtime; the next process's one edited offer must
+    still find the export ready instead of paying for it."""
+    from loyaltylens_embedder_sentence_transformers import embedder
+
+    monkeypatch.setattr(embedder, "BULK_TEXTS", 3)
+    bulk = build(SentenceTransformerSettings(bulk_precision="bfloat16", persistent_cache=False), None)
+    bulk.onnx_dir = tmp_path / "onnx"
+    bulk.embed(["one", "two", "three", "four"])
+    assert bulk._bulk is not None and bulk._model is None  # encoded in bf16, ONNX never loaded
+    assert list((tmp_path / "onnx").glob("*.onnx"))

@@ -146,7 +146,20 @@ class SentenceTransformerEmbedder:
             _offline()
             self._bulk = Bf16SentenceEncoder(self.path)
             self.model_loads += 1
+            self._export_onnx()
         return self._bulk
+
+    def _export_onnx(self) -> None:
+        """Leave the ONNX export behind for the next process. A cold index runs on the
+        bulk encoder only, so otherwise the next process with a few new texts (one edited
+        offer: 3 s) would pay the export too (+6-9 s); here torch is loaded already."""
+        if self.backend != "onnx":
+            return
+        from .onnx_backend import export, onnx_file_for
+
+        target = onnx_file_for(self.path, self.onnx_dir)
+        if not target.is_file():
+            export(self.path, target)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         bulk = self._bulk_model(len(texts))
