@@ -56,23 +56,40 @@ class NumpyTabularTransformer:
         self.heads = heads
         self.layers = layers
         self.d_model = self.w["cls"].shape[-1]
+        d = self.d_model
+        attention = [name.rsplit(".", 1)[0] for name in self.wt if name.endswith(".in_proj_weight")]
+        self.wt_q = {prefix: np.ascontiguousarray(self.wt[f"{prefix}.in_proj_weight"][:, :d]) for prefix in attention}
+        self.wt_kv = {prefix: np.ascontiguousarray(self.wt[f"{prefix}.in_proj_weight"][:, d:]) for prefix in attention}
         self.categories = sorted(
             int(name.split(".")[1]) for name in self.w if name.startswith("cat_embeddings.")
         )
 
-    def _attention(self, x: np.ndarray, batch: int, length: int, prefix: str) -> np.ndarray:
+    def _attention(self, x: np.ndarray, batch: int, length: int, prefix: str, cls_only: bool = False) -> np.ndarray:
+        """Self-attention over (batch x length, d) tokens; with ``cls_only`` just the CLS
+        token's output, (batch, d): keys and values still come from every token."""
         d = self.d_model
         head_dim = d // self.heads
-        qkv = _linear(x, self.wt[f"{prefix}.in_proj_weight"], self.w[f"{prefix}.in_proj_bias"])
-        qkv = qkv.reshape(batch, length, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (batch, heads, length, head_dim)
+        weight, bias = self.wt[f"{prefix}.in_proj_weight"], self.w[f"{prefix}.in_proj_bias"]
+        if cls_only:
+            kv = _linear(x, self.wt_kv[prefix], bias[d:]).reshape(batch, length, 2, self.heads, head_dim)
+            k, v = kv.transpose(2, 0, 3, 1, 4)  # (batch, heads, length, head_dim) each
+            cls = x.reshape(batch, length, d)[:, 0]
+            q = _linear(cls, self.wt_q[prefix], bias[:d]).reshape(batch, self.heads, 1, head_dim)
+            queries = 1
+        else:
+            qkv = _linear(x, weight, bias).reshape(batch, length, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]  # (batch, heads, length, head_dim)
+            queries = length
         scores = q @ k.transpose(0, 1, 3, 2)
         scores *= np.float32(1 / np.sqrt(head_dim))
-        out = (_softmax_(scores) @ v).transpose(0, 2, 1, 3).reshape(batch * length, d)
+        out = (_softmax_(scores) @ v).transpose(0, 2, 1, 3).reshape(batch * queries, d)
         return _linear(out, self.wt[f"{prefix}.out_proj.weight"], self.w[f"{prefix}.out_proj.bias"])
 
     def logits(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
-        """(B, n_numeric) scaled floats, (B, n_categorical) indices -> (B,) logits."""
+        """(B, n_numeric) scaled floats, (B, n_categorical) indices -> (B,) logits.
+
+        Only the CLS token reaches the head, so the last layer computes everything after
+        its keys and values for that token alone (1 row per customer instead of 8)."""
         w, wt = self.w, self.wt
         numeric = np.asarray(numeric, dtype=np.float32)
         batch = numeric.shape[0]
@@ -86,15 +103,16 @@ class NumpyTabularTransformer:
         x = x.reshape(batch * length, self.d_model)
         for i in range(self.layers):
             p = f"encoder.layers.{i}"
-            h = self._attention(x, batch, length, f"{p}.self_attn")
-            h += x
+            last = i == self.layers - 1
+            h = self._attention(x, batch, length, f"{p}.self_attn", cls_only=last)
+            h += x.reshape(batch, length, self.d_model)[:, 0] if last else x
             x = _layer_norm_(h, w[f"{p}.norm1.weight"], w[f"{p}.norm1.bias"])
             hidden = _linear(x, wt[f"{p}.linear1.weight"], w[f"{p}.linear1.bias"])
             np.maximum(hidden, 0, out=hidden)
             h = _linear(hidden, wt[f"{p}.linear2.weight"], w[f"{p}.linear2.bias"])
             h += x
             x = _layer_norm_(h, w[f"{p}.norm2.weight"], w[f"{p}.norm2.bias"])
-        cls = _layer_norm_(x.reshape(batch, length, self.d_model)[:, 0].copy(), w["head.0.weight"], w["head.0.bias"])
+        cls = _layer_norm_(x.copy(), w["head.0.weight"], w["head.0.bias"])  # (batch, d): the CLS rows
         hidden = np.maximum(_linear(cls, wt["head.1.weight"], w["head.1.bias"]), 0)
         return _linear(hidden, wt["head.3.weight"], w["head.3.bias"]).reshape(batch)
 
