@@ -107,7 +107,7 @@ def timed(qs):
     return out, ms
 first, first_ms = timed(queries)
 _, repeat_ms = timed(queries)
-listed = sum(retriever._listed(q) is not None for q in queries)
+listed = sum(found is not None for found in retriever._listed_many(queries))
 exact = [retriever._exact_many([q])[0] for q in queries[:500]]
 recall = np.mean([len({c.offer.offer_id for c in a[:3]} & {c.offer.offer_id for c in b[:3]}) / max(1, min(3, len(b)))
                   for a, b in zip(first, exact)])

@@ -12,7 +12,9 @@ from loyaltylens_core.adapters import query_vocabulary
 from loyaltylens_core.contracts import TIERS, RetrievalQuery
 from loyaltylens_core.testing import FakeEmbedder, make_context
 from loyaltylens_retriever_duckdb import DuckDBRetrieverSettings, build
-from loyaltylens_retriever_duckdb.candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick, update_lists
+from loyaltylens_retriever_duckdb.candidates import (
+    ANY_TIER, bucket_of, build_lists, exhaustive, pick, pick_many, update_lists,
+)
 
 
 def brute_force(similarity, thresholds, tier_ok, threshold, k):
@@ -70,6 +72,26 @@ def test_every_list_is_the_first_eligible_offers_of_the_prefilter_best_first(pre
                 expected = [i for i in ranked if tier_ok[i] and thresholds[i] <= edge + 1e-12][:6]
                 assert lists[q, tier, bucket].tolist() == expected + [-1] * (6 - len(expected))
                 assert np.allclose(sims[q, tier, bucket][: len(expected)], similarity[expected], atol=1e-6)
+
+
+def test_many_lists_are_picked_at_once_with_filters_short_lists_and_ties_at_the_end():
+    thresholds = np.array([0.1, 0.2, 0.3, 0.9, 0.4, 0.5, 0.6, 0.2])
+    listed = np.array([
+        [5, 3, 7, -1],  # k=2, no filter: the first two
+        [5, 3, 7, -1],  # k=2, limit 0.7: offer 3 (0.9) filtered out
+        [5, 3, 7, -1],  # k=3, limit 0.7: two admitted, the list ran out: all of them (complete)
+        [1, 2, 4, 6],   # k=4, the 4th pick ties with the list's last similarity: exact search
+        [1, 2, 4, 6],   # k=2, below the last similarity: answered
+        [1, 2, 4, 6],   # k=2, limit 0.05: nothing admitted and the list is full: exact search
+    ])
+    sims = np.array([[0.9, 0.8, 0.7, -np.inf]] * 3 + [[0.9, 0.8, 0.7, 0.7], [0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6]])
+    limits = np.array([np.inf, 0.7, 0.7, np.inf, np.inf, 0.05])
+    ks = np.array([2, 2, 3, 4, 2, 2])
+    got = pick_many(listed, thresholds, limits, ks, True, sims.astype(np.float32))
+    assert [None if g is None else g.tolist() for g in got] == [[5, 3], [5, 7], [5, 7], None, [1, 2], None]
+    partial = pick_many(listed, thresholds, limits, ks, False, sims.astype(np.float32))
+    assert partial[2] is None  # a short list from a partial prefilter may have missed offers
+    assert pick(listed[1], thresholds, 0.7, 2, True).tolist() == [5, 7]
 
 
 def random_catalogue(rng, offers, dim=24):
@@ -149,7 +171,7 @@ def test_the_retriever_answers_from_lists_exactly_as_from_a_scan(tmp_path):
                        tier=None if i % 7 == 0 else TIERS[int(rng.integers(4))])
         for i in range(300)
     ]
-    from_lists = sum(listed._listed(q) is not None for q in queries)
+    from_lists = sum(found is not None for found in listed._listed_many(queries))
     assert from_lists > 150
     for q in queries:
         a, b = listed.retrieve(q), scanned.retrieve(q)

@@ -28,9 +28,13 @@ EDGES = np.round(np.arange(1, BUCKETS + 1) * BUCKET_WIDTH, 10)
 
 def bucket_of(threshold: float | None) -> int:
     """The bucket whose list answers a query with this threshold (None: no filter)."""
-    if threshold is None or threshold >= 1.0:
-        return BUCKETS - 1
-    return max(0, int(np.searchsorted(EDGES, threshold - 1e-12, side="left")))
+    return int(buckets_of(np.array([np.inf if threshold is None else threshold]))[0])
+
+
+def buckets_of(limits: np.ndarray) -> np.ndarray:
+    """``bucket_of`` for an array of thresholds (infinity: no filter)."""
+    inside = np.maximum(0, np.searchsorted(EDGES, np.minimum(limits, 1.0) - 1e-12, side="left"))
+    return np.where(limits >= 1.0, BUCKETS - 1, inside)
 
 
 def build_lists(
@@ -178,11 +182,28 @@ def pick(
 ) -> np.ndarray | None:
     """The first ``k`` offers of a list the query may see, or None when only exact search
     can answer (fewer than ``k`` remain and the list may have missed some)."""
-    rows = listed[listed >= 0]
-    if threshold is not None:
-        rows = rows[thresholds[rows] <= threshold]
-    if len(rows) >= k:
-        return rows[:k]
-    if complete and len(listed) > 0 and listed[-1] < 0:
-        return rows  # the list held every eligible offer: fewer than k exist
-    return None
+    limit = np.array([np.inf if threshold is None else threshold])
+    return pick_many(listed[None, :], thresholds, limit, np.array([k]), complete)[0]
+
+
+def pick_many(
+    listed: np.ndarray, thresholds: np.ndarray, limits: np.ndarray, ks: np.ndarray, complete: bool,
+    sims: np.ndarray | None = None,
+) -> list[np.ndarray | None]:
+    """``pick`` for every row of ``listed`` at once (a batch's distinct questions: a few
+    array operations instead of a dozen per question), each with its threshold limit
+    (infinity: no filter) and ``k``. With the lists' similarities ``sims``, a pick whose
+    ``k``-th offer ties with the list's last one is also None: an offer just past the end
+    of the list may tie too and win on its row, so only exact search can say."""
+    present = listed >= 0
+    admitted = present & (thresholds[np.maximum(listed, 0)] <= limits[:, None])
+    rank = np.cumsum(admitted, axis=1)
+    taken = admitted & (rank <= ks[:, None])
+    counts = np.minimum(rank[:, -1], ks)
+    answered = (rank[:, -1] >= ks) | (complete & ~present[:, -1])
+    if sims is not None:
+        last = listed.shape[1] - 1 - np.argmax(taken[:, ::-1], axis=1)  # the k-th pick's position
+        at_last = sims[np.arange(len(listed)), last] <= sims[:, -1]
+        answered &= ~((counts > 0) & present[:, -1] & at_last)
+    parts = np.split(listed[taken], np.cumsum(counts)[:-1])
+    return [part if ok else None for part, ok in zip(parts, answered.tolist())]

@@ -37,7 +37,7 @@ from loyaltylens_core.offers import (
 )
 
 from . import sidecar
-from .candidates import ANY_TIER, bucket_of, build_lists, exhaustive, pick, update_lists
+from .candidates import ANY_TIER, build_lists, buckets_of, exhaustive, pick_many, update_lists
 
 # Up to this many new or changed offers, an index updates the candidate lists in place
 # instead of rebuilding them (seconds at 50,000 offers instead of ~15 s).
@@ -78,6 +78,9 @@ def vectors_of(table: Any, column: str, dim: int) -> np.ndarray:
         return np.asarray(values.to_pylist(), dtype=np.float32).reshape(-1, dim)
     data = np.frombuffer(values.buffers()[1], dtype=np.float32, count=len(values), offset=values.offset * 4)
     return data.reshape(-1, dim).copy()  # owned and writable, not a view of Arrow's memory
+
+
+TIER_ROWS = {tier: row for row, tier in enumerate(TIERS)}
 
 
 def _limits(queries: Sequence[RetrievalQuery]) -> np.ndarray:
@@ -499,24 +502,21 @@ class DuckDBRetriever:
         out[missing] = np.asarray(self.embedder.embed([texts[i] for i in missing]), dtype=np.float32)
         return out
 
-    def _listed(self, query: RetrievalQuery) -> np.ndarray | None:
-        """The answer from the candidate lists, or None when only exact search can give it."""
-        if self.lists is None or query.k > self.lists.shape[-1]:
-            return None
-        row = self.query_rows.get(query.text)
-        if row is None:
-            return None
-        tier = ANY_TIER if query.tier is None else TIERS.index(query.tier)
-        bucket = bucket_of(query.max_threshold)
-        listed = self.lists[row, tier, bucket]
-        rows = pick(listed, self.thresholds, query.max_threshold, query.k, self.lists_complete)
-        if rows is not None and len(rows) and listed[-1] >= 0 and self.list_sims is not None:
-            # The k-th pick ties with the list's last offer: an offer just past the end may
-            # tie too and win on its row, so only exact search can say.
-            sims = self.list_sims[row, tier, bucket]
-            if sims[int(np.flatnonzero(listed == rows[-1])[0])] <= sims[-1]:
-                return None
-        return rows
+    def _listed_many(self, queries: Sequence[RetrievalQuery]) -> list[np.ndarray | None]:
+        """Each query's answer from the candidate lists, or None where only exact search
+        can give it (no list for its text, a k beyond the lists, too few admitted, a tie
+        at the end of the list)."""
+        if self.lists is None or not queries:
+            return [None] * len(queries)
+        rows = np.array([self.query_rows.get(q.text, -1) for q in queries], dtype=np.int64)
+        tiers = np.array([ANY_TIER if q.tier is None else TIER_ROWS[q.tier] for q in queries], dtype=np.int64)
+        ks = np.array([q.k for q in queries], dtype=np.int64)
+        limits = _limits(queries)
+        usable = (rows >= 0) & (ks <= self.lists.shape[-1])
+        at = (np.where(usable, rows, 0), tiers, buckets_of(limits))
+        sims = None if self.list_sims is None else np.asarray(self.list_sims[at])
+        picked = pick_many(np.asarray(self.lists[at]), self.thresholds, limits, ks, self.lists_complete, sims)
+        return [rows_ if ok else None for rows_, ok in zip(picked, usable.tolist())]
 
     def _ranked(self, rows: np.ndarray, vector: np.ndarray, take: int | None = None) -> list[OfferCandidate]:
         """The best ``take`` of the chosen offer rows, similarities computed here for every
@@ -577,8 +577,7 @@ class DuckDBRetriever:
             exact, queries_to_list = list(range(len(queries))), []
         else:
             queries_to_list = list(queries)
-        for i, query in enumerate(queries_to_list):
-            listed = self._listed(query)
+        for i, (query, listed) in enumerate(zip(queries_to_list, self._listed_many(queries_to_list))):
             if listed is None:
                 exact.append(i)
             else:
