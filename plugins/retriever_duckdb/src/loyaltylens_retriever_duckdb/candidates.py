@@ -205,5 +205,9 @@ def pick_many(
         last = listed.shape[1] - 1 - np.argmax(taken[:, ::-1], axis=1)  # the k-th pick's position
         at_last = sims[np.arange(len(listed)), last] <= sims[:, -1]
         answered &= ~((counts > 0) & present[:, -1] & at_last)
-    parts = np.split(listed[taken], np.cumsum(counts)[:-1])
-    return [part if ok else None for part, ok in zip(parts, answered.tolist())]
+    flat = listed[taken]
+    if len(listed) == 1:  # one query (`run`, `GET /v1/offers`): no split to pay for
+        return [flat if bool(answered[0]) else None]
+    ends = np.cumsum(counts).tolist()
+    return [flat[end - count : end] if ok else None
+            for end, count, ok in zip(ends, counts.tolist(), answered.tolist())]
