@@ -212,7 +212,8 @@ class DuckDBRetriever:
             if self._open(pointer):
                 return
         offers = load_catalogue(path)
-        fingerprint = self._fingerprint(offers)
+        lines = [o.model_dump_json() for o in offers]  # dumped once, for the fingerprint and any re-index
+        fingerprint = self._fingerprint(offers, lines)
         vocabulary_fp = self._vocabulary_fingerprint(self._vocabulary())
         stored, stored_vocabulary = self._meta()
         if stored != fingerprint or stored_vocabulary != vocabulary_fp:
@@ -221,7 +222,7 @@ class DuckDBRetriever:
                     f"the offer index in {self.path} is missing or stale and this process may not write it",
                     "run `loyaltylens index` (or start `loyaltylens serve`, which prepares the data dir first)",
                 )
-            self.index(rebuild=False, offers=offers)
+            self.index(rebuild=False, offers=offers, lines=lines)
             return
         current = (pointer and pointer.get("fingerprint") == fingerprint and pointer.get("vocabulary") == vocabulary_fp
                    and pointer.get("stamp") == self._stamp())
@@ -231,12 +232,13 @@ class DuckDBRetriever:
             return
         self._publish_from_duckdb(source)
 
-    def index(self, rebuild: bool = False, offers: list[Offer] | None = None) -> int:
+    def index(self, rebuild: bool = False, offers: list[Offer] | None = None, lines: list[str] | None = None) -> int:
         """Embed what changed and store offers, vectors and the query vocabulary in one
         transaction. Offers whose text and model are unchanged keep their vectors, and the
         vocabulary is re-embedded only when it or the model changed; ``rebuild=True``
-        re-embeds everything."""
-        offers = offers or load_catalogue(self._catalogue_path())
+        re-embeds everything. ``lines``: the ``offers``' JSON, when the caller has it."""
+        if offers is None:
+            offers, lines = load_catalogue(self._catalogue_path()), None
         con = self._connect()
         hashes = [content_hash(o, self.embedder) for o in offers]
         stored = None if rebuild else self._stored_offers()
@@ -258,7 +260,8 @@ class DuckDBRetriever:
             matrix[todo] = fresh
         matrix /= np.linalg.norm(matrix, axis=1, keepdims=True).clip(min=1e-12)
 
-        lines = [o.model_dump_json() for o in offers]
+        if lines is None:
+            lines = [o.model_dump_json() for o in offers]
         # Only rows that changed are written when an index exists (one edited offer: one
         # row, not 50,000 vectors rewritten and checkpointed).
         changed = list(range(len(offers))) if stored is None else [
