@@ -14,6 +14,9 @@ pre-warmed embedder cache so every size pays for its own offers only):
 Targets at 50,000 offers (issue "Catalogues at production scale"): cold index <= 120 s,
 one changed offer <= 5 s, process index load <= 0.2 s, retriever median <= 1 ms and
 p95 <= 2 ms, recall@3 = 1.0, batch >= 10,000 customers/s with peak RSS <= 2 GiB.
+Before each cold index the script also measures how fast this machine multiplies bfloat16
+on MiniLM's feed-forward shapes right then (`bf16_gflops`): a cold index is bound by that
+arithmetic, and a shared VM's rate moves by a third from hour to hour (316 GFLOP/s quiet).
 Usage: python benchmarks/catalogue.py [SIZES...]   (default: 200 5000 50000)
 """
 
@@ -45,6 +48,26 @@ WORDS = {
 CATEGORIES = ("points_multiplier", "free_item", "tier_upgrade", "birthday", "partner", "discount")
 TIER_SETS = (("bronze", "silver", "gold", "platinum"), ("silver", "gold", "platinum"), ("gold", "platinum"),
              ("platinum",), ("bronze", "silver"))
+
+
+MATMUL_PROBE = """
+import time, torch
+x = torch.randn(64 * 30, 384, dtype=torch.bfloat16)
+up, down = torch.nn.Linear(384, 1536).bfloat16(), torch.nn.Linear(1536, 384).bfloat16()
+with torch.inference_mode():
+    for _ in range(5):
+        down(up(x))
+    start = time.perf_counter()
+    for _ in range(50):
+        down(up(x))
+print(2 * 2 * 64 * 30 * 384 * 1536 * 50 / (time.perf_counter() - start) / 1e9)
+"""
+
+
+def bf16_gflops() -> float:
+    """This machine's bfloat16 matrix-product rate right now (MiniLM's feed-forward shapes)."""
+    out = subprocess.run([sys.executable, "-c", MATMUL_PROBE], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def make_catalogue(n: int, seed: int = 7) -> list[dict]:
@@ -140,6 +163,7 @@ def main() -> int:
                    "LOYALTYLENS_RETRIEVER_DUCKDB__CATALOGUE": str(catalogue),
                    "LOYALTYLENS_EMBEDDER_SENTENCE_TRANSFORMERS__CACHE_PATH": str(cache)}
             run(["seed"], env)  # demo customers + features, so batch has someone to score
+            gflops = bf16_gflops()
             cold_s, cold_rss, _ = run(["index", "--json"], env)
             # One edited offer, three times (another offer each time): this 2-core VM's noise is
             # +-20%, so the median of three is reported, with all three.
@@ -162,7 +186,7 @@ def main() -> int:
                 batch_rss = max(batch_rss, rss)
             rate = float(np.median(rates))
             row = {
-                "offers": n, "cold_index_s": cold_s, "cold_index_rss_mib": cold_rss,
+                "offers": n, "bf16_gflops": gflops, "cold_index_s": cold_s, "cold_index_rss_mib": cold_rss,
                 "one_changed_s": float(np.median(edits)), "one_changed_all_s": edits,
                 "embedded_on_change": json.loads(inc_out).get("embedded"),
                 "load_s": p["load_s"], "load_rss_mib": p["rss_mib"],
@@ -174,11 +198,11 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         print()
-        print("| offers | cold index (RSS) | one changed | process load (RSS) | retrieve first-seen median / p95 "
+        print("| offers | bf16 GFLOP/s | cold index (RSS) | one changed | process load (RSS) | retrieve first-seen median / p95 "
               "| repeat median / p95 | from lists | recall@3 | batch /s (peak RSS) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['offers']:,} | {r['cold_index_s']:.1f} s ({r['cold_index_rss_mib']:.0f} MiB) | "
+            print(f"| {r['offers']:,} | {r['bf16_gflops']:.0f} | {r['cold_index_s']:.1f} s ({r['cold_index_rss_mib']:.0f} MiB) | "
                   f"{r['one_changed_s']:.1f} s | {r['load_s'] * 1000:.0f} ms ({r['load_rss_mib']:.0f} MiB) | "
                   f"{r['first_median_ms']:.3f} / {r['first_p95_ms']:.3f} ms | "
                   f"{r['repeat_median_ms']:.3f} / {r['repeat_p95_ms']:.3f} ms | {r['from_lists']:.0%} | "
