@@ -94,6 +94,21 @@ def test_many_lists_are_picked_at_once_with_filters_short_lists_and_ties_at_the_
     assert pick(listed[1], thresholds, 0.7, 2, True).tolist() == [5, 7]
 
 
+def test_the_sampled_cut_finds_the_same_top_offers_as_a_full_partition():
+    from loyaltylens_retriever_duckdb.candidates import _top_unordered
+
+    rng = np.random.default_rng(3)
+    similarity = rng.normal(size=(6, 2000)).astype(np.float32)
+    similarity[5] = 0.0
+    similarity[5, [0, 20, 40]] = 1.0  # only three values clear the cut the sample suggests: whole-row path
+    similarity[5, 1:30] = np.linspace(0.5, 0.9, 29)
+    got = _top_unordered(similarity, 20, sample=100)
+    expected = np.argpartition(-similarity, 19, axis=1)[:, :20]
+    for row in range(6):
+        assert sorted(similarity[row, got[row]].tolist()) == sorted(similarity[row, expected[row]].tolist())
+        assert len(set(got[row].tolist())) == 20
+
+
 def random_catalogue(rng, offers, dim=24):
     vectors = rng.normal(size=(offers, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

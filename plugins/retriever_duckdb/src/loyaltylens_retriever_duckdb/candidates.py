@@ -69,7 +69,7 @@ def build_lists(
     for start in range(0, texts, block):
         similarity = query_vectors[start : start + block] @ vectors.T
         if depth < offers:
-            top = np.argpartition(-similarity, depth - 1, axis=1)[:, :depth]
+            top = _top_unordered(similarity, depth)
             # Where offers tie at the prefilter's cut, argpartition keeps an arbitrary few:
             # keep the lowest rows instead, as exact search does (rare with real embeddings,
             # which tie only for offers with the same text).
@@ -92,6 +92,31 @@ def build_lists(
             sims[start : start + len(ranked), tier] = np.where(found, ranked_sims[rows[:, :, None], at], -np.inf)
         advance(len(similarity))
     return out, sims
+
+
+def _top_unordered(similarity: np.ndarray, depth: int, sample: int = 4096) -> np.ndarray:
+    """Per row, the columns of the ``depth`` largest values (any order; among values tied
+    at the cut, an arbitrary few: the caller settles those).
+
+    Why not one ``argpartition`` over every column: at 50,000 offers that is 47 ms per 64
+    texts, most of a cold index's candidate lists. A strided sample of the row estimates a
+    cut with about twice ``depth`` values above it; only those are partitioned. Exact: when
+    at least ``depth`` values clear the cut, the largest ``depth`` are all among them, and a
+    row where fewer do is partitioned whole."""
+    rows, columns = similarity.shape
+    if columns < 8 * depth or columns < 2 * sample:
+        return np.argpartition(-similarity, depth - 1, axis=1)[:, :depth]
+    sampled = similarity[:, :: columns // sample]
+    above = min(sampled.shape[1] - 1, int(np.ceil(2 * depth / columns * sampled.shape[1])))
+    cut = np.partition(sampled, sampled.shape[1] - 1 - above, axis=1)[:, sampled.shape[1] - 1 - above]
+    top = np.empty((rows, depth), dtype=np.int64)
+    for row, (values, limit) in enumerate(zip(similarity, cut)):
+        kept = np.flatnonzero(values >= limit)
+        if len(kept) < depth:
+            top[row] = np.argpartition(-values, depth - 1)[:depth]
+        else:
+            top[row] = kept[np.argpartition(-values[kept], depth - 1)[:depth]]
+    return top
 
 
 def _first_per_bucket(first_bucket: np.ndarray, size: int) -> np.ndarray:
