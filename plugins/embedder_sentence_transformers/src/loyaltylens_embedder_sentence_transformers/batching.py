@@ -8,9 +8,40 @@ bfloat16 MiniLM on 2 cores (2,048 catalogue texts, batches of 64).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+
+def unpadded_tokenizer(model_path: Path) -> Any:
+    """The model's tokenizer, truncating at its ``max_seq_length`` and never padding:
+    ``length_sorted_batches`` pads each batch itself."""
+    from tokenizers import Tokenizer
+
+    try:
+        max_length = int(json.loads((model_path / "sentence_bert_config.json").read_text())["max_seq_length"])
+    except (OSError, ValueError, KeyError):
+        max_length = 256
+    tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def encode_sorted(tokenizer: Any, texts: Sequence[str], batch_size: int,
+                  hidden_of: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
+    """One L2-normalised float32 row per text, in ``texts``' order: the transformer
+    (``hidden_of``: a batch's inputs -> last hidden state) over length-sorted batches, then
+    the model's mean pooling and normalisation."""
+    out: np.ndarray | None = None
+    for rows, inputs in length_sorted_batches(tokenizer, texts, batch_size):
+        vectors = mean_pooled(hidden_of(inputs), inputs["attention_mask"])
+        if out is None:
+            out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[rows] = vectors
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def length_sorted_batches(tokenizer: Any, texts: Sequence[str], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:

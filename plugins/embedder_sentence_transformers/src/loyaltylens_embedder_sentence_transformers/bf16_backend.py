@@ -17,13 +17,12 @@ ONNX Runtime.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .batching import length_sorted_batches, mean_pooled
+from .batching import encode_sorted, unpadded_tokenizer
 
 
 @functools.cache
@@ -47,30 +46,21 @@ class Bf16SentenceEncoder:
 
     def __init__(self, model_path: Path) -> None:
         import torch
-        from tokenizers import Tokenizer
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        try:
-            max_length = int(json.loads((model_path / "sentence_bert_config.json").read_text())["max_seq_length"])
-        except (OSError, ValueError, KeyError):
-            max_length = 256
-        self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
-        self.tokenizer.no_padding()  # batches are padded by length_sorted_batches
-        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer = unpadded_tokenizer(model_path)
         self.torch = torch
         self.model: Any = AutoModel.from_pretrained(str(model_path), local_files_only=True,
                                                     dtype=torch.bfloat16).eval()
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         torch = self.torch
-        out: np.ndarray | None = None
+
+        def hidden_of(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            arrays = {name: torch.from_numpy(array) for name, array in inputs.items()}
+            return self.model(**arrays).last_hidden_state.float().numpy()  # type: ignore[no-any-return]
+
         with torch.inference_mode():
-            for rows, inputs in length_sorted_batches(self.tokenizer, texts, batch_size):
-                hidden = self.model(**{name: torch.from_numpy(array) for name, array in inputs.items()}).last_hidden_state
-                vectors = mean_pooled(hidden.float().numpy(), inputs["attention_mask"])
-                if out is None:
-                    out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-                out[rows] = vectors
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+            return encode_sorted(self.tokenizer, texts, batch_size, hidden_of)

@@ -155,11 +155,9 @@ class SentenceTransformerEmbedder:
         offer: 3 s) would pay the export too (+6-9 s); here torch is loaded already."""
         if self.backend != "onnx":
             return
-        from .onnx_backend import export, onnx_file_for
+        from .onnx_backend import exported
 
-        target = onnx_file_for(self.path, self.onnx_dir)
-        if not target.is_file():
-            export(self.path, target)
+        exported(self.path, self.onnx_dir)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         bulk = self._bulk_model(len(texts))

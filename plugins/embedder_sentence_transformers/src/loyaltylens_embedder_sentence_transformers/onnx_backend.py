@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .batching import length_sorted_batches, mean_pooled
+from .batching import encode_sorted, unpadded_tokenizer
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -56,6 +56,14 @@ def onnx_file_for(model_path: Path, cache_dir: Path) -> Path:
             stat = path.stat()
             digest.update(f"{name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
     return cache_dir / f"{model_path.name}-{digest.hexdigest()[:12]}.onnx"
+
+
+def exported(model_path: Path, cache_dir: Path) -> Path:
+    """This model's ONNX file in ``cache_dir``, exported first if it is not there yet."""
+    onnx_file = onnx_file_for(model_path, cache_dir)
+    if not onnx_file.is_file():
+        export(model_path, onnx_file)
+    return onnx_file
 
 
 def export(model_path: Path, target: Path) -> None:
@@ -100,18 +108,9 @@ class OnnxSentenceEncoder:
 
     def __init__(self, model_path: Path, cache_dir: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        onnx_file = onnx_file_for(model_path, cache_dir)
-        if not onnx_file.is_file():
-            export(model_path, onnx_file)
-        try:
-            max_length = int(json.loads((model_path / "sentence_bert_config.json").read_text())["max_seq_length"])
-        except (OSError, ValueError, KeyError):
-            max_length = 256
-        self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
-        self.tokenizer.no_padding()  # batches are padded by length_sorted_batches
-        self.tokenizer.enable_truncation(max_length=max_length)
+        onnx_file = exported(model_path, cache_dir)
+        self.tokenizer = unpadded_tokenizer(model_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
         options.inter_op_num_threads = 1
@@ -119,10 +118,4 @@ class OnnxSentenceEncoder:
         self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
-        out: np.ndarray | None = None
-        for rows, inputs in length_sorted_batches(self.tokenizer, texts, batch_size):
-            vectors = mean_pooled(self.session.run(None, inputs)[0], inputs["attention_mask"])
-            if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors
-        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        return encode_sorted(self.tokenizer, texts, batch_size, lambda inputs: self.session.run(None, inputs)[0])
