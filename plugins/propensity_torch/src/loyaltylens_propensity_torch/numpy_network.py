@@ -69,7 +69,7 @@ class NumpyTabularTransformer:
         token's output, (batch, d): keys and values still come from every token."""
         d = self.d_model
         head_dim = d // self.heads
-        weight, bias = self.wt[f"{prefix}.in_proj_weight"], self.w[f"{prefix}.in_proj_bias"]
+        bias = self.w[f"{prefix}.in_proj_bias"]
         if cls_only:
             kv = _linear(x, self.wt_kv[prefix], bias[d:]).reshape(batch, length, 2, self.heads, head_dim)
             k, v = kv.transpose(2, 0, 3, 1, 4)  # (batch, heads, length, head_dim) each
@@ -77,7 +77,8 @@ class NumpyTabularTransformer:
             q = _linear(cls, self.wt_q[prefix], bias[:d]).reshape(batch, self.heads, 1, head_dim)
             queries = 1
         else:
-            qkv = _linear(x, weight, bias).reshape(batch, length, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
+            qkv = _linear(x, self.wt[f"{prefix}.in_proj_weight"], bias).reshape(batch, length, 3, self.heads, head_dim)
+            qkv = qkv.transpose(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]  # (batch, heads, length, head_dim)
             queries = length
         scores = q @ k.transpose(0, 1, 3, 2)
@@ -112,7 +113,7 @@ class NumpyTabularTransformer:
             h = _linear(hidden, wt[f"{p}.linear2.weight"], w[f"{p}.linear2.bias"])
             h += x
             x = _layer_norm_(h, w[f"{p}.norm2.weight"], w[f"{p}.norm2.bias"])
-        cls = _layer_norm_(x.copy(), w["head.0.weight"], w["head.0.bias"])  # (batch, d): the CLS rows
+        cls = _layer_norm_(x, w["head.0.weight"], w["head.0.bias"])  # (batch, d): the CLS rows, owned here
         hidden = np.maximum(_linear(cls, wt["head.1.weight"], w["head.1.bias"]), 0)
         return _linear(hidden, wt["head.3.weight"], w["head.3.bias"]).reshape(batch)
 

@@ -601,7 +601,7 @@ class DuckDBRetriever:
         vector = self._query_vectors([query.text])[0]
         eligible = self.thresholds <= (np.inf if query.max_threshold is None else query.max_threshold)
         if query.tier is not None:
-            eligible &= self.tier_mask[TIERS.index(query.tier)]
+            eligible &= self.tier_mask[TIER_ROWS[query.tier]]
         take = min(query.k, int(eligible.sum()))
         if take == 0:
             return []
@@ -617,7 +617,7 @@ class DuckDBRetriever:
         eligible = self.thresholds[None, :] <= limits[:, None]
         tiers = [q.tier for q in queries]
         if any(t is not None for t in tiers):
-            tier_rows = np.array([TIERS.index(t) if t is not None else -1 for t in tiers])
+            tier_rows = np.array([TIER_ROWS[t] if t is not None else -1 for t in tiers])
             eligible &= self.tier_mask_or_any[tier_rows]
         masked = np.where(eligible, similarity, -np.inf)
         best = top_k(masked, max(q.k for q in queries))
