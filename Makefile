@@ -31,6 +31,7 @@ run: $(STAMP)
 # works offline), installed once here.
 test: $(STAMP) chromium
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 chromium:

@@ -22,8 +22,8 @@ LOOP_SAMPLE = 2_000
 
 def main() -> int:
     os.environ.setdefault("LOYALTYLENS_DATA_DIR", tempfile.mkdtemp(prefix="ll-bench-"))
-    from loyaltylens_core.pipeline import Pipeline
-    from loyaltylens_core.progress import Progress
+    from loyaltylens_core.kernel.pipeline import Pipeline
+    from loyaltylens_core.util.progress import Progress
 
     pipeline = Pipeline.from_config(progress=Progress(quiet=True))
     pipeline.prepare()

@@ -109,9 +109,9 @@ PROBE = r"""
 import json, sys, time, resource
 import numpy as np
 t = time.perf_counter()
-from loyaltylens_core.pipeline import Pipeline
-from loyaltylens_core.adapters import query_vocabulary
-from loyaltylens_core.contracts import TIERS, RetrievalQuery
+from loyaltylens_core.kernel.pipeline import Pipeline
+from loyaltylens_core.kernel.adapters import query_vocabulary
+from loyaltylens_core.kernel.contracts import TIERS, RetrievalQuery
 pipeline = Pipeline.from_config(needed=("retriever",), read_only=True)
 retriever = pipeline.component("retriever", prepare=False)
 t0 = time.perf_counter()

@@ -50,7 +50,7 @@ def generated_offline_store(work: Path) -> Path:
 
 
 def pipeline(store: str):
-    from loyaltylens_core.pipeline import Pipeline
+    from loyaltylens_core.kernel.pipeline import Pipeline
 
     return Pipeline.from_config(None, use=[f"feature_store={store}"], needed=("feature_store",))
 
@@ -100,7 +100,7 @@ def serve_comparison(url: str, work: Path) -> dict[str, dict[str, float]]:
     sys.path.insert(0, str(Path(__file__).parent))
     import serve  # benchmarks/serve.py: start, stop, wrk, LUA
 
-    from loyaltylens_core.testing import free_port
+    from loyaltylens_core.sdk.standins import free_port
 
     data_dir = work / "demo"
     env = {"LOYALTYLENS_DATA_DIR": str(data_dir)}
@@ -121,7 +121,7 @@ def serve_comparison(url: str, work: Path) -> dict[str, dict[str, float]]:
 
 
 def main() -> int:
-    from loyaltylens_core.testing import redis_server
+    from loyaltylens_core.sdk.standins import redis_server
 
     work = Path(tempfile.mkdtemp(prefix="ll-bench-redis-"))
     offline = generated_offline_store(work)

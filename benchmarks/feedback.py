@@ -2,7 +2,7 @@
 read with DuckDB) in a temporary directory:
 
 1. import of BENCH_OUTCOMES (default 1,000,000) outcome rows from CSV through
-   `loyaltylens_core.outcomes.import_file` (validation, duplicate and unknown-impression
+   `loyaltylens_core.loop.outcomes.import_file` (validation, duplicate and unknown-impression
    checks, the write): rows/s (target >= 200,000/s); then the same file again (all
    duplicates: the idempotent path);
 2. `report` over as many impressions (the store's join + `build_report`): seconds (target <= 5 s);
@@ -27,7 +27,7 @@ def generated_impressions(n: int):  # type: ignore[no-untyped-def]
     import numpy as np
     import pyarrow as pa
 
-    from loyaltylens_core.impressions import impression_schema
+    from loyaltylens_core.kernel.feedback import impression_schema
 
     rng = np.random.default_rng(7)
     start = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
@@ -66,8 +66,8 @@ def write_outcomes_csv(path: Path, impressions, rows: int) -> None:  # type: ign
 
 
 def main() -> None:
-    from loyaltylens_core.outcomes import import_file
-    from loyaltylens_core.report import build_report
+    from loyaltylens_core.loop.outcomes import import_file
+    from loyaltylens_core.loop.report import build_report
     from loyaltylens_feedback_duckdb.store import DuckDBFeedbackStore
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,10 +11,10 @@ import sys
 import tempfile
 import time
 
-from loyaltylens_core.adapters import template_variables
-from loyaltylens_core.testing import FAKE_OFFERS, FakeGenerator, FakePropensity, make_context, make_features
+from loyaltylens_core.kernel.adapters import template_variables
+from loyaltylens_core.sdk.testing import FAKE_OFFERS, FakeGenerator, FakePropensity, make_context, make_features
 from loyaltylens_generator_openai import OpenAIGeneratorSettings, build
-from loyaltylens_core.testing import free_port, start_local_process
+from loyaltylens_core.sdk.standins import free_port, start_local_process
 
 LATENCY_S = 0.05
 CUSTOMERS = 160

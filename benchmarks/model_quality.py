@@ -36,7 +36,7 @@ def train(env: dict[str, str], model: str) -> tuple[dict, float]:
 
 PREDICT = r"""
 import json, statistics, sys, time
-from loyaltylens_core.pipeline import Pipeline
+from loyaltylens_core.kernel.pipeline import Pipeline
 p = Pipeline.from_config(needed=("feature_store", "propensity"), use=[f"propensity={sys.argv[1]}"])
 model = p.component("propensity")
 store = p.component("feature_store")

@@ -36,8 +36,8 @@ def excl_generator(result) -> float:
 
 def main() -> int:
     os.environ.setdefault("LOYALTYLENS_DATA_DIR", tempfile.mkdtemp(prefix="ll-bench-"))
-    from loyaltylens_core.pipeline import Pipeline
-    from loyaltylens_core.progress import Progress
+    from loyaltylens_core.kernel.pipeline import Pipeline
+    from loyaltylens_core.util.progress import Progress
 
     pipeline = Pipeline.from_config(progress=Progress(quiet=False))
     pipeline.prepare()

@@ -80,7 +80,7 @@ def wrk(port: int, connections: int, script: Path) -> dict[str, float]:
 def in_process_rate(ids: list[str]) -> tuple[float, float]:
     """Pipeline.run on one thread, warmed the way a service worker warms (scores of the
     latest snapshot memoised): (runs/s, runs/s with the score memo off)."""
-    from loyaltylens_core.pipeline import Pipeline
+    from loyaltylens_core.kernel.pipeline import Pipeline
 
     with Pipeline.from_config(read_only=True) as pipeline:
         pipeline.prepare()
@@ -121,7 +121,7 @@ def first_request_vs_median(port: int) -> tuple[float, float]:
 
 
 def llm_ratio(port: int, script: Path) -> tuple[float, float]:
-    from loyaltylens_core.testing import free_port, start_local_process
+    from loyaltylens_core.sdk.standins import free_port, start_local_process
 
     stub_port = free_port()
     stub = start_local_process([sys.executable, "-m", "loyaltylens_generator_openai.testing", "--port",
@@ -144,11 +144,11 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk (or `make bench`)")
         return 1
-    from loyaltylens_core.testing import free_port
+    from loyaltylens_core.sdk.standins import free_port
 
     os.environ.setdefault("LOYALTYLENS_DATA_DIR", tempfile.mkdtemp(prefix="ll-bench-"))
     subprocess.run([sys.executable, "-m", "loyaltylens_core.cli", "run", "C001"], stdout=subprocess.DEVNULL, check=True)
-    from loyaltylens_core.pipeline import Pipeline
+    from loyaltylens_core.kernel.pipeline import Pipeline
 
     with Pipeline.from_config(read_only=True, needed=("feature_store",)) as pipeline:
         ids = pipeline.component("feature_store").customer_ids()

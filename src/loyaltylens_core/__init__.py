@@ -16,23 +16,32 @@ What a plugin author needs, in one import:
 
 from typing import TYPE_CHECKING, Any
 
-from .hookspecs import hookimpl, hookspec
+from loyaltylens_core import _legacy
+from loyaltylens_core.kernel.hookspecs import hookimpl, hookspec
+
+_legacy.install()  # the 0.1 module paths keep importing for one release
 
 if TYPE_CHECKING:
-    from . import contracts, errors
-    from .context import StageContext
-    from .plugins import PluginSettings, Register
+    from loyaltylens_core.kernel import contracts
+    from loyaltylens_core.kernel import errors
+    from loyaltylens_core.kernel.context import StageContext
+    from loyaltylens_core.kernel.registry import NoSettings, PluginSettings, Register
 
 # Resolved on first use (PEP 562): `loyaltylens --help` must not pay for building the
 # pydantic contracts (~140 ms) just because the package was imported.
 _LAZY = {
-    "contracts": (".contracts", None), "errors": (".errors", None), "StageContext": (".context", "StageContext"),
-    "PluginSettings": (".plugins", "PluginSettings"), "Register": (".plugins", "Register"),
+    "contracts": (".kernel.contracts", None), "errors": (".kernel.errors", None),
+    "StageContext": (".kernel.context", "StageContext"), "PluginSettings": (".kernel.registry", "PluginSettings"),
+    "Register": (".kernel.registry", "Register"), "NoSettings": (".kernel.registry", "NoSettings"),
 }
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
+        from ._legacy import MOVED, moved_module
+
+        if name in MOVED:  # `from loyaltylens_core import adapters` (0.1): the new module, with a warning
+            return moved_module(name)
         raise AttributeError(f"module 'loyaltylens_core' has no attribute {name!r}")
     import importlib
 
@@ -41,6 +50,6 @@ def __getattr__(name: str) -> Any:
     return module if attribute is None else getattr(module, attribute)
 
 __all__ = [
-    "PluginSettings", "Register", "StageContext", "contracts", "errors", "hookimpl", "hookspec", "__version__",
+    "NoSettings", "PluginSettings", "Register", "StageContext", "contracts", "errors", "hookimpl", "hookspec", "__version__",
 ]
 __version__ = "0.1.0"

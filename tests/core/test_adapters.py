@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from loyaltylens_core import adapters
-from loyaltylens_core.errors import ConfigError
-from loyaltylens_core.testing import FAKE_OFFERS, FakePropensity, make_features
+from loyaltylens_core.kernel import adapters
+from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.sdk.testing import FAKE_OFFERS, FakePropensity, make_features
 
 
 def test_adapter_maps_offer_title_and_channel_preference():

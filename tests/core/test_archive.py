@@ -7,8 +7,8 @@ import tarfile
 
 import pytest
 
-from loyaltylens_core.archive import safe_extract
-from loyaltylens_core.errors import StageError, UsageError
+from loyaltylens_core.sdk.archive import safe_extract
+from loyaltylens_core.kernel.errors import StageError, UsageError
 
 
 def make(path, entries):
@@ -57,8 +57,8 @@ def test_missing_and_corrupt_archives(tmp_path):
 
 
 def test_read_spec_without_extracting(tmp_path):
-    from loyaltylens_core.archive import read_spec
-    from loyaltylens_core.testing import write_tiny_archive
+    from loyaltylens_core.sdk.archive import read_spec
+    from loyaltylens_core.sdk.testing import write_tiny_archive
 
     assert read_spec(write_tiny_archive(tmp_path / "m.tar.gz"))["model_version"] == "tiny_v1"
     not_ours = tmp_path / "other.tar.gz"

@@ -13,8 +13,8 @@ import pytest
 
 from loyaltylens_core import batch as batch_module
 from loyaltylens_core.batch import read_ids_file, run_batch
-from loyaltylens_core.errors import UsageError
-from loyaltylens_core.testing import FakeFeatureStore, FakePlugin, make_features
+from loyaltylens_core.kernel.errors import UsageError
+from loyaltylens_core.sdk.testing import FakeFeatureStore, FakePlugin, make_features
 
 IDS = [f"C{i:03d}" for i in range(1, 101)]
 
@@ -96,8 +96,8 @@ def test_ids_file_errors(tmp_path):
 
 KILL_SCRIPT = """
 import sys, time
-from loyaltylens_core.testing import FakeFeatureStore, FakePlugin, make_features, ALL_FAKE
-from loyaltylens_core.pipeline import Pipeline
+from loyaltylens_core.sdk.testing import FakeFeatureStore, FakePlugin, make_features, ALL_FAKE
+from loyaltylens_core.kernel.pipeline import Pipeline
 from loyaltylens_core.batch import run_batch
 import loyaltylens_core.batch as b
 ids = [f"C{i:03d}" for i in range(1, 201)]

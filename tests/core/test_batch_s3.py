@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from loyaltylens_core.batch import run_batch
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.testing import s3_bucket, s3_environment, s3_server
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.standins import s3_bucket, s3_environment, s3_server
 
 SECRET = "s3cr3t-never-printed"
 

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from loyaltylens_core.stages import STAGES
-from loyaltylens_core.testing import make_distribution
+from loyaltylens_core.kernel.stages import STAGES
+from loyaltylens_core.sdk.standins import make_distribution
 
 FAKE_MODULE = """
-from loyaltylens_core.testing import FakePlugin
+from loyaltylens_core.sdk.testing import FakePlugin
 plugin = FakePlugin()
 """
 
@@ -146,7 +146,7 @@ def test_help_is_fast_to_import_and_lists_commands(cli):
 CLOSING_MODULE = """
 import os
 from pathlib import Path
-from loyaltylens_core.testing import FakePlugin, FakeRetriever
+from loyaltylens_core.sdk.testing import FakePlugin, FakeRetriever
 
 class ClosingRetriever(FakeRetriever):
     def close(self):

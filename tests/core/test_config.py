@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from loyaltylens_core.config import DEFAULT_STAGES, load_config
-from loyaltylens_core.errors import ConfigError
-from loyaltylens_core.hookspecs import hookimpl
-from loyaltylens_core.plugins import load_registry
-from loyaltylens_core.testing import FakePlugin
+from loyaltylens_core.kernel.config import DEFAULT_STAGES, load_config
+from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.kernel.hookspecs import hookimpl
+from loyaltylens_core.kernel.registry import load_registry
+from loyaltylens_core.sdk.testing import FakePlugin
 
 
 class RemoteSettings(BaseModel):

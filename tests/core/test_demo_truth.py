@@ -9,8 +9,8 @@ import datetime as dt
 
 import numpy as np
 
-from loyaltylens_core import metrics
-from loyaltylens_core.demo import START_DATE, ensure_demo_data, true_probability
+from loyaltylens_core.sdk import quality as metrics
+from loyaltylens_core.sdk.demo import START_DATE, ensure_demo_data, true_probability
 
 
 def test_true_probabilities_match_realised_labels(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loyaltylens_core import contracts
-from loyaltylens_core.contracts import RetrievalQuery
+from loyaltylens_core.kernel.contracts import RetrievalQuery
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 

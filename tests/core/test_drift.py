@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from loyaltylens_core.drift import drift_report, psi_categorical, psi_numeric
-from loyaltylens_core.testing import fake_plugin_environment, make_features
+from loyaltylens_core.loop.drift import drift_report, psi_categorical, psi_numeric
+from loyaltylens_core.sdk.testing import make_features
+from loyaltylens_core.sdk.standins import fake_plugin_environment
 
 
 def test_the_same_distribution_has_no_drift_and_a_shift_in_money_is_critical():
@@ -41,8 +42,8 @@ def test_the_report_takes_the_worst_status():
 
 STORE = """
 import datetime as dt
-from loyaltylens_core.contracts import SnapshotInfo
-from loyaltylens_core.testing import FakeFeatureStore, FakePlugin, make_features
+from loyaltylens_core.kernel.contracts import SnapshotInfo
+from loyaltylens_core.sdk.testing import FakeFeatureStore, FakePlugin, make_features
 
 DAYS = [dt.date(2026, 5, 30), dt.date(2026, 6, 29)]
 SHIFT = __import__("os").environ.get("DRIFT_TEST_SHIFT") == "1"
@@ -58,7 +59,7 @@ class Store(FakeFeatureStore):
     def snapshot_info(self, as_of=None):
         days = [d for d in DAYS if as_of is None or d <= as_of]
         if not days:
-            from loyaltylens_core.errors import StageError
+            from loyaltylens_core.kernel.errors import StageError
             raise StageError(f"no snapshot on or before {as_of}", "pick a later date")
         return SnapshotInfo(as_of=days[-1], customers=1000, feature_version="v1", fingerprint=str(days[-1]))
 
@@ -116,7 +117,7 @@ def test_a_ratio_on_a_new_lattice_is_not_drift_but_a_real_shift_is():
     propensities are the same draw; only the lattice moved. A shifted propensity is drift."""
     import numpy as np
 
-    from loyaltylens_core.drift import psi_numeric
+    from loyaltylens_core.loop.drift import psi_numeric
 
     rng = np.random.default_rng(5)
     propensity = rng.beta(2, 4, 5000)

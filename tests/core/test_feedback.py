@@ -13,12 +13,12 @@ import pyarrow as pa
 import pytest
 
 from loyaltylens_core.batch import run_batch
-from loyaltylens_core.errors import ConfigError, UsageError
-from loyaltylens_core.experiments import Experiment, Variant, parse
-from loyaltylens_core.impressions import outcome_schema
-from loyaltylens_core.outcomes import import_file
-from loyaltylens_core.report import auc, build_report, render_text, two_proportion_test, wilson
-from loyaltylens_core.testing import FakeFeatureStore, FakeFeedbackStore, FakePlugin, make_features
+from loyaltylens_core.kernel.errors import ConfigError, UsageError
+from loyaltylens_core.kernel.experiments import Experiment, Variant, parse
+from loyaltylens_core.kernel.feedback import outcome_schema
+from loyaltylens_core.loop.outcomes import import_file
+from loyaltylens_core.loop.report import auc, build_report, render_text, two_proportion_test, wilson
+from loyaltylens_core.sdk.testing import FakeFeatureStore, FakeFeedbackStore, FakePlugin, make_features
 
 IDS = [f"C{i:03d}" for i in range(1, 41)]
 
@@ -129,7 +129,7 @@ generator = "second"
 def test_assignment_is_deterministic_across_processes_and_follows_the_shares():
     experiment = Experiment("exp", (Variant("a", 0.2), Variant("b", 0.8)), "a")
     here = [experiment.assign(f"C{i}").name for i in range(2000)]
-    code = ("from loyaltylens_core.experiments import Experiment, Variant\n"
+    code = ("from loyaltylens_core.kernel.experiments import Experiment, Variant\n"
             "e = Experiment('exp', (Variant('a', 0.2), Variant('b', 0.8)), 'a')\n"
             "print(','.join(e.assign(f'C{i}').name for i in range(2000)))")
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -142,7 +142,7 @@ class SecondGenerator:
     prompt_version = "second-v1"
 
     def generate(self, variables):
-        from loyaltylens_core.contracts import GeneratedCopy
+        from loyaltylens_core.kernel.contracts import GeneratedCopy
 
         return GeneratedCopy(headline="B", body="b", cta="go", prompt_version=self.prompt_version)
 
@@ -229,7 +229,7 @@ def test_statistics_match_known_values():
 
 def _synthetic(n: int, lift: float, seed: int = 1) -> pa.Table:
     """Impressions whose outcomes follow their scores exactly, with a lift in variant b."""
-    from loyaltylens_core.impressions import impression_schema, join_outcomes
+    from loyaltylens_core.kernel.feedback import impression_schema, join_outcomes
 
     rng = np.random.default_rng(seed)
     scores = rng.uniform(0.05, 0.6, n)

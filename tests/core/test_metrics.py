@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from loyaltylens_core import metrics
+from loyaltylens_core.sdk import quality as metrics
 
 
 def test_auc_is_the_mann_whitney_statistic_with_ties_halved():

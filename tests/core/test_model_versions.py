@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from loyaltylens_core.errors import UsageError
-from loyaltylens_core.model_versions import model_versions, next_model_version
+from loyaltylens_core.kernel.errors import UsageError
+from loyaltylens_core.sdk.model_versions import model_versions, next_model_version
 
 PATTERN = re.compile(r"^m_v(\d+)$")
 
@@ -26,7 +26,7 @@ def test_versions_are_complete_ones_in_numeric_order(tmp_path):
 
 
 def store_with(tmp_path, *cards):
-    from loyaltylens_core.model_versions import ModelStore
+    from loyaltylens_core.sdk.model_versions import ModelStore
 
     store = ModelStore(tmp_path, PATTERN, "m_v")
     roles = []

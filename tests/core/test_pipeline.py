@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from loyaltylens_core.contracts import GeneratedCopy
-from loyaltylens_core.errors import ContractViolation, CustomerNotFound, UsageError
-from loyaltylens_core.hookspecs import hookimpl
-from loyaltylens_core.plugins import load_registry
-from loyaltylens_core.pipeline import FALLBACK_THRESHOLD
-from loyaltylens_core.testing import FakeGenerator, FakePlugin, FakePropensity, FakeRetriever, make_features
+from loyaltylens_core.kernel.contracts import GeneratedCopy
+from loyaltylens_core.kernel.errors import ContractViolation, CustomerNotFound, UsageError
+from loyaltylens_core.kernel.hookspecs import hookimpl
+from loyaltylens_core.kernel.registry import load_registry
+from loyaltylens_core.kernel.pipeline import FALLBACK_THRESHOLD
+from loyaltylens_core.sdk.testing import FakeGenerator, FakePlugin, FakePropensity, FakeRetriever, make_features
 
 
 def test_run_returns_a_full_result(loyaltylens_pipeline):
@@ -168,9 +168,9 @@ def test_batched_methods_fall_back_to_loops(loyaltylens_pipeline):
 def test_candidates_shared_by_many_customers_are_checked_once_and_still_checked(loyaltylens_pipeline):
     """A batch retriever may hand customers who ask the same question the same objects:
     each is validated once per call, and a bad one is still caught."""
-    from loyaltylens_core.adapters import retrieval_query
-    from loyaltylens_core.contracts import OfferCandidate
-    from loyaltylens_core.testing import FAKE_OFFERS
+    from loyaltylens_core.kernel.adapters import retrieval_query
+    from loyaltylens_core.kernel.contracts import OfferCandidate
+    from loyaltylens_core.sdk.testing import FAKE_OFFERS
 
     good = [OfferCandidate(offer=FAKE_OFFERS[0], similarity=0.9, rank=1)]
     bad = [OfferCandidate.model_construct(offer=FAKE_OFFERS[0], similarity=0.5, rank=0)]
@@ -218,7 +218,7 @@ def test_a_plugin_can_fall_back_to_another_named_plugin(loyaltylens_pipeline):
 
 
 def test_fallback_to_a_plugin_that_is_not_installed(loyaltylens_pipeline):
-    from loyaltylens_core.errors import ConfigError
+    from loyaltylens_core.kernel.errors import ConfigError
 
     class NeedsMissing:
         @hookimpl

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from loyaltylens_core.errors import ConfigError, PluginError
-from loyaltylens_core.hookspecs import hookimpl
-from loyaltylens_core.plugins import load_registry
-from loyaltylens_core.testing import FakePlugin
+from loyaltylens_core.kernel.errors import ConfigError, PluginError
+from loyaltylens_core.kernel.hookspecs import hookimpl
+from loyaltylens_core.kernel.registry import load_registry
+from loyaltylens_core.sdk.testing import FakePlugin
 
 
 class ExplodingRegistration:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from loyaltylens_core.progress import _duration, _lines
+from loyaltylens_core.util.progress import _duration, _lines
 
 
 def test_plain_lines_carry_counts_rate_and_eta():

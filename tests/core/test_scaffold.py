@@ -6,8 +6,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from loyaltylens_core.scaffold import COMPONENTS
-from loyaltylens_core.stages import STAGES
+from loyaltylens_core.cli.scaffold import COMPONENTS
+from loyaltylens_core.kernel.stages import STAGES
 
 
 def invoke(*args: str) -> SimpleNamespace:

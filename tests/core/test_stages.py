@@ -6,11 +6,11 @@ import json
 
 from typer.testing import CliRunner
 
-from loyaltylens_core import contracts, hookspecs
+from loyaltylens_core.kernel import contracts, hookspecs
 from loyaltylens_core.cli import app
-from loyaltylens_core.config import DEFAULT_STAGES
-from loyaltylens_core.stages import RUN_STAGES, STAGE_TABLE, STAGES
-from loyaltylens_core.testing import FakePlugin, FakeRetriever
+from loyaltylens_core.kernel.config import DEFAULT_STAGES
+from loyaltylens_core.kernel.stages import RUN_STAGES, STAGE_TABLE, STAGES
+from loyaltylens_core.sdk.testing import FakePlugin, FakeRetriever
 
 
 def test_every_stage_has_its_hookspec_protocol_and_known_capabilities():
@@ -23,7 +23,7 @@ def test_every_stage_has_its_hookspec_protocol_and_known_capabilities():
 
 
 def test_every_default_plugin_is_installed_for_its_stage():
-    from loyaltylens_core.plugins import load_registry
+    from loyaltylens_core.kernel.registry import load_registry
 
     registry = load_registry()
     for stage in STAGE_TABLE:

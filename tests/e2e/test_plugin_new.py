@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loyaltylens_core.stages import STAGES
+from loyaltylens_core.kernel.stages import STAGES
 
 pytestmark = pytest.mark.slow
 

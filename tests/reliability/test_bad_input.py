@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from loyaltylens_core.testing import make_distribution
+from loyaltylens_core.sdk.standins import make_distribution
 
 from .helpers import assert_one_clear_line, files_under
 
@@ -84,7 +84,7 @@ def register_retrievers(register):
 """
 NAN_FEATURES = """
 from loyaltylens_core import hookimpl
-from loyaltylens_core.testing import make_features
+from loyaltylens_core.sdk.testing import make_features
 
 class NanStore:
     def __init__(self, value):
@@ -130,12 +130,12 @@ def test_nan_inf_negative_features_are_caught(built, site, store, fragment):
 
 
 def test_nan_features_sent_to_the_endpoint_get_400(tmp_path):
-    from loyaltylens_core.testing import write_tiny_archive
+    from loyaltylens_core.sdk.testing import write_tiny_archive
 
     sys.path.insert(0, str(tmp_path))
     from loyaltylens_deploy_sagemaker.container_check import invoke_in_container_handler
-    from loyaltylens_core.errors import StageError
-    from loyaltylens_core.testing import make_features
+    from loyaltylens_core.kernel.errors import StageError
+    from loyaltylens_core.sdk.testing import make_features
 
     archive = write_tiny_archive(tmp_path / "model.tar.gz")
     for bad in (float("nan"), float("inf"), -1.0):

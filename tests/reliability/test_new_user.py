@@ -10,7 +10,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from loyaltylens_core.testing import make_distribution
+from loyaltylens_core.sdk.standins import make_distribution
 
 from .helpers import assert_one_clear_line
 
@@ -149,7 +149,7 @@ def test_catalogue_errors_name_the_offer_before_any_indexing(built, tmp_path, ca
 
 BAD_RANK = """
 from loyaltylens_core import hookimpl
-from loyaltylens_core.contracts import OfferCandidate, Offer
+from loyaltylens_core.kernel.contracts import OfferCandidate, Offer
 
 class BadRank:
     def retrieve(self, query):

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loyaltylens_core.testing import free_port
+from loyaltylens_core.sdk.standins import free_port
 
 
 class Server:

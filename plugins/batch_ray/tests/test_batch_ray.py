@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow.fs import FileSelector
 
-from loyaltylens_core.testing import fake_plugin_environment, s3_bucket, s3_environment, s3_server
+from loyaltylens_core.sdk.standins import fake_plugin_environment, s3_bucket, s3_environment, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ import os
 import signal
 from pathlib import Path
 
-from loyaltylens_core.testing import FakeFeatureStore, FakeGenerator, FakePlugin, make_features
+from loyaltylens_core.sdk.testing import FakeFeatureStore, FakeGenerator, FakePlugin, make_features
 
 
 class Generator(FakeGenerator):
@@ -57,7 +57,7 @@ class Generator(FakeGenerator):
 customers = {f"C{i:04d}": make_features(f"C{i:04d}", recency_days=float(i % 50), engagement_score=(i % 10) / 10)
              for i in range(1, 41)}
 plugin = FakePlugin(feature_store=FakeFeatureStore(customers), generator=Generator(),
-                    propensity=__import__("loyaltylens_core.testing", fromlist=["x"]).FakePropensity(
+                    propensity=__import__("loyaltylens_core.sdk.testing", fromlist=["x"]).FakePropensity(
                         lambda f: round(0.1 + 0.8 * f.engagement_score, 3)))
 """
 

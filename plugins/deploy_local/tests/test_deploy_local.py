@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from loyaltylens_core.errors import StageError, UsageError
-from loyaltylens_core.testing import make_context, make_features, tiny_score, write_tiny_archive
+from loyaltylens_core.kernel.errors import StageError, UsageError
+from loyaltylens_core.sdk.testing import make_context, make_features, tiny_score, write_tiny_archive
 from loyaltylens_deploy_local import LocalDeploySettings, build
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sagemaker_pytorch_serving_container.default_pytorch_inference_handler import ModelLoadError
 
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.testing import make_features, tiny_score, write_tiny_archive
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.testing import make_features, tiny_score, write_tiny_archive
 from loyaltylens_deploy_sagemaker.container_check import invoke_in_container_handler
 
 

@@ -8,8 +8,8 @@ import urllib.request
 import boto3
 import pytest
 
-from loyaltylens_core.errors import ConfigError, StageError, UsageError
-from loyaltylens_core.testing import make_context, make_features, write_tiny_archive
+from loyaltylens_core.kernel.errors import ConfigError, StageError, UsageError
+from loyaltylens_core.sdk.testing import make_context, make_features, write_tiny_archive
 from loyaltylens_deploy_sagemaker import SageMakerSettings, build
 
 from loyaltylens_deploy_sagemaker.testing import start_moto

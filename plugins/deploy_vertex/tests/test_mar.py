@@ -8,7 +8,7 @@ import zipfile
 import pytest
 from ts.model_loader import TsModelLoader
 
-from loyaltylens_core.testing import make_features, tiny_score, write_tiny_archive
+from loyaltylens_core.sdk.testing import make_features, tiny_score, write_tiny_archive
 from loyaltylens_deploy_vertex.mar import build_mar, extract_mar, load_in_torchserve
 
 

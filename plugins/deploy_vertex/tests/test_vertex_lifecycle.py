@@ -7,8 +7,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from loyaltylens_core.errors import ConfigError, StageError, UsageError
-from loyaltylens_core.testing import FAKE_OFFERS, FakeEmbedder, make_context, make_features, tiny_score, write_tiny_archive
+from loyaltylens_core.kernel.errors import ConfigError, StageError, UsageError
+from loyaltylens_core.sdk.testing import FAKE_OFFERS, FakeEmbedder, make_context, make_features, tiny_score, write_tiny_archive
 from loyaltylens_deploy_vertex import VertexSettings, build
 from loyaltylens_deploy_vertex.testing import LocalVertex
 from loyaltylens_deploy_vertex.vector_search import OfferVectorSearch

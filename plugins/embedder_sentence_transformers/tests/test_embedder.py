@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loyaltylens_core.errors import ConfigError
+from loyaltylens_core.kernel.errors import ConfigError
 from loyaltylens_embedder_sentence_transformers import SentenceTransformerSettings, build
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_model_loads_and_encodes_with_the_network_unreachable(monkeypatch):
 
 
 def test_the_model_loads_only_when_a_text_is_in_no_cache(tmp_path):
-    from loyaltylens_core.testing import make_context
+    from loyaltylens_core.sdk.testing import make_context
 
     context = make_context(tmp_path, "embedder", "sentence-transformers")
     warm = build(SentenceTransformerSettings(), context)
@@ -81,7 +81,7 @@ def test_bad_model_path_is_a_config_error(tmp_path):
 
 
 def test_persistent_cache_serves_a_new_process_without_encoding(tmp_path):
-    from loyaltylens_core.testing import make_context
+    from loyaltylens_core.sdk.testing import make_context
 
     context = make_context(tmp_path, "embedder", "sentence-transformers")
     first = build(SentenceTransformerSettings(), context)
@@ -93,7 +93,7 @@ def test_persistent_cache_serves_a_new_process_without_encoding(tmp_path):
 
 def test_onnx_backend_matches_sentence_transformers(tmp_path):
     """The ONNX export of the packaged weights must give the reference encoder's vectors."""
-    from loyaltylens_core.adapters import query_vocabulary
+    from loyaltylens_core.kernel.adapters import query_vocabulary
 
     texts = [*query_vocabulary()[::97], "free coffee on your birthday", "x"]
     onnx = build(SentenceTransformerSettings(backend="onnx", persistent_cache=False), None)
@@ -110,7 +110,7 @@ def test_onnx_backend_matches_sentence_transformers(tmp_path):
 def test_a_bulk_of_texts_is_encoded_in_bfloat16_close_to_the_float32_reference(tmp_path):
     """A process's first texts go through the float32 model; once it has 512 to encode it
     switches to bfloat16, whose vectors stay within the 0.999 cosine bar (measured ≥ 0.9999)."""
-    from loyaltylens_core.adapters import query_vocabulary
+    from loyaltylens_core.kernel.adapters import query_vocabulary
 
     texts = list(query_vocabulary()[:700])
     bulk = build(SentenceTransformerSettings(bulk_precision="bfloat16", persistent_cache=False), None)

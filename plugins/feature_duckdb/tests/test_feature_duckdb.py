@@ -9,8 +9,8 @@ import sys
 import duckdb
 import pytest
 
-from loyaltylens_core.errors import ConfigError, CustomerNotFound, StageError
-from loyaltylens_core.testing import make_context
+from loyaltylens_core.kernel.errors import ConfigError, CustomerNotFound, StageError
+from loyaltylens_core.sdk.testing import make_context
 from loyaltylens_feature_duckdb import DuckDBFeatureSettings, build
 
 

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from loyaltylens_core.errors import CustomerNotFound, StageError
-from loyaltylens_core.pipeline import Pipeline
-from loyaltylens_core.testing import redis_server
+from loyaltylens_core.kernel.errors import CustomerNotFound, StageError
+from loyaltylens_core.kernel.pipeline import Pipeline
+from loyaltylens_core.sdk.standins import redis_server
 
 PASSWORD = "pw-7f3a-not-for-logs"
 PREFIX = "loyaltylens:features"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from loyaltylens_core.impressions import impression_schema, outcome_schema
+from loyaltylens_core.kernel.feedback import impression_schema, outcome_schema
 from loyaltylens_feedback_duckdb.store import DuckDBFeedbackStore
 
 T0 = dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc)
@@ -95,7 +95,7 @@ def test_many_processes_write_at_once_and_compaction_loses_nothing(tmp_path):
 def test_an_unwritable_directory_is_one_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    from loyaltylens_core.errors import StageError
+    from loyaltylens_core.kernel.errors import StageError
 
     with pytest.raises(StageError, match="cannot create the feedback store"):
         DuckDBFeedbackStore(blocker / "fb")

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from loyaltylens_core.adapters import template_variables
-from loyaltylens_core.errors import ConfigError, StageError
-from loyaltylens_core.testing import FAKE_OFFERS, FakeGenerator, FakePropensity, make_context, make_features
+from loyaltylens_core.kernel.adapters import template_variables
+from loyaltylens_core.kernel.errors import ConfigError, StageError
+from loyaltylens_core.sdk.testing import FAKE_OFFERS, FakeGenerator, FakePropensity, make_context, make_features
 from loyaltylens_generator_openai import OpenAIGeneratorSettings, build
 from loyaltylens_generator_openai.testing import StubOpenAIServer
 

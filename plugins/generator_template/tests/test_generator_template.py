@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from loyaltylens_core.adapters import template_variables
-from loyaltylens_core.errors import ConfigError
-from loyaltylens_core.testing import FAKE_OFFERS, FakePropensity, make_features
+from loyaltylens_core.kernel.adapters import template_variables
+from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.sdk.testing import FAKE_OFFERS, FakePropensity, make_features
 from loyaltylens_generator_template import TemplateGeneratorSettings, build
 from loyaltylens_generator_template.generator import BUILTIN
 

@@ -9,9 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from loyaltylens_core.contracts import TrainingSet
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.testing import make_context, make_features
+from loyaltylens_core.kernel.contracts import TrainingSet
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.testing import make_context, make_features
 from loyaltylens_propensity_lightgbm import LightGBMSettings, build
 
 

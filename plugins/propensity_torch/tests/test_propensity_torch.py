@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from loyaltylens_core.contracts import TrainingSet
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.metrics import calibrate
-from loyaltylens_core.testing import make_context, make_features
+from loyaltylens_core.kernel.contracts import TrainingSet
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.quality import calibrate
+from loyaltylens_core.sdk.testing import make_context, make_features
 from loyaltylens_propensity_torch import TorchPropensitySettings, build
 
 
@@ -161,7 +161,7 @@ def test_scoring_a_trained_model_never_imports_torch(trained):
 
     probe = (
         "import sys\n"
-        "from loyaltylens_core.testing import make_context, make_features\n"
+        "from loyaltylens_core.sdk.testing import make_context, make_features\n"
         "from loyaltylens_propensity_torch import TorchPropensitySettings, build\n"
         f"m = build(TorchPropensitySettings(model_dir={str(trained.model_dir)!r}), make_context({str(trained.model_dir)!r}))\n"
         "m.prepare()\n"
@@ -225,7 +225,7 @@ def test_the_card_reports_quality_beside_the_oracle_on_the_latest_window(tmp_pat
 def test_the_exported_model_returns_the_pipelines_calibrated_score(tmp_path, trained, calibration):
     """The endpoints (TorchScript through the SageMaker handler) and a run (numpy) apply the
     same calibrator: same number for the same customer."""
-    from loyaltylens_core.serving import inference
+    from loyaltylens_core.sdk.serving import inference
 
     trained.card["calibration"] = calibration
     trained._memo.clear()

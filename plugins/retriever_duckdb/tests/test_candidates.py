@@ -8,9 +8,9 @@ import mmap
 import numpy as np
 import pytest
 
-from loyaltylens_core.adapters import query_vocabulary
-from loyaltylens_core.contracts import TIERS, RetrievalQuery
-from loyaltylens_core.testing import FakeEmbedder, make_context
+from loyaltylens_core.kernel.adapters import query_vocabulary
+from loyaltylens_core.kernel.contracts import TIERS, RetrievalQuery
+from loyaltylens_core.sdk.testing import FakeEmbedder, make_context
 from loyaltylens_retriever_duckdb import DuckDBRetrieverSettings, build
 from loyaltylens_retriever_duckdb.candidates import (
     ANY_TIER, bucket_of, build_lists, exhaustive, pick, pick_many, update_lists,

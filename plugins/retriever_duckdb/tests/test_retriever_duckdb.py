@@ -9,9 +9,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from loyaltylens_core.contracts import RetrievalQuery
-from loyaltylens_core.errors import ConfigError
-from loyaltylens_core.testing import FakeEmbedder, make_context
+from loyaltylens_core.kernel.contracts import RetrievalQuery
+from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.sdk.testing import FakeEmbedder, make_context
 from loyaltylens_retriever_duckdb import DuckDBRetrieverSettings, build
 from loyaltylens_retriever_duckdb.retriever import top_k
 
@@ -142,8 +142,8 @@ class RecordingEmbedder(FakeEmbedder):
 
 
 def test_the_query_vocabulary_is_embedded_at_index_time_so_runs_never_embed(tmp_path, catalogue):
-    from loyaltylens_core.adapters import query_text, query_vocabulary
-    from loyaltylens_core.testing import make_features
+    from loyaltylens_core.kernel.adapters import query_text, query_vocabulary
+    from loyaltylens_core.sdk.testing import make_features
 
     r = retriever_for(tmp_path, catalogue)
     assert len(r.query_rows) == len(query_vocabulary()) == 5184

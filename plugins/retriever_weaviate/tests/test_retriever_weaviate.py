@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from loyaltylens_core.contracts import RetrievalQuery
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.testing import FakeEmbedder, FakeRetriever, make_context
+from loyaltylens_core.kernel.contracts import RetrievalQuery
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.testing import FakeEmbedder, FakeRetriever, make_context
 from loyaltylens_retriever_weaviate import WeaviateRetrieverSettings, build
 from loyaltylens_retriever_weaviate.testing import LocalWeaviate, free_port
 
@@ -136,7 +136,7 @@ def test_server_dying_mid_run_switches_to_the_fallback(tmp_path, catalogue):
 
 
 def test_bad_url_is_a_config_error(tmp_path, catalogue):
-    from loyaltylens_core.errors import ConfigError
+    from loyaltylens_core.kernel.errors import ConfigError
 
     with pytest.raises(ConfigError, match="is not an http"):
         retriever_for(tmp_path, None, catalogue, url="localhost:8080")
@@ -186,5 +186,5 @@ def test_only_new_and_changed_offers_are_embedded_and_upserted(tmp_path, server,
     got = r.retrieve(RetrievalQuery(customer_id="C1", text="free cake", k=1))
     assert got[0].offer.description == "free cake birthday treat"
     assert server.classes["LoyaltyLensOffers"]["config"]["description"].endswith(r._fingerprint(
-        [__import__("loyaltylens_core.contracts", fromlist=["x"]).Offer(**o) for o in changed]))
+        [__import__("loyaltylens_core.kernel.contracts", fromlist=["x"]).Offer(**o) for o in changed]))
     r.close()

@@ -59,7 +59,7 @@ def test_no_registry_when_registered_model_is_empty(tmp_path):
 
 def test_mlflow_is_imported_only_when_the_tracker_is_built():
     code = ("import sys, loyaltylens_tracking_mlflow\n"
-            "from loyaltylens_core.plugins import load_registry\n"
+            "from loyaltylens_core.kernel.registry import load_registry\n"
             "load_registry()\n"
             "print('mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

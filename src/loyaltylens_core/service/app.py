@@ -30,15 +30,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from .. import __version__
-from ..asgi import BodyError, Disconnected, body_once, read_body, send_json
-from ..contracts import CHANNELS, TIERS, CustomerFeatures, PipelineResult
-from ..errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
-from . import metrics
-from .audit import AuditLog
-from .keys import authenticate, load_keys
-from .ratelimit import TokenBuckets, retry_after_header
-from .settings import OPTIONS_ENV, ServeOptions, ServeSettings  # noqa: F401 - re-exported
+from loyaltylens_core import __version__
+from loyaltylens_core.util.asgi import BodyError, Disconnected, body_once, read_body, send_json
+from loyaltylens_core.kernel.contracts import CHANNELS, TIERS, CustomerFeatures, PipelineResult
+from loyaltylens_core.kernel.errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
+from loyaltylens_core.service import prometheus as metrics
+from loyaltylens_core.loop.impressions import open_pipeline, recorder_of
+from loyaltylens_core.service.audit import AuditLog
+from loyaltylens_core.service.keys import authenticate, load_keys
+from loyaltylens_core.service.ratelimit import TokenBuckets, retry_after_header
+from loyaltylens_core.service.settings import OPTIONS_ENV, ServeOptions, ServeSettings  # noqa: F401 - re-exported
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
 SCORE_SPEC: dict[str, Any] = {
@@ -168,8 +169,9 @@ async def _warm(state: State, app: Any) -> None:
             await _self_request(app, "GET", f"/v1/offers/{customer_id}")
             await _self_request(app, "POST", "/v1/offers", json.dumps({"customer_ids": [customer_id]}).encode())
         state.audit = audit
-        if state.pipeline.recorder is not None:  # from here on, offers are handed out
-            state.pipeline.recorder.enabled = True
+        recorder = recorder_of(state.pipeline)
+        if recorder is not None:  # from here on, offers are handed out
+            recorder.enabled = True
         if audit is not None:
             audit.open()
         metrics.prepare_children()
@@ -210,16 +212,16 @@ async def _self_request(app: Any, method: str, path: str, body: bytes = b"") -> 
 def _build_and_warm(state: State) -> None:
     from threadpoolctl import threadpool_limits
 
-    from ..pipeline import RUN_STAGES, Pipeline
+    from loyaltylens_core.kernel.pipeline import RUN_STAGES
 
     # Process-wide, for the worker's life (kept referenced so it is never undone).
     state.thread_limits = threadpool_limits(limits=state.settings.blas_threads)
     state.keys = load_keys(os.environ, state.settings.api_keys_file)
-    pipeline = Pipeline.from_config(state.options.config, use=state.options.use, read_only=True)
-    if pipeline.recorder is not None:  # warm-up runs hand nothing out: not impressions
-        pipeline.recorder.enabled = False
-        pipeline.recorder.source = "serve"
-        from ..impressions import from_results
+    pipeline = open_pipeline(state.options.config, use=state.options.use, read_only=True, source="serve")
+    recorder = recorder_of(pipeline)
+    if recorder is not None:  # warm-up runs hand nothing out: not impressions
+        recorder.enabled = False
+        from loyaltylens_core.kernel.feedback import from_results
 
         from_results([], "serve")  # Arrow's conversions load pandas once, here, not in the first flush
     pipeline.prepare()
@@ -456,8 +458,8 @@ def _routes(app: FastAPI, state: State) -> None:
 def _outcome_table(outcomes: list[OutcomeIn]) -> Any:
     import pyarrow as pa
 
-    from ..impressions import outcome_schema
-    from ..outcomes import as_utc
+    from loyaltylens_core.kernel.feedback import outcome_schema
+    from loyaltylens_core.loop.outcomes import as_utc
 
     now = dt.datetime.now(dt.timezone.utc)
     return pa.table({
@@ -469,7 +471,7 @@ def _outcome_table(outcomes: list[OutcomeIn]) -> Any:
 def _score(pipeline: Any, body: bytes, content_type: str) -> dict[str, Any]:
     """/v1/score through the pipeline's own propensity model, parsed by the same rules as
     the model archive's code/inference.py (so a client of one works with the other)."""
-    from ..serving import inference
+    from loyaltylens_core.sdk.serving import inference
 
     try:
         data = inference.input_fn(body, content_type or "application/json")

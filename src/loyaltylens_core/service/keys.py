@@ -8,7 +8,7 @@ import hmac
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import ConfigError
+from loyaltylens_core.kernel.errors import ConfigError
 
 ENV_VAR = "LOYALTYLENS_API_KEYS"
 

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..progress import Progress
-from .keys import load_keys
-from .settings import OPTIONS_ENV, ServeOptions, ServeSettings
+from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.util.progress import Progress
+from loyaltylens_core.service.keys import load_keys
+from loyaltylens_core.service.settings import OPTIONS_ENV, ServeOptions, ServeSettings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -37,7 +37,7 @@ def resolve_settings(table: dict[str, Any], overrides: dict[str, Any]) -> ServeS
 
 def prepare_data_dir(options: ServeOptions, progress: Progress) -> None:
     """Build whatever the selected stages need (data, model, index), then let go of it."""
-    from ..pipeline import Pipeline
+    from loyaltylens_core.kernel.pipeline import Pipeline
 
     with Pipeline.from_config(options.config, use=options.use, progress=progress) as pipeline:
         pipeline.prepare()
@@ -46,7 +46,7 @@ def prepare_data_dir(options: ServeOptions, progress: Progress) -> None:
 def serve(options: ServeOptions, settings: ServeSettings, *, quiet: bool = False) -> None:
     """Nothing here may import prometheus_client (``.app`` does) before
     PROMETHEUS_MULTIPROC_DIR is set: the client picks its storage when first imported."""
-    from ..config import load_config
+    from loyaltylens_core.kernel.config import load_config
 
     keys = load_keys(os.environ, settings.api_keys_file)  # a bad keys file fails before any work
     if settings.host not in LOOPBACK and not keys:
@@ -114,7 +114,7 @@ def _run_uvicorn(settings: ServeSettings) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="auto",
-        http="loyaltylens_core.uvicorn_http:ServeHeaderTimeoutProtocol",
+        http="loyaltylens_core.service.protocol:ServeHeaderTimeoutProtocol",
         timeout_keep_alive=int(max(1, settings.keep_alive_s)),
         timeout_graceful_shutdown=int(max(1, settings.graceful_timeout_s)),
         limit_concurrency=settings.limit_concurrency,

@@ -6,19 +6,15 @@ memory); a cluster engine such as ``ray`` runs the same batched stage methods on
 
 from __future__ import annotations
 
-from typing import Any
-
-from loyaltylens_core import Register, StageContext, hookimpl
-from loyaltylens_core.plugins import NoSettings
+from loyaltylens_core import NoSettings, Register, StageContext, hookimpl
+from loyaltylens_core.kernel.contracts import BatchJob
 
 
 class LocalBatchEngine:
     workers = 1
 
-    def run(self, job: Any) -> None:
-        from loyaltylens_core.batch import run_in_process
-
-        run_in_process(job)
+    def run(self, job: BatchJob) -> None:
+        job.run_here()
 
 
 def build(settings: NoSettings, context: StageContext) -> LocalBatchEngine:

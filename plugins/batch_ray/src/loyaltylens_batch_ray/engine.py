@@ -29,13 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from loyaltylens_core.batch import filesystem_for, schema, storage_errors
-from loyaltylens_core.contracts import CustomerFeatures
-from loyaltylens_core.errors import ConfigError, LoyaltyLensError, StageError
+from loyaltylens_core.kernel.rows import schema
+from loyaltylens_core.sdk.storage import filesystem_for, storage_errors
+from loyaltylens_core.kernel.contracts import CustomerFeatures
+from loyaltylens_core.kernel.errors import ConfigError, LoyaltyLensError, StageError
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
-    from loyaltylens_core.batch import BatchJob
+    from loyaltylens_core.kernel.contracts import BatchJob
 
     from loyaltylens_batch_ray import RayBatchSettings
 
@@ -48,7 +49,7 @@ class Scorer:
     """One per Ray actor: the pipeline built once, then batches of features into rows."""
 
     def __init__(self, config_path: str | None, use: list[str]) -> None:
-        from loyaltylens_core.pipeline import Pipeline
+        from loyaltylens_core.kernel.pipeline import Pipeline
 
         self.pipeline = Pipeline.from_config(config_path, use=use, read_only=True)
         self.pipeline.prepare(RUN_AFTER_FEATURES)

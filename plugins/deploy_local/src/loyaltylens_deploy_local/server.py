@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from loyaltylens_core.archive import safe_extract
-from loyaltylens_core.asgi import BodyError, Disconnected, read_body, send_json
+from loyaltylens_core.sdk.archive import safe_extract
+from loyaltylens_core.util.asgi import BodyError, Disconnected, read_body, send_json
 
 
 class LoadedModel:
@@ -96,7 +96,7 @@ def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path |
 
     import uvicorn
 
-    from loyaltylens_core.uvicorn_http import with_header_timeout
+    from loyaltylens_core.util.uvicorn_http import with_header_timeout
 
     parent = workdir or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)

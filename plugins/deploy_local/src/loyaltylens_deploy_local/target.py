@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
 
-from loyaltylens_core.contracts import CustomerFeatures
-from loyaltylens_core.errors import StageError, UsageError
+from loyaltylens_core.kernel.contracts import CustomerFeatures
+from loyaltylens_core.kernel.errors import StageError, UsageError
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loyaltylens_core.archive import safe_extract
-from loyaltylens_core.errors import StageError
+from loyaltylens_core.sdk.archive import safe_extract
+from loyaltylens_core.kernel.errors import StageError
 
 
 class _RequestProcessor:

@@ -18,9 +18,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
-from loyaltylens_core.archive import read_spec
-from loyaltylens_core.contracts import CustomerFeatures
-from loyaltylens_core.errors import ConfigError, StageError, UsageError
+from loyaltylens_core.sdk.archive import read_spec
+from loyaltylens_core.kernel.contracts import CustomerFeatures
+from loyaltylens_core.kernel.errors import ConfigError, StageError, UsageError
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext

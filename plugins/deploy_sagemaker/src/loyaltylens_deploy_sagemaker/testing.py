@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from loyaltylens_core.testing import free_port, start_local_process
+from loyaltylens_core.sdk.standins import free_port, start_local_process
 
 
 def start_moto(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:

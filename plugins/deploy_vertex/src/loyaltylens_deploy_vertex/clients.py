@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from loyaltylens_core.errors import ConfigError, StageError
+from loyaltylens_core.kernel.errors import ConfigError, StageError
 
 
 def import_aiplatform() -> Any:

@@ -19,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from loyaltylens_core.archive import read_spec, safe_extract
-from loyaltylens_core.errors import StageError
+from loyaltylens_core.sdk.archive import read_spec, safe_extract
+from loyaltylens_core.kernel.errors import StageError
 
 
 def build_mar(archive: Path, out_dir: Path, model_name: str = "model") -> Path:

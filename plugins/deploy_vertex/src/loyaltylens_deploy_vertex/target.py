@@ -16,9 +16,9 @@ from typing import Any, TYPE_CHECKING
 
 from google.api_core import exceptions as google_exceptions
 
-from loyaltylens_core.archive import read_spec
-from loyaltylens_core.contracts import CustomerFeatures
-from loyaltylens_core.errors import StageError, UsageError
+from loyaltylens_core.sdk.archive import read_spec
+from loyaltylens_core.kernel.contracts import CustomerFeatures
+from loyaltylens_core.kernel.errors import StageError, UsageError
 
 from .clients import credentials, google_error, init_aiplatform, require, storage_client
 from .mar import build_mar

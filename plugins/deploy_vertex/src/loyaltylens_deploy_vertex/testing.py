@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from loyaltylens_core.httpserver import LocalHTTPServer
-from loyaltylens_core.testing import free_port, start_local_process
+from loyaltylens_core.util.httpserver import LocalHTTPServer
+from loyaltylens_core.sdk.standins import free_port, start_local_process
 
 V1 = "type.googleapis.com/google.cloud.aiplatform.v1."
 

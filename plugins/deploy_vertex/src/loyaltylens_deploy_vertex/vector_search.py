@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from google.api_core import exceptions as google_exceptions
 
-from loyaltylens_core.contracts import Offer
+from loyaltylens_core.kernel.contracts import Offer
 
 from .clients import credentials, google_error, init_aiplatform
 

@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 from a local path, never from a hub, with an in-memory text cache.
 
-Query texts are bucketed phrases (see ``loyaltylens_core.adapters.query_text``), so many
+Query texts are bucketed phrases (see ``loyaltylens_core.kernel.adapters.query_text``), so many
 customers share one text: the cache turns a 5-10 ms encode into a dict lookup, and the
 model itself loads only when a text is in neither cache.
 """
@@ -16,7 +16,7 @@ from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 
-from loyaltylens_core.errors import ConfigError
+from loyaltylens_core.kernel.errors import ConfigError
 
 if TYPE_CHECKING:
     from loyaltylens_embedder_sentence_transformers import SentenceTransformerSettings

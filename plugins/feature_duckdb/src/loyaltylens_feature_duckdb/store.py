@@ -15,8 +15,9 @@ from typing import Any, Iterator, Sequence, TYPE_CHECKING
 
 import duckdb
 
-from loyaltylens_core.contracts import CustomerFeatures, SnapshotInfo, TrainingSet
-from loyaltylens_core.errors import ConfigError, CustomerNotFound, StageError
+from loyaltylens_core.kernel.contracts import CustomerFeatures, SnapshotInfo, TrainingSet
+from loyaltylens_core.sdk.demo import demo_data
+from loyaltylens_core.kernel.errors import ConfigError, CustomerNotFound, StageError
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -155,7 +156,7 @@ class DuckDBFeatureStore:
 
     def _source_dir(self, rebuild: bool) -> tuple[Path, str]:
         if self.settings.source_dir is None:
-            demo = self.context.demo_data()
+            demo = demo_data(self.context)
             return demo.directory, demo.content_hash
         source = Path(self.settings.source_dir)
         missing = [name for name in RAW_FILES if not (source / name).is_file()]
@@ -314,8 +315,8 @@ class DuckDBFeatureStore:
         """The demo generator's true probabilities for these examples (None for real data)."""
         if self.settings.source_dir is not None:
             return None
-        from loyaltylens_core.demo import true_probability
+        from loyaltylens_core.sdk.demo import true_probability
 
-        found = true_probability(self.context.demo_data(), [f.customer_id for f in features],
+        found = true_probability(demo_data(self.context), [f.customer_id for f in features],
                                  [f.as_of for f in features], horizon_days)
         return None if found is None else tuple(float(p) for p in found)

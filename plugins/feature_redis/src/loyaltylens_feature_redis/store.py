@@ -33,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from loyaltylens_core.contracts import CustomerFeatures, SnapshotInfo, TrainingSet
-from loyaltylens_core.errors import ConfigError, ContractViolation, CustomerNotFound, LoyaltyLensError, StageError
+from loyaltylens_core.kernel.contracts import CustomerFeatures, SnapshotInfo, TrainingSet
+from loyaltylens_core.kernel.errors import ConfigError, ContractViolation, CustomerNotFound, LoyaltyLensError, StageError
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext

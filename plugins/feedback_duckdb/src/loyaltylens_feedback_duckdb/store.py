@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import duckdb
 
-from loyaltylens_core.atomic import write_parquet, write_with
-from loyaltylens_core.errors import StageError
+from loyaltylens_core.util.atomic import write_parquet, write_with
+from loyaltylens_core.kernel.errors import StageError
 
 if TYPE_CHECKING:  # pyarrow loads only on the Arrow paths: a single `run` writes rows with DuckDB
     import pyarrow as pa
-from loyaltylens_core.impressions import EVENTS, IMPRESSION_COLUMNS, impression_schema, joined_schema, outcome_schema
+from loyaltylens_core.kernel.feedback import EVENTS, IMPRESSION_COLUMNS, impression_schema, joined_schema, outcome_schema
 
 T = TypeVar("T")
 MERGED_LIMIT = 16

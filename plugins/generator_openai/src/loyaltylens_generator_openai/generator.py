@@ -21,8 +21,8 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
-from loyaltylens_core.contracts import GeneratedCopy
-from loyaltylens_core.errors import ConfigError, StageError
+from loyaltylens_core.kernel.contracts import GeneratedCopy
+from loyaltylens_core.kernel.errors import ConfigError, StageError
 
 from .prompts import load_prompt
 

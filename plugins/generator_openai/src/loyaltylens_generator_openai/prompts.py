@@ -7,8 +7,8 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from loyaltylens_core.adapters import check_template, render
-from loyaltylens_core.errors import ConfigError
+from loyaltylens_core.kernel.adapters import check_template, render
+from loyaltylens_core.kernel.errors import ConfigError
 
 BUILTIN: dict[str, dict[str, str]] = {
     "v1": {

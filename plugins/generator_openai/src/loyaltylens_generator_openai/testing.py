@@ -17,7 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from loyaltylens_core.httpserver import LocalHTTPServer
+from loyaltylens_core.util.httpserver import LocalHTTPServer
 
 
 class StubOpenAIServer:

@@ -8,9 +8,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
-from loyaltylens_core.adapters import check_template, render
-from loyaltylens_core.contracts import GeneratedCopy
-from loyaltylens_core.errors import ConfigError
+from loyaltylens_core.kernel.adapters import check_template, render
+from loyaltylens_core.kernel.contracts import GeneratedCopy
+from loyaltylens_core.kernel.errors import ConfigError
 
 FIELDS = ("headline", "body", "cta")
 

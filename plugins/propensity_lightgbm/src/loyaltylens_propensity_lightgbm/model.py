@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from loyaltylens_core import metrics as quality
-from loyaltylens_core.contracts import (
+from loyaltylens_core.sdk import quality
+from loyaltylens_core.kernel.contracts import (
     CHANNELS,
     TIERS,
     CustomerFeatures,
@@ -28,8 +28,8 @@ from loyaltylens_core.contracts import (
     ProvidesTrainingExamples,
     TrainingSet,
 )
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.model_versions import ModelStore
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.model_versions import ModelStore
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext

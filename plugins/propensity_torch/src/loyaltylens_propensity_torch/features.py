@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from loyaltylens_core.contracts import CHANNELS, TIERS, CustomerFeatures
+from loyaltylens_core.kernel.contracts import CHANNELS, TIERS, CustomerFeatures
 
 NUMERIC_FEATURES: tuple[str, ...] = (
     "recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score",

@@ -24,10 +24,10 @@ from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 
-from loyaltylens_core.contracts import CustomerFeatures, PropensityScore, ProvidesTrainingExamples, TrainingSet
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.metrics import calibrate, plot_reliability
-from loyaltylens_core.model_versions import ModelStore
+from loyaltylens_core.kernel.contracts import CustomerFeatures, PropensityScore, ProvidesTrainingExamples, TrainingSet
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.quality import calibrate, plot_reliability
+from loyaltylens_core.sdk.model_versions import ModelStore
 
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
@@ -48,8 +48,8 @@ LABEL_DEFINITION = "redeemed any offer in the {horizon} days after as_of"
 
 
 def split_of(customer_id: str) -> str:
-    """Stable train/val/test assignment by customer (loyaltylens_core.metrics)."""
-    from loyaltylens_core.metrics import customer_split
+    """Stable train/val/test assignment by customer (loyaltylens_core.sdk.quality)."""
+    from loyaltylens_core.sdk.quality import customer_split
 
     return customer_split(customer_id)
 
@@ -155,7 +155,7 @@ class TorchPropensityModel:
 
         from .network import TabularTransformer
 
-        from loyaltylens_core import metrics as quality
+        from loyaltylens_core.sdk import quality
 
         s = self.settings
         data = self._training_set()

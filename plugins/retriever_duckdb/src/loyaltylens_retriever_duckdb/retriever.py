@@ -24,10 +24,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from loyaltylens_core.adapters import query_vocabulary
-from loyaltylens_core.contracts import TIERS, Offer, OfferCandidate, RetrievalQuery
-from loyaltylens_core.errors import StageError
-from loyaltylens_core.offers import (
+from loyaltylens_core.kernel.adapters import query_vocabulary
+from loyaltylens_core.kernel.contracts import TIERS, Offer, OfferCandidate, RetrievalQuery
+from loyaltylens_core.sdk.demo import demo_data
+from loyaltylens_core.kernel.errors import StageError
+from loyaltylens_core.sdk.offers import (
     catalogue_fingerprint,
     content_hash,
     embedder_name,
@@ -160,7 +161,7 @@ class DuckDBRetriever:
     def _catalogue_path(self) -> Path:
         if self.settings.catalogue is not None:
             return Path(self.settings.catalogue)
-        return self.context.demo_data().offers_json
+        return demo_data(self.context).offers_json
 
     def _fingerprint(self, offers: list[Offer], lines: Sequence[str] | None = None) -> str:
         """``lines``: the offers' JSON when already dumped (catalogue_fingerprint's input)."""

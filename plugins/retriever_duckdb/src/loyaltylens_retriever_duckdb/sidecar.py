@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from loyaltylens_core.contracts import Offer
+from loyaltylens_core.kernel.contracts import Offer
 
 FORMAT = "1"
 

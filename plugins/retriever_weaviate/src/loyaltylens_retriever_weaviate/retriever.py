@@ -25,9 +25,10 @@ from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter, MetadataQuery
 from weaviate.exceptions import WeaviateBaseError
 
-from loyaltylens_core.contracts import Offer, OfferCandidate, RetrievalQuery
-from loyaltylens_core.errors import ConfigError, StageError
-from loyaltylens_core.offers import catalogue_fingerprint, content_hash, load_catalogue, offer_text
+from loyaltylens_core.kernel.contracts import Offer, OfferCandidate, RetrievalQuery
+from loyaltylens_core.sdk.demo import demo_data
+from loyaltylens_core.kernel.errors import ConfigError, StageError
+from loyaltylens_core.sdk.offers import catalogue_fingerprint, content_hash, load_catalogue, offer_text
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -137,7 +138,7 @@ class WeaviateRetriever:
     def _catalogue_path(self) -> Path:
         if self.settings.catalogue is not None:
             return Path(self.settings.catalogue)
-        return self.context.demo_data().offers_json
+        return demo_data(self.context).offers_json
 
     def _fingerprint(self, offers: list[Offer]) -> str:
         return catalogue_fingerprint(offers, self.embedder)

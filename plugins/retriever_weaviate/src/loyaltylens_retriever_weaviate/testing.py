@@ -24,8 +24,8 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
-from loyaltylens_core.httpserver import LocalHTTPServer
-from loyaltylens_core.testing import free_port  # noqa: F401 - re-exported for tests
+from loyaltylens_core.util.httpserver import LocalHTTPServer
+from loyaltylens_core.sdk.standins import free_port  # noqa: F401 - re-exported for tests
 from weaviate.proto.v1 import (
     aggregate_pb2,
     base_pb2,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from loyaltylens_core.config import mask
+from loyaltylens_core.kernel.config import mask
 
 PARAM_KEYS = ("architecture", "feature_version", "horizon_days", "training_data_hash", "threshold", "label")
 MAX_PARAM = 500  # MLflow's limit on a param value's length

@@ -1,0 +1,368 @@
+"""Configuration: which plugin runs each stage, and each plugin's settings.
+
+Precedence, highest first: CLI flag (``--use retriever=weaviate``) > environment
+(``LOYALTYLENS_RETRIEVER=weaviate``, ``LOYALTYLENS_RETRIEVER_WEAVIATE__URL=...``) >
+``loyaltylens.toml`` > defaults. Every value remembers where it came from so that
+``loyaltylens config show`` can say it, and every unknown key is an error: a typo must
+never fall back to a default silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.kernel.stages import DEFAULT_STAGES, STAGES
+from loyaltylens_core.kernel.registry import Implementation, Registry, normalise_name, suggest
+
+ENV_PREFIX = "LOYALTYLENS_"
+CONFIG_FILE_NAME = "loyaltylens.toml"
+
+
+# Variables the seed project used, kept working: name -> stage it selects.
+LEGACY_STAGE_VARIABLES: dict[str, str] = {"DEPLOY_TARGET": "deploy_target"}
+
+# LOYALTYLENS_* variables that are not settings.
+RESERVED_ENV = {
+    "LOYALTYLENS_CONFIG", "LOYALTYLENS_DEBUG", "LOYALTYLENS_TRACE_PLUGINS",
+    "LOYALTYLENS_API_KEYS",  # `serve`: name:key,name:key
+    "LOYALTYLENS_SERVE_OPTIONS",  # `serve` -> its worker processes
+}
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "loyaltylens"
+
+
+class CoreSettings(BaseModel):
+    """Settings of the core itself (top-level keys of ``loyaltylens.toml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    seed: int = 42
+    top_k: int = Field(3, ge=1, le=50)
+    demo_customers: int = Field(5000, ge=10, le=2_000_000)
+    # Plant a drift in the demo data: from DRIFT_FROM_DAY on, baskets cost 40% more (a price
+    # rise), so the last snapshot's monetary_90d has moved and `loyaltylens monitor` says so.
+    demo_drift: bool = False
+    # Every offer handed out is kept in the feedback_store stage (impressions), so that
+    # outcomes can be joined to it; false turns that off.
+    record_impressions: bool = True
+
+
+@dataclasses.dataclass
+class Config:
+    """The resolved configuration, with the source of every value."""
+
+    core: CoreSettings
+    stages: dict[str, str]
+    plugin_tables: dict[tuple[str, str], dict[str, Any]]
+    sources: dict[str, str]
+    path: Path | None = None
+    # The [serve] table, validated by `loyaltylens serve` (ServeSettings).
+    serve: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # [experiments.NAME] tables, checked (experiments.Experiment).
+    experiments: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def settings_for(self, impl: Implementation) -> BaseModel:
+        """Validate this implementation's table with its own pydantic model."""
+        raw = self.plugin_tables.get((impl.stage, normalise_name(impl.name)), {})
+        model = impl.settings_model
+        unknown = sorted(set(raw) - set(model.model_fields))
+        if unknown:
+            known = ", ".join(model.model_fields) or "none"
+            raise ConfigError(
+                f"[{impl.stage}.{impl.name}] has no setting {unknown[0]!r}",
+                f"known settings: {known}{suggest(unknown[0], model.model_fields)}",
+            )
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(table)"
+            source = self.sources.get(f"{impl.stage}.{normalise_name(impl.name)}.{field}", "")
+            where = f" (from {source})" if source else ""
+            raise ConfigError(
+                f"[{impl.stage}.{impl.name}] setting {field!r} is invalid{where}: {err['msg']}",
+                "fix the value in loyaltylens.toml or the environment",
+            ) from None
+
+    def validate_against(self, registry: Registry, needed: tuple[str, ...] = STAGES) -> None:
+        """The stages a command needs, every stage chosen on purpose and every settings
+        table must name something installed, and every table must validate."""
+        for stage, name in self.stages.items():
+            if stage in needed or f"stages.{stage}" in self.sources:
+                registry.get(stage, name)
+        for stage, name in self.plugin_tables:
+            impl = registry.find(stage, name)
+            if impl is None:
+                installed = registry.names(stage)
+                raise ConfigError(
+                    f"settings for {stage} {name!r} ({self.sources.get(f'{stage}.{name}', 'config')}) "
+                    f"name no installed plugin",
+                    f"installed {stage} plugins: {', '.join(installed) or 'none'}"
+                    f"{suggest(name, installed)}",
+                )
+            self.settings_for(impl)
+
+    def describe(self, registry: Registry) -> dict[str, Any]:
+        """The resolved config for display: secrets masked, each value with its source."""
+        out: dict[str, Any] = {"config_file": str(self.path) if self.path else None, "core": {}}
+        for field in CoreSettings.model_fields:
+            out["core"][field] = {
+                "value": _jsonable(getattr(self.core, field)),
+                "source": self.sources.get(field, "default"),
+            }
+        out["stages"] = {
+            stage: {"plugin": name, "source": self.sources.get(f"stages.{stage}", "default")}
+            for stage, name in self.stages.items()
+        }
+        plugins: dict[str, Any] = {}
+        for stage, name in self.stages.items():
+            impl = registry.find(stage, name)
+            if impl is None:
+                continue
+            settings = self.settings_for(impl)
+            table: dict[str, Any] = {}
+            for field in type(settings).model_fields:
+                value = getattr(settings, field)
+                key = f"{stage}.{normalise_name(impl.name)}.{field}"
+                table[field] = {
+                    "value": mask(field, value),
+                    "source": self.sources.get(key, "default"),
+                }
+            plugins[f"{stage}.{impl.name}"] = table
+        out["settings"] = plugins
+        out["experiments"] = {
+            name: {"control": e.control, "variants": {
+                v.name: {"share": v.share, "model_version": v.model_version, "prompt_version": v.prompt_version,
+                         "generator": v.generator} for v in e.variants}}
+            for name, e in self.experiments.items()
+        }
+        return out
+
+
+def mask(field: str, value: Any) -> Any:
+    """Secrets never leave the process in clear: SecretStr or a secret-sounding name."""
+    if isinstance(value, SecretStr):
+        return "********" if value.get_secret_value() else ""
+    if value and any(word in field.lower() for word in _SECRET_WORDS):
+        return "********"
+    if isinstance(value, str) and _URL_PASSWORD.search(value):
+        return _URL_PASSWORD.sub(r"\1********@", value)  # redis://:pw@host, https://user:pw@host
+    return _jsonable(value)
+
+
+# scheme://[user]:password@ in a URL-valued setting
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
+_ANY_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+def mask_urls(text: str) -> str:
+    """Passwords inside any URL of a message (a library's error quoting the URL it called)."""
+    return _ANY_URL_PASSWORD.sub(r"\1********@", text)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def find_config_file(explicit: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist", "check --config")
+        return path
+    if env.get("LOYALTYLENS_CONFIG"):
+        path = Path(env["LOYALTYLENS_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {str(path)!r} (from LOYALTYLENS_CONFIG) does not exist",
+                "unset LOYALTYLENS_CONFIG or point it at a file",
+            )
+        return path
+    local = Path.cwd() / CONFIG_FILE_NAME
+    return local if local.is_file() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", "fix the file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", "check the path") from None
+
+
+def parse_use(values: list[str]) -> dict[str, str]:
+    """``--use retriever=weaviate`` (repeatable) into {stage: name}."""
+    out: dict[str, str] = {}
+    for value in values:
+        stage, sep, name = value.partition("=")
+        stage = stage.strip().replace("-", "_")
+        if not sep or not stage or not name.strip():
+            raise ConfigError(f"--use {value!r} is not STAGE=NAME", "e.g. --use retriever=weaviate")
+        if stage not in STAGES:
+            raise ConfigError(
+                f"--use names unknown stage {stage!r}",
+                f"stages are: {', '.join(STAGES)}{suggest(stage, STAGES)}",
+            )
+        out[stage] = name.strip()
+    return out
+
+
+def load_config(
+    config_path: str | Path | None = None,
+    *,
+    use: list[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Merge defaults, file, environment and CLI into one ``Config``."""
+    env = dict(os.environ if env is None else env)
+    stages = dict(DEFAULT_STAGES)
+    sources: dict[str, str] = {}
+    core_raw: dict[str, Any] = {}
+    tables: dict[tuple[str, str], dict[str, Any]] = {}
+    serve: dict[str, Any] = {}
+    experiments: dict[str, Any] = {}
+
+    path = find_config_file(config_path, env)
+    if path is not None:
+        data = read_toml(path)
+        if "serve" in data:
+            serve = data.pop("serve")
+            if not isinstance(serve, dict):
+                raise ConfigError(f"file:{path}: 'serve' must be a table", "write [serve]")
+        if "experiments" in data:
+            from loyaltylens_core.kernel.experiments import parse
+
+            experiments = parse(data.pop("experiments"), f"file:{path}")
+        _merge_file(data, f"file:{path}", stages, core_raw, tables, sources)
+    _merge_env(env, stages, core_raw, tables, sources)
+    for stage, name in parse_use(use or []).items():
+        stages[stage] = name
+        sources[f"stages.{stage}"] = "cli:--use"
+
+    try:
+        core = CoreSettings.model_validate(core_raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"setting {field!r} is invalid (from {sources.get(field, 'config')}): {err['msg']}",
+            "fix the value",
+        ) from None
+    return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path, serve=serve,
+                  experiments=experiments)
+
+
+def _merge_file(
+    data: dict[str, Any],
+    source: str,
+    stages: dict[str, str],
+    core_raw: dict[str, Any],
+    tables: dict[tuple[str, str], dict[str, Any]],
+    sources: dict[str, str],
+) -> None:
+    for key, value in data.items():
+        if key in CoreSettings.model_fields:
+            core_raw[key] = value
+            sources[key] = source
+        elif key == "stages":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: 'stages' must be a table", "write [stages]")
+            for stage, name in value.items():
+                if stage not in STAGES:
+                    raise ConfigError(
+                        f"{source}: [stages] names unknown stage {stage!r}",
+                        f"stages are: {', '.join(STAGES)}{suggest(stage, STAGES)}",
+                    )
+                if not isinstance(name, str) or not name.strip():
+                    raise ConfigError(f"{source}: [stages] {stage} must be a plugin name", "")
+                stages[stage] = name.strip()
+                sources[f"stages.{stage}"] = source
+        elif key in STAGES:
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(
+                    f"{source}: [{key}] must hold one table per plugin",
+                    f"write e.g. [{key}.{DEFAULT_STAGES[key]}]",
+                )
+            for name, table in value.items():
+                norm = normalise_name(name)
+                tables.setdefault((key, norm), {}).update(table)
+                sources[f"{key}.{norm}"] = source
+                for field in table:
+                    sources[f"{key}.{norm}.{field}"] = source
+        else:
+            known = [*CoreSettings.model_fields, "stages", "serve", "experiments", *STAGES]
+            raise ConfigError(
+                f"{source}: unknown key {key!r}",
+                f"top-level keys are: {', '.join(known)}{suggest(key, known)}",
+            )
+
+
+def _merge_env(
+    env: Mapping[str, str],
+    stages: dict[str, str],
+    core_raw: dict[str, Any],
+    tables: dict[tuple[str, str], dict[str, Any]],
+    sources: dict[str, str],
+) -> None:
+    for var, stage in LEGACY_STAGE_VARIABLES.items():
+        if env.get(var):
+            stages[stage] = env[var].strip()
+            sources[f"stages.{stage}"] = f"env:{var}"
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in RESERVED_ENV:
+            continue
+        rest = var[len(ENV_PREFIX) :]
+        value = env[var]
+        if "__" in rest:
+            plugin_part, _, field = rest.partition("__")
+            stage, name = _split_plugin_id(plugin_part, var)
+            norm = normalise_name(name)
+            tables.setdefault((stage, norm), {})[field.lower()] = value
+            sources[f"{stage}.{norm}"] = sources.get(f"{stage}.{norm}", f"env:{var}")
+            sources[f"{stage}.{norm}.{field.lower()}"] = f"env:{var}"
+        elif rest.lower() in STAGES:
+            stages[rest.lower()] = value.strip()
+            sources[f"stages.{rest.lower()}"] = f"env:{var}"
+        elif rest.lower() in CoreSettings.model_fields:
+            core_raw[rest.lower()] = value
+            sources[rest.lower()] = f"env:{var}"
+        else:
+            known = [f"{ENV_PREFIX}{k.upper()}" for k in (*STAGES, *CoreSettings.model_fields)]
+            raise ConfigError(
+                f"environment variable {var} means nothing to loyaltylens",
+                f"unset it or use one of {', '.join(known)}, "
+                f"or {ENV_PREFIX}<STAGE>_<PLUGIN>__<SETTING>{suggest(var, known)}",
+            )
+
+
+def _split_plugin_id(plugin_part: str, var: str) -> tuple[str, str]:
+    lowered = plugin_part.lower()
+    for stage in sorted(STAGES, key=len, reverse=True):
+        if lowered.startswith(stage + "_") and len(lowered) > len(stage) + 1:
+            return stage, lowered[len(stage) + 1 :]
+    raise ConfigError(
+        f"environment variable {var} does not start with a stage name",
+        f"write {ENV_PREFIX}<STAGE>_<PLUGIN>__<SETTING>, e.g. {ENV_PREFIX}RETRIEVER_WEAVIATE__URL",
+    )

@@ -1,0 +1,473 @@
+"""The typed contracts that flow between stages, and one Protocol per stage.
+
+Field names here are a public API: plugins written by users depend on them.
+Add fields freely; never rename one without bumping ``CONTRACT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Sequence, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from loyaltylens_core.kernel.errors import LoyaltyLensError
+    from loyaltylens_core.kernel.pipeline import Pipeline
+
+CONTRACT_VERSION = "1"
+
+# 1-64 letters, digits, ".", "_" or "-", not starting with punctuation (C001, 7f3a-22).
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
+CustomerId = Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
+Channel = Literal["in-store", "mobile", "web"]
+Tier = Literal["bronze", "silver", "gold", "platinum"]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+UnitInterval = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+CHANNELS: tuple[str, ...] = ("in-store", "mobile", "web")
+TIERS: tuple[str, ...] = ("bronze", "silver", "gold", "platinum")
+
+
+class Contract(BaseModel):
+    """Base for every contract: immutable, and unknown fields are a bug, not noise."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CustomerFeatures(Contract):
+    customer_id: CustomerId
+    recency_days: NonNegative
+    frequency_30d: Annotated[int, Field(ge=0)]
+    monetary_90d: NonNegative
+    offer_redemption_rate: UnitInterval
+    channel_preference: Channel
+    engagement_score: UnitInterval
+    tier: Tier
+    as_of: dt.date
+    feature_version: str
+
+
+class PropensityScore(Contract):
+    customer_id: CustomerId
+    score: UnitInterval
+    label: Literal[0, 1]
+    model_version: str
+
+
+class Offer(Contract):
+    offer_id: str
+    title: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    category: str
+    min_propensity_threshold: UnitInterval
+    # Catalogue fields beyond the four the pipeline needs.
+    tiers: tuple[Tier, ...] = TIERS  # type: ignore[assignment]
+    channels: tuple[Channel, ...] = CHANNELS  # type: ignore[assignment]
+    value: NonNegative = 0.0
+    valid_days: Annotated[int, Field(gt=0)] = 30
+
+
+class OfferCandidate(Contract):
+    offer: Offer
+    similarity: Finite
+    rank: Annotated[int, Field(ge=1)]
+
+
+class RetrievalQuery(Contract):
+    """What the retriever is asked: a natural-language text plus a threshold filter.
+
+    ``max_threshold`` keeps only offers whose ``min_propensity_threshold`` is at or
+    below it; ``None`` means no filter (the pipeline's fallback path). ``tier``, when
+    set, keeps only offers that tier is eligible for.
+    """
+
+    customer_id: CustomerId
+    text: str = Field(min_length=1)
+    k: Annotated[int, Field(ge=1, le=200)] = 3
+    max_threshold: UnitInterval | None = None
+    tier: Tier | None = None
+
+
+class GeneratedCopy(Contract):
+    headline: str = Field(min_length=1)
+    body: str = Field(min_length=1)
+    cta: str = Field(min_length=1)
+    prompt_version: str
+    # Set when this copy came from a fallback: why (e.g. "llm_invalid_output"). The
+    # pipeline records it in PipelineResult.fallbacks as "generator:<reason>".
+    fallback: str | None = None
+
+
+class PluginRef(Contract):
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+
+
+class PipelineResult(Contract):
+    run_id: str
+    created_at: dt.datetime
+    customer_id: CustomerId
+    features: CustomerFeatures
+    propensity: PropensityScore
+    candidates: tuple[OfferCandidate, ...]
+    top_offer: Offer | None
+    copy_: GeneratedCopy | None = Field(default=None, alias="copy")
+    fallbacks: tuple[str, ...] = ()
+    plugins: dict[str, PluginRef]
+    latency_ms: dict[str, float]
+    contract_version: str = CONTRACT_VERSION
+    # The variant of each running experiment this customer is in ({experiment: variant}).
+    experiments: dict[str, str] = Field(default_factory=dict)
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON shape users see: ``copy`` rather than the Python-safe ``copy_``."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class TrainingSet(Contract):
+    """Point-in-time features with a label observed strictly after ``as_of``."""
+
+    features: tuple[CustomerFeatures, ...]
+    labels: tuple[Literal[0, 1], ...]
+    horizon_days: int
+    data_hash: str
+    # Each example's true probability of its label, when the data is synthetic and its
+    # generator knows it (the demo): for oracle metrics only, never for training.
+    truth: tuple[UnitInterval, ...] | None = None
+
+
+# --- One Protocol per stage -------------------------------------------------------
+# Components are checked against these when built. Optional capabilities (prepare,
+# batched methods, training) are separate protocols so a minimal plugin stays small.
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    def read_latest(self, customer_id: str, as_of: dt.date | None = None) -> CustomerFeatures: ...
+
+
+@runtime_checkable
+class BatchFeatureStore(Protocol):
+    def read_many(
+        self, customer_ids: Sequence[str], as_of: dt.date | None = None
+    ) -> list[CustomerFeatures]: ...
+
+
+@runtime_checkable
+class PropensityModel(Protocol):
+    def predict(self, features: CustomerFeatures) -> PropensityScore: ...
+
+
+@runtime_checkable
+class BatchPropensityModel(Protocol):
+    def predict_many(self, features: Sequence[CustomerFeatures]) -> list[PropensityScore]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Texts in, one L2-normalised float32 row per text out (a numpy array)."""
+
+    def embed(self, texts: Sequence[str]) -> Any: ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]: ...
+
+
+@runtime_checkable
+class BatchRetriever(Protocol):
+    def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    prompt_version: str
+
+    def generate(self, variables: dict[str, Any]) -> GeneratedCopy: ...
+
+
+@runtime_checkable
+class BatchGenerator(Protocol):
+    def generate_many(self, variables: Sequence[dict[str, Any]]) -> list[GeneratedCopy]: ...
+
+
+@runtime_checkable
+class AsyncGenerator(Protocol):
+    """A generator that can write copy without holding a thread while it waits (an LLM
+    call): the service awaits it, so many requests wait on the LLM concurrently."""
+
+    async def agenerate(self, variables: dict[str, Any]) -> GeneratedCopy: ...
+
+
+@runtime_checkable
+class DeployTarget(Protocol):
+    """Ships a model archive (see ``loyaltylens_core.sdk.archive``) to an endpoint.
+
+    ``invoke`` returns at least ``{"propensity_score": float, "model_version": str}``.
+    """
+
+    def up(self, archive: Any) -> dict[str, Any]: ...
+
+    def invoke(self, features: CustomerFeatures) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def down(self) -> dict[str, Any]: ...
+
+
+class BatchJob(Protocol):
+    """What a batch engine is handed (``loyaltylens_core.batch.BatchJob`` implements it):
+    the chunks of a batch not written yet, and the calls that report them back."""
+
+    pipeline: "Pipeline"
+    parts: Path
+    chunks: list[tuple[int, list[str]]]
+    config_path: str | None
+    use: list[str]
+
+    def advance(self, n: float) -> None: ...
+
+    def write_part(self, index: int, rows: "list[dict[str, Any]] | pa.Table",
+                   rejected: "dict[str, LoyaltyLensError]") -> None: ...
+
+    def run_here(self) -> None: ...
+
+
+@runtime_checkable
+class BatchEngine(Protocol):
+    """Computes the chunks of a batch that are not written yet (a ``BatchJob``).
+
+    For each ``(index, customer_ids)`` in ``job.chunks`` it must call ``job.write_part(index,
+    rows, rejected)`` exactly once with ``job.pipeline.run_chunk``'s rows for those customers
+    (or the same rows computed elsewhere: ``Pipeline.rows_for(features)`` on a worker), and
+    ``job.advance(n)`` as customers finish; ``job.run_here()`` does all of that in this
+    process. The core owns resuming, merging and rejects. ``workers`` says how many workers
+    compute chunks (reported in the batch summary)."""
+
+    workers: int
+
+    def run(self, job: BatchJob) -> None: ...
+
+
+@runtime_checkable
+class FeedbackStore(Protocol):
+    """Impressions (offers handed out) and outcomes (what customers did), as Arrow tables
+    with the schemas of ``loyaltylens_core.kernel.feedback``. Writes are append-only and may
+    come from many processes at once (service workers); a store keeps the first row per
+    ``impression_id`` and per ``(impression_id, event)``.
+
+    ``record_outcomes`` returns ``{"added": n, "duplicates": n, "unknown": [row, ...]}``:
+    rows already stored (or repeated in the table) are not added again, and rows whose
+    impression the store does not hold are not written (their positions are returned).
+    ``record_outcomes(..., check=False)`` appends without those checks (the service's
+    ``POST /v1/feedback``: unknown and repeated rows are then ignored when read).
+    ``impressions_with_outcomes`` is ``impressions.JOINED_SCHEMA``: one row per impression."""
+
+    def record_impressions(self, impressions: Any) -> None: ...
+
+    def record_outcomes(self, outcomes: Any, check: bool = True) -> dict[str, Any]: ...
+
+    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> Any: ...
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Logs a finished training run: ``card`` is the model card `train` returns (with
+    ``history``, one entry per epoch), ``model_dir`` the version's directory (weights, card,
+    plots). Returns what to tell the user (``run_id``, ``registered_model``, ``version``...)."""
+
+    def log_training(self, card: dict[str, Any], model_dir: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class NonBlocking(Protocol):
+    """A component whose methods return in well under a millisecond without waiting on
+    I/O (in-memory lookups, small numpy work). When every stage of a run says so, the
+    service runs the pipeline on its event loop instead of handing each request to a
+    worker thread (a thread hop costs more than such a run). Say ``False``, or leave the
+    attribute out, for anything that talks to a network service or may load a model."""
+
+    nonblocking: bool
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """A component with one-off work before first use (build data, train, index).
+
+    ``prepare`` must be idempotent and cheap when the work is already done.
+    """
+
+    def prepare(self) -> None: ...
+
+
+# --- Optional capabilities ---------------------------------------------------------
+# Declared, not guessed: the core checks a component against these once, when it is
+# built, and `loyaltylens plugins --json` lists what each active component offers.
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """Holds files, connections or clients: ``Pipeline.close()`` releases them (CLI exit,
+    service shutdown, tests)."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Indexable(Protocol):
+    """A retriever with an index step. ``rebuild=False`` embeds only what changed since the
+    last index; ``rebuild=True`` re-embeds every offer. Returns the number of offers indexed.
+    May set ``last_index`` to a dict of details (``embedded``, ``kept``, ...)."""
+
+    def index(self, rebuild: bool = False) -> int: ...
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """A propensity model that `loyaltylens train` can train; returns its model card."""
+
+    def train(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """A propensity model that writes ``model.pt`` and ``spec.json`` into ``out_dir`` for a
+    deploy target's archive; returns the spec."""
+
+    def export(self, out_dir: Any) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ListsCustomers(Protocol):
+    """A feature store that can list every customer it knows (`batch --all`)."""
+
+    def customer_ids(self) -> list[str]: ...
+
+
+@runtime_checkable
+class ProvidesTrainingExamples(Protocol):
+    """A feature store with point-in-time training data: labels observed strictly after
+    each snapshot's ``as_of`` (what `train` uses)."""
+
+    def training_examples(self, horizon_days: int = 30) -> TrainingSet: ...
+
+
+@runtime_checkable
+class Materializable(Protocol):
+    """A feature store built from source data (`loyaltylens seed`); returns rows written."""
+
+    def materialize(self, rebuild: bool = False) -> int: ...
+
+
+class SnapshotInfo(Contract):
+    """One feature snapshot of an offline store: what an online store copies and names."""
+
+    as_of: dt.date
+    customers: Annotated[int, Field(ge=0)]
+    feature_version: str
+    # Changes whenever the snapshot's rows could differ (source data, feature code, date):
+    # an online store materialising the same fingerprint twice has nothing to do.
+    fingerprint: str = Field(min_length=1)
+
+
+@runtime_checkable
+class ExportsSnapshots(Protocol):
+    """An offline feature store that hands out a whole snapshot in batches (what
+    `loyaltylens features materialize` copies into an online store). ``as_of=None`` is the
+    latest snapshot; a date picks the latest snapshot on or before it."""
+
+    def snapshot_info(self, as_of: dt.date | None = None) -> SnapshotInfo: ...
+
+    def snapshot_batches(self, as_of: dt.date, batch_size: int = 10_000) -> Any: ...
+
+
+@runtime_checkable
+class LoadsSnapshots(Protocol):
+    """An online feature store filled from an offline one (``ExportsSnapshots``): it writes
+    the snapshot beside the one it serves and switches only when it is complete. Returns a
+    summary dict (snapshot, customers, written, seconds)."""
+
+    def load_snapshot(
+        self, source: Any = None, as_of: dt.date | None = None, rebuild: bool = False
+    ) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class VersionedModels(Protocol):
+    """A model with numbered versions and a champion: ``models`` is a
+    ``loyaltylens_core.sdk.model_versions.ModelStore`` (`loyaltylens models`, `promote`, `rollback`)."""
+
+    models: Any
+
+
+@runtime_checkable
+class RecordsImpressionRows(Protocol):
+    """A feedback store that also writes impressions given as plain rows (dicts with
+    ``impressions.IMPRESSION_COLUMNS``' keys). The recorder uses it for a few rows while
+    pandas is not loaded, so a single `loyaltylens run` builds no Arrow array (pyarrow's
+    conversions import pandas: +0.4 s of wall time for one offer)."""
+
+    def record_impression_rows(self, rows: Sequence[dict[str, Any]]) -> None: ...
+
+
+@runtime_checkable
+class ReportsFallback(Protocol):
+    """A component that may serve from its own fallback (a remote retriever answering from
+    the embedded one while its server is down) sets ``fallback_reason``; the pipeline
+    records ``stage:reason`` in ``PipelineResult.fallbacks``. ``None`` when not falling back."""
+
+    fallback_reason: str | None
+
+
+CAPABILITIES: dict[str, type] = {
+    protocol.__name__: protocol
+    for protocol in (
+        Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
+        Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
+        VersionedModels, BatchRetriever, Indexable,
+        ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
+    )
+}
+
+
+def _stage_protocols() -> dict[str, type]:
+    from loyaltylens_core.kernel.stages import STAGE_TABLE
+
+    return {stage.name: globals()[stage.protocol] for stage in STAGE_TABLE}
+
+
+STAGE_PROTOCOLS: dict[str, type] = _stage_protocols()
+
+
+def capabilities_of(component: Any) -> list[str]:
+    """The capability Protocols a component satisfies, by name (checked once per component).
+
+    ``NonBlocking`` means the component declares ``nonblocking``; its value may depend on
+    ``prepare()`` (a retriever is non-blocking once its query vectors are loaded), so
+    read it after preparing."""
+    return [name for name, protocol in CAPABILITIES.items() if isinstance(component, protocol)]
+
+
+def validate_customer_id(customer_id: str) -> None:
+    """Reject a malformed id before any stage sees it (CUSTOMER_ID_PATTERN, in words)."""
+    from loyaltylens_core.kernel.errors import UsageError
+
+    if not isinstance(customer_id, str) or not customer_id.strip():
+        raise UsageError("customer id is empty", "pass an id such as C001")
+    if not _CUSTOMER_ID.match(customer_id):
+        shown = customer_id if len(customer_id) <= 40 else customer_id[:40] + "..."
+        raise UsageError(
+            f"customer id {shown!r} is malformed",
+            "ids are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, e.g. C001",
+        )

@@ -1,0 +1,62 @@
+"""Demo outcomes that close the loop: what the demo customers did with the offers
+LoyaltyLens handed them, drawn from the demo's hidden ground truth.
+
+A customer redeems with the generator's true probability of a redemption in the 30 days
+after the served snapshot (``true_probability``: what the propensity model is trained to
+predict), so a well-trained model shows as calibrated. The built-in experiment
+``demo_reminder`` plants a known effect: customers in its ``reminder`` variant (half of
+them) redeem with ``REMINDER_LIFT`` times that probability, so `loyaltylens report` has
+a real lift to find. Views, clicks, dismissals and ratings follow from the redemption.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Sequence
+
+from loyaltylens_core.kernel.experiments import Experiment, Variant
+
+EXPERIMENT = "demo_reminder"
+REMINDER_LIFT = 1.25
+HORIZON_DAYS = 30
+
+
+def experiment() -> Experiment:
+    """Half the customers get a (simulated) reminder; the other half are the control.
+    The variants pin nothing: the app acts on the variant the result carries."""
+    return Experiment(EXPERIMENT, (Variant("control", 0.5), Variant("reminder", 0.5)), "control")
+
+
+def simulate(
+    impressions: Any, demo: Any, as_of: dt.date, seed: int, lift: float = REMINDER_LIFT
+) -> Any:
+    """Outcome rows (``impressions.OUTCOME_COLUMNS``) for these impressions."""
+    import numpy as np
+    import pyarrow as pa
+
+    from loyaltylens_core.sdk.demo import true_probability
+    from loyaltylens_core.kernel.feedback import outcome_schema
+
+    ids: Sequence[str] = impressions["customer_id"].to_pylist()
+    truth = true_probability(demo, ids, [as_of] * len(ids), HORIZON_DAYS, continued=True)
+    if truth is None:
+        raise ValueError("the demo ground truth (truth.npz) is missing: rebuild the demo data with `loyaltylens seed`")
+    variants = impressions["variants"].to_pylist()
+    treated = np.array([dict(v).get(EXPERIMENT) == "reminder" for v in variants])
+    p = np.clip(np.asarray(truth) * np.where(treated, lift, 1.0), 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    redeemed = rng.random(len(ids)) < p
+    viewed = redeemed | (rng.random(len(ids)) < 0.7)
+    clicked = redeemed | (viewed & (rng.random(len(ids)) < 0.3))
+    dismissed = viewed & ~clicked & (rng.random(len(ids)) < 0.5)
+    shown = impressions["shown_at"].to_pylist()
+    impression_ids = impressions["impression_id"].to_pylist()
+    rows: dict[str, list[Any]] = {"impression_id": [], "event": [], "rating": [], "at": []}
+    for event, mask, delay_h in (("viewed", viewed, 1), ("clicked", clicked, 2), ("redeemed", redeemed, 48),
+                                 ("dismissed", dismissed, 1)):
+        for i in np.flatnonzero(mask):
+            rows["impression_id"].append(impression_ids[i])
+            rows["event"].append(event)
+            rows["rating"].append(int(rng.integers(3, 6)) if event == "redeemed" else None)
+            rows["at"].append(shown[i] + dt.timedelta(hours=delay_h))
+    return pa.table(rows, schema=outcome_schema())

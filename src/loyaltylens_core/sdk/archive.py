@@ -1,0 +1,114 @@
+"""Model archives for deploy targets: build ``model.tar.gz`` and extract archives safely.
+
+The archive follows the SageMaker PyTorch layout: ``model.pt`` and ``spec.json`` at the
+root, ``code/inference.py`` beside them. Every extraction anywhere in the project goes
+through ``safe_extract``: an entry with ``..``, an absolute path or a link out of the
+destination is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from loyaltylens_core.kernel.errors import StageError, UsageError
+
+
+def inference_script() -> bytes:
+    return resources.files("loyaltylens_core.sdk.serving").joinpath("inference.py").read_bytes()
+
+
+def build_archive(model: Any, out_path: Path) -> dict[str, Any]:
+    """Export the propensity component into ``out_path`` (a .tar.gz), atomically."""
+    from loyaltylens_core.kernel.contracts import Exportable
+
+    if not isinstance(model, Exportable):
+        raise UsageError(
+            "the selected propensity plugin cannot export a model for serving",
+            "select one with an export() method, e.g. --use propensity=torch",
+        )
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ll-archive-") as work:
+        spec = model.export(Path(work))
+        tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+        try:
+            with tarfile.open(tmp, "w:gz") as tar:
+                for name in ("model.pt", "spec.json"):
+                    tar.add(Path(work) / name, arcname=name)
+                script = inference_script()
+                info = tarfile.TarInfo("code/inference.py")
+                info.size = len(script)
+                info.mode = 0o644
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(script))
+            os.replace(tmp, out_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return spec
+
+
+def read_spec(archive: Path) -> dict[str, Any]:
+    """The spec.json of a model archive (model version, features), without extracting it."""
+    import json
+
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            member = tar.extractfile("spec.json")
+            spec = json.loads(member.read()) if member else None
+    except (tarfile.TarError, KeyError, ValueError, OSError):
+        spec = None
+    if not isinstance(spec, dict):
+        raise UsageError(f"{archive} is not a LoyaltyLens model archive (no spec.json)",
+                         "build one with `loyaltylens deploy package`")
+    return spec
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts:
+        raise StageError(
+            f"refused to extract {archive}: entry {member.name!r} points outside the archive",
+            "rebuild the archive with `loyaltylens deploy package`",
+        )
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        if target.is_absolute() or ".." in (path.parent / target).parts:
+            raise StageError(
+                f"refused to extract {archive}: link {member.name!r} points outside the archive",
+                "rebuild the archive with `loyaltylens deploy package`",
+            )
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise StageError(f"refused to extract {archive}: {member.name!r} is a special file", "rebuild it")
+
+
+def safe_extract(archive: Path, dest: Path) -> Path:
+    """Extract into ``dest`` after checking every entry; nothing is written if one is bad."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, archive)
+            dest.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+            try:
+                tar.extractall(staging, members=members, filter="data")
+                if dest.exists():
+                    shutil.rmtree(dest)
+                os.replace(staging, dest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except tarfile.TarError as exc:
+        raise StageError(f"model archive {archive} is not a readable tar.gz: {exc}", "rebuild it") from None
+    return dest
