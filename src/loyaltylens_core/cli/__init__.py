@@ -322,7 +322,7 @@ def features_materialize(
     if "LoadsSnapshots" not in pipeline.capabilities("feature_store"):
         raise UsageError(f"feature store {name!r} is not an online store that loads snapshots",
                          "pick one that does, e.g. --to redis")
-    offline = pipeline.named_component("feature_store", source) if source else None
+    offline = pipeline.components.named_component("feature_store", source) if source else None
     summary = {"feature_store": name, **target.load_snapshot(offline, as_of=day, rebuild=rebuild)}
     if as_json:
         _print_json(summary)

@@ -10,6 +10,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from loyaltylens_core.kernel.stages import STAGES
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

@@ -5,6 +5,8 @@ and by batch engines that stage on shared storage."""
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 from typing import Any, Iterator
 
 from loyaltylens_core.kernel.errors import LoyaltyLensError, UsageError

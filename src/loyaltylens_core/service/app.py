@@ -250,7 +250,7 @@ def _build_and_warm(state: State) -> None:
         # values then answers any known customer's first request from memory.
         for start in range(0, len(everyone), 10_000):
             pipeline.predict_many(pipeline.read_many(everyone[start : start + 10_000]))
-    refs = pipeline.run_plugin_refs()
+    refs = pipeline.components.run_plugin_refs()
     model_version = first.propensity.model_version if first else ""
     metrics.BUILD_INFO.labels(
         refs["feature_store"].name, refs["propensity"].name, refs["retriever"].name, refs["generator"].name,
@@ -446,7 +446,7 @@ def _routes(app: FastAPI, state: State) -> None:
     @app.get("/v1/plugins", tags=["service"], summary="The plugin serving each stage")
     async def plugins() -> dict[str, Any]:
         pipeline = pipeline_or_503()
-        return {stage: ref.model_dump() for stage, ref in pipeline.run_plugin_refs().items()}
+        return {stage: ref.model_dump() for stage, ref in pipeline.components.run_plugin_refs().items()}
 
     @app.get("/v1/config", tags=["service"], summary="The resolved configuration, secrets masked")
     async def config() -> dict[str, Any]:
