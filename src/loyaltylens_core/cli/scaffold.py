@@ -434,7 +434,7 @@ class Settings(PluginSettings):
 $settings
 
 def build(settings: Settings, context: StageContext) -> Any:
-    from loyaltylens_core.component import $cls
+    from .component import $cls
 
     return $cls(settings, context)
 
