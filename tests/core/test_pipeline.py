@@ -22,7 +22,7 @@ def test_run_returns_a_full_result(loyaltylens_pipeline):
     assert result.copy_.headline == "Gold member: Free coffee"
     assert result.copy_.cta == "Shop in the app"  # channel_preference=mobile through the adapter
     assert result.fallbacks == ()
-    assert set(result.latency_ms) == {"feature_store", "propensity", "retriever", "generator", "total"}
+    assert set(result.latency_ms) == {"feature_store", "propensity", "retriever", "decision", "generator", "total"}
     assert result.latency_ms["total"] >= result.latency_ms["retriever"]
     assert result.plugins["retriever"].name == "fake"
 
@@ -120,7 +120,7 @@ def test_event_hooks_are_broadcast_to_every_plugin(loyaltylens_pipeline):
             seen.append(("audit", result.top_offer.offer_id))
 
     loyaltylens_pipeline(extra_plugins=[Tracer(), Audit()]).run("C002")
-    assert [s for kind, s in seen if kind == "stage"] == ["feature_store", "propensity", "retriever", "generator"]
+    assert [s for kind, s in seen if kind == "stage"] == ["feature_store", "propensity", "retriever", "decision", "generator"]
     assert ("run", "C002") in seen and ("audit", "F1") in seen
 
 

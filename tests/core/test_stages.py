@@ -18,7 +18,7 @@ def test_every_stage_has_its_hookspec_protocol_and_known_capabilities():
         assert hasattr(getattr(hookspecs, stage.hook), "loyaltylens_spec"), stage.hook
         assert contracts.STAGE_PROTOCOLS[stage.name] is getattr(contracts, stage.protocol)
         assert set(stage.capabilities) <= set(contracts.CAPABILITIES), stage.name
-    assert RUN_STAGES == ("feature_store", "propensity", "retriever", "generator")
+    assert RUN_STAGES == ("feature_store", "propensity", "retriever", "decision", "generator")
     assert DEFAULT_STAGES == {s.name: s.default for s in STAGE_TABLE}
 
 

@@ -75,6 +75,8 @@ class BatchJob:
     # Names this batch in its impression ids (``<batch_id>-<customer_id>``): kept in job.json,
     # so a resumed batch gives the same customer the same id.
     batch_id: str = "batch"
+    # The placement every customer of this batch is decided for (None: the configured default).
+    placement: str | None = None
 
     def write_part(self, index: int, rows: "list[dict[str, Any]] | pa.Table",
                    rejected: dict[str, LoyaltyLensError]) -> None:
@@ -94,7 +96,7 @@ def run_in_process(job: BatchJob) -> None:
     """The local engine: each chunk through this process's pipeline, in order."""
     for index, chunk in job.chunks:
         rejected: dict[str, LoyaltyLensError] = {}
-        rows = job.pipeline.run_chunk(chunk, rejects=rejected)
+        rows = job.pipeline.run_chunk(chunk, rejects=rejected, placement=job.placement)
         job.write_part(index, rows, rejected)
         job.advance(len(chunk))
 
@@ -156,9 +158,10 @@ def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table", batch_id
 
     if isinstance(rows, pa.Table):
         table = rows.select(schema().names)
-        if not pa.types.is_map(table.schema.field("variants").type):  # from_pylist guessed a list
-            variants = pa.array(table["variants"].to_pylist(), schema().field("variants").type)
-            table = table.set_column(table.schema.get_field_index("variants"), "variants", variants)
+        for column in ("variants", "dropped"):
+            if not pa.types.is_map(table.schema.field(column).type):  # from_pylist guessed a list
+                mapped = pa.array(table[column].to_pylist(), schema().field(column).type)
+                table = table.set_column(table.schema.get_field_index(column), column, mapped)
         table = table.cast(schema())
     else:
         table = pa.Table.from_pylist(rows, schema=schema())
@@ -185,11 +188,13 @@ def run_batch(
     lines: dict[str, int] | None = None,
     config_path: str | None = None,
     use: Sequence[str] = (),
+    placement: str | None = None,
 ) -> BatchSummary:
     """Run every id, chunk by chunk. A customer the feature store does not know is not a
     reason to stop: it goes to ``<out stem>.rejects.csv`` (customer_id, line, reason) and
     the batch goes on. ``lines`` maps ids to their line in the ids file, for that file."""
     target = destination(out, pipeline.config.core.data_dir)
+    pipeline.config.placement(placement)  # an unknown placement fails before any chunk
     if not ids:
         raise UsageError("no customers to run", "pass --all or --ids FILE")
     parts = target.parts
@@ -232,7 +237,7 @@ def run_batch(
         with progress.task(f"Batch → {target.display.rsplit('/', 1)[-1]}", total=len(ids)) as advance:
             advance(resumed)
             engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use),
-                                str(job.get("batch_id") or fingerprint[:16])))
+                                str(job.get("batch_id") or fingerprint[:16]), placement))
     finally:
         gc.unfreeze()
     missing = [i for i in range(len(chunks)) if not (parts / f"part-{i:06d}.parquet").is_file()]

@@ -98,14 +98,18 @@ def _print_json(data: Any) -> None:
 def run(
     customer_id: str = typer.Argument(..., help="Loyalty customer id, e.g. C001."),
     as_json: bool = typer.Option(False, "--json", help="Print the PipelineResult as JSON."),
+    placement: Optional[str] = typer.Option(
+        None, "--placement", help="The placement to decide for ([placements.NAME]; default: the `placement` setting)."
+    ),
 ) -> None:
-    """Score one customer, pick the best-fitting offer and write its copy."""
+    """Score one customer, decide which offers they may get and write the copy for the best."""
     from loyaltylens_core.kernel.contracts import validate_customer_id
 
     validate_customer_id(customer_id)
     pipeline = _pipeline()
+    pipeline.config.placement(placement)  # an unknown placement fails before anything is built
     pipeline.prepare()
-    result = pipeline.run(customer_id)
+    result = pipeline.run(customer_id, placement=placement)
     if as_json:
         _print_json(result.to_json_dict())
         return
@@ -642,6 +646,9 @@ def batch(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing result or unfinished batch."),
     strict: bool = typer.Option(False, "--strict", help="Exit 2 when any customer was not found (still writes the rest)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    placement: Optional[str] = typer.Option(
+        None, "--placement", help="The placement every customer is decided for (default: the `placement` setting)."
+    ),
 ) -> None:
     """Run many customers through the batched stage methods; resumable after any interruption.
 
@@ -658,6 +665,7 @@ def batch(
     from loyaltylens_core.kernel.stages import RUN_STAGES
 
     pipeline = _pipeline(needed=(*RUN_STAGES, "batch_engine"))
+    pipeline.config.placement(placement)  # an unknown placement fails before the slow prepare
     customer_ids, lines = read_ids(Path(ids)) if ids is not None else (None, None)  # before the slow prepare
     pipeline.prepare()
     if customer_ids is None:
@@ -670,6 +678,7 @@ def batch(
     summary = run_batch(
         pipeline, customer_ids, Path(out), chunk_size=chunk_size, overwrite=overwrite,
         progress=Progress(quiet=state.quiet), lines=lines, config_path=state.config, use=state.use,
+        placement=placement,
     )
     data = {
         "out": str(summary.out), "customers": summary.customers, "computed": summary.computed,

@@ -30,6 +30,10 @@ def result_panel(result: PipelineResult) -> Panel:
             "top offer",
             f"{top.offer.title} [{top.offer.category}] (similarity {top.similarity:.3f})",
         )
+    if len(result.candidates) > 1:
+        facts.add_row("also", "; ".join(c.offer.title for c in result.candidates[1:]))
+    if result.decision is not None:
+        facts.add_row("decision", decision_line(result))
     if result.fallbacks:
         facts.add_row("fallbacks", ", ".join(result.fallbacks))
     parts: list[Any] = [facts]
@@ -47,6 +51,16 @@ def result_panel(result: PipelineResult) -> Panel:
     plugins = ", ".join(f"{stage}={ref.name}" for stage, ref in result.plugins.items())
     parts.append(Text(f"plugins: {plugins}", style="dim"))
     return Panel(Group(*parts), title=f"LoyaltyLens · {result.customer_id}", subtitle=f"run {result.run_id[:8]}")
+
+
+def decision_line(result: PipelineResult) -> str:
+    """``placement app-banner (priority): 3 of 12 retrieved; dropped 2 capped_customer, 1 expired``."""
+    d = result.decision
+    assert d is not None
+    line = f"placement {d.placement} ({d.ranking}): {len(d.chosen)} of {d.considered} retrieved"
+    if d.dropped:
+        line += "; dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(d.dropped.items()))
+    return line
 
 
 def config_tree(described: dict[str, Any]) -> Tree:

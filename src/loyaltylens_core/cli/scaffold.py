@@ -200,6 +200,52 @@ def test_honours_the_threshold_and_ranks_from_one(loyaltylens_pipeline, tmp_path
 ''',
         "test_imports": "import json\n\nfrom loyaltylens_core.kernel.contracts import RetrievalQuery\n",
     },
+    "decision": {
+        "settings": "    min_value: float = 0.0  # offers worth less are never handed out\n",
+        "imports": "from typing import TYPE_CHECKING\n\n"
+                   "from loyaltylens_core.kernel.contracts import Decision, DecisionRequest, OfferCandidate\n",
+        "body": '''
+class $cls:
+    """Hands out the most valuable offers worth at least ``min_value``: replace ``decide``
+    with your arbitration (a bandit, a margin model, a call to your decisioning service).
+
+    What a decider must honour: choose at most ``request.placement.k`` offers, only from
+    ``request.candidates``, ranks from 1; when ``request.enforce_threshold`` is set, drop
+    offers whose ``min_propensity_threshold`` is above the customer's score; say in
+    ``dropped`` (reason -> count) why the others were left out. Anything with caps must be
+    counted before ``decide`` returns (see loyaltylens-decision-rules).
+    """
+
+    def __init__(self, settings: Settings, context: StageContext) -> None:
+        self.min_value = settings.min_value
+
+    def decide(self, request: DecisionRequest) -> Decision:
+        score = request.propensity.score
+        dropped: dict[str, int] = {}
+        kept = []
+        for c in request.candidates:
+            if request.enforce_threshold and c.offer.min_propensity_threshold > score:
+                dropped["below_threshold"] = dropped.get("below_threshold", 0) + 1
+            elif c.offer.value < self.min_value:
+                dropped["ineligible"] = dropped.get("ineligible", 0) + 1
+            else:
+                kept.append(c)
+        kept.sort(key=lambda c: (-c.offer.value, -c.similarity, c.offer.offer_id))
+        chosen = tuple(OfferCandidate(offer=c.offer, similarity=c.similarity, rank=n)
+                       for n, c in enumerate(kept[: request.placement.k], start=1))
+        return Decision(placement=request.placement.name, chosen=chosen, dropped=dropped,
+                        considered=len(request.candidates), ranking="value")
+''',
+        "test": '''
+def test_hands_out_the_most_valuable_offers_first(loyaltylens_pipeline):
+    pipeline = loyaltylens_pipeline(extra_plugins=[plugin], use=["decision=$name"])
+    result = pipeline.run("C001")
+    values = [c.offer.value for c in result.candidates]
+    assert values == sorted(values, reverse=True) and [c.rank for c in result.candidates] == list(range(1, len(values) + 1))
+    assert result.decision.placement == "default" and result.decision.ranking == "value"
+''',
+        "test_imports": "",
+    },
     "generator": {
         "settings": '    prompt_version: str = "$name-v1"\n',
         "imports": "from typing import TYPE_CHECKING, Any\n\nfrom loyaltylens_core.kernel.adapters import check_template, render\n"

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.kernel.contracts import Placement
+from loyaltylens_core.kernel.errors import ConfigError, UsageError
 from loyaltylens_core.kernel.stages import DEFAULT_STAGES, STAGES
 from loyaltylens_core.kernel.registry import Implementation, Registry, normalise_name, suggest
 
@@ -59,6 +60,9 @@ class CoreSettings(BaseModel):
     # Every offer handed out is kept in the feedback_store stage (impressions), so that
     # outcomes can be joined to it; false turns that off.
     record_impressions: bool = True
+    # The placement a request that names none is decided for ([placements.NAME]; "default"
+    # is always there: top_k offers ranked by similarity unless [placements.default] says otherwise).
+    placement: str = Field("default", min_length=1)
 
 
 @dataclasses.dataclass
@@ -74,6 +78,22 @@ class Config:
     serve: dict[str, Any] = dataclasses.field(default_factory=dict)
     # [experiments.NAME] tables, checked (experiments.Experiment).
     experiments: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # [placements.NAME] tables, checked (contracts.Placement); "default" added when absent.
+    placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
+
+    def placement(self, name: str | None = None) -> Placement:
+        """The placement a request asks for (``None``: ``core.placement``)."""
+        wanted = name or self.core.placement
+        found = self.placements.get(wanted)
+        if found is not None:
+            return found
+        if wanted == "default":
+            return Placement(name="default", k=self.core.top_k)
+        known = sorted({"default", *self.placements})
+        raise UsageError(
+            f"placement {wanted!r} is not configured",
+            f"configured placements: {', '.join(known)}{suggest(wanted, known)}; add [placements.{wanted}] to loyaltylens.toml",
+        )
 
     def settings_for(self, impl: Implementation) -> BaseModel:
         """Validate this implementation's table with its own pydantic model."""
@@ -243,6 +263,7 @@ def load_config(
     tables: dict[tuple[str, str], dict[str, Any]] = {}
     serve: dict[str, Any] = {}
     experiments: dict[str, Any] = {}
+    placements: dict[str, Placement] = {}
 
     path = find_config_file(config_path, env)
     if path is not None:
@@ -255,6 +276,8 @@ def load_config(
             from loyaltylens_core.kernel.experiments import parse
 
             experiments = parse(data.pop("experiments"), f"file:{path}")
+        if "placements" in data:
+            placements = parse_placements(data.pop("placements"), f"file:{path}")
         _merge_file(data, f"file:{path}", stages, core_raw, tables, sources)
     _merge_env(env, stages, core_raw, tables, sources)
     for stage, name in parse_use(use or []).items():
@@ -270,8 +293,34 @@ def load_config(
             f"setting {field!r} is invalid (from {sources.get(field, 'config')}): {err['msg']}",
             "fix the value",
         ) from None
+    if core.placement != "default" and core.placement not in placements:
+        raise ConfigError(
+            f"setting 'placement' (from {sources.get('placement', 'config')}) names placement {core.placement!r}, "
+            "which is not configured",
+            f"add [placements.{core.placement}] or pick one of: {', '.join(sorted({'default', *placements}))}",
+        )
     return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path, serve=serve,
-                  experiments=experiments)
+                  experiments=experiments, placements=placements)
+
+
+def parse_placements(raw: Any, source: str) -> dict[str, Placement]:
+    """``[placements.NAME]`` tables, each checked now: a bad ranking formula or an unknown
+    key fails when the config loads, naming the table."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(f"{source}: 'placements' must hold one table per placement",
+                          "write e.g. [placements.app-banner] with k = 1")
+    out: dict[str, Placement] = {}
+    for name, table in raw.items():
+        try:
+            out[name] = Placement.model_validate({**table, "name": name})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(table)"
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = f"no such key; keys are: {', '.join(f for f in Placement.model_fields if f != 'name')}"
+            raise ConfigError(f"{source}: [placements.{name}] {field}: {message}", "fix the placement") from None
+    return out
 
 
 def _merge_file(
@@ -312,7 +361,7 @@ def _merge_file(
                 for field in table:
                     sources[f"{key}.{norm}.{field}"] = source
         else:
-            known = [*CoreSettings.model_fields, "stages", "serve", "experiments", *STAGES]
+            known = [*CoreSettings.model_fields, "stages", "serve", "experiments", "placements", *STAGES]
             raise ConfigError(
                 f"{source}: unknown key {key!r}",
                 f"top-level keys are: {', '.join(known)}{suggest(key, known)}",

@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Sequence, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from loyaltylens_core.kernel.expressions import Names, parse
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,6 +63,34 @@ class PropensityScore(Contract):
     model_version: str
 
 
+_BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+# What an offer's ``eligibility`` rule may name: the customer's features, the propensity
+# score and the placement being filled.
+ELIGIBILITY_NAMES = Names(
+    types={
+        "recency_days": "number", "frequency_30d": "number", "monetary_90d": "number",
+        "offer_redemption_rate": "number", "engagement_score": "number", "tier": "string",
+        "channel_preference": "string", "propensity": "number", "placement": "string",
+    },
+    values={"tier": frozenset(TIERS), "channel_preference": frozenset(CHANNELS)},
+)
+# What a placement's ranking formula may name.
+RANKING_NAMES = Names(types={"propensity": "number", "similarity": "number", "value": "number", "priority": "number"})
+# Why a decision dropped a retrieved offer (PipelineResult.decision.dropped's keys).
+DROP_REASONS: tuple[str, ...] = (
+    "wrong_placement", "ineligible", "not_yet_valid", "expired", "below_threshold", "capped_customer",
+    "capped_total", "out_of_stock", "counter_store_down",
+)
+
+
+class CapWindow(Contract):
+    """At most ``count`` hand-outs to one customer in any ``days``-day window."""
+
+    count: Annotated[int, Field(ge=1)]
+    days: Annotated[int, Field(ge=1, le=3660)]
+
+
 class Offer(Contract):
     offer_id: str
     title: str = Field(min_length=1)
@@ -72,6 +102,50 @@ class Offer(Contract):
     channels: tuple[Channel, ...] = CHANNELS  # type: ignore[assignment]
     value: NonNegative = 0.0
     valid_days: Annotated[int, Field(gt=0)] = 30
+    # Decisioning (docs/decisioning.md): who may get it, when, how often, where, and how much.
+    eligibility: str | None = None  # a rule over ELIGIBILITY_NAMES, e.g. 'tier == "gold" and recency_days <= 30'
+    valid_from: dt.datetime | None = None  # UTC; a bare date is its first instant
+    valid_to: dt.datetime | None = None  # UTC; a bare date is its last instant
+    priority: int = 0
+    cap_per_customer: CapWindow | None = None
+    cap_total: Annotated[int, Field(ge=1)] | None = None  # hand-outs across all customers, ever
+    stock: Annotated[int, Field(ge=0)] | None = None  # units LoyaltyLens may hand out, ever
+    placements: tuple[str, ...] | None = None  # the placements it may fill; None: any
+
+    @field_validator("eligibility")
+    @classmethod
+    def _rule_parses(cls, rule: str | None) -> str | None:
+        if rule is not None:
+            parse(rule, ELIGIBILITY_NAMES, "bool")
+        return rule
+
+    @field_validator("valid_from", "valid_to", mode="before")
+    @classmethod
+    def _utc_instant(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, str) and _BARE_DATE.match(value):
+            day = dt.date.fromisoformat(value)
+            value = dt.datetime.combine(day, dt.time.max if info.field_name == "valid_to" else dt.time.min)
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            value = dt.datetime.combine(value, dt.time.max if info.field_name == "valid_to" else dt.time.min)
+        return value
+
+    @field_validator("valid_from", "valid_to")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+    @model_validator(mode="after")
+    def _window_is_forward(self) -> "Offer":
+        if self.valid_from and self.valid_to and self.valid_to < self.valid_from:
+            raise ValueError(f"valid_to {self.valid_to.isoformat()} is before valid_from {self.valid_from.isoformat()}")
+        return self
+
+    @property
+    def is_capped(self) -> bool:
+        """Whether handing it out needs the counter store."""
+        return self.cap_per_customer is not None or self.cap_total is not None or self.stock is not None
 
 
 class OfferCandidate(Contract):
@@ -105,6 +179,57 @@ class GeneratedCopy(Contract):
     fallback: str | None = None
 
 
+class Placement(Contract):
+    """A slot offers are decided for (``[placements.NAME]``): how many offers it shows, how
+    they are ranked (``similarity``, ``priority`` or a formula over RANKING_NAMES), which
+    offer fills it when none is left, and how many retrieved offers the decision sees."""
+
+    name: str = Field(min_length=1)
+    k: Annotated[int, Field(ge=1, le=50)] = 3
+    ranking: str = "similarity"
+    fallback_offer: str | None = None
+    pool: Annotated[int, Field(ge=1, le=200)] | None = None  # default: max(4k, 10)
+
+    @field_validator("ranking")
+    @classmethod
+    def _ranking_parses(cls, ranking: str) -> str:
+        if ranking not in ("similarity", "priority"):
+            parse(ranking, RANKING_NAMES, "number")
+        return ranking
+
+    @property
+    def pool_size(self) -> int:
+        return self.pool or min(200, max(4 * self.k, 10))
+
+
+class DecisionRequest(Contract):
+    """What the decision stage is asked: pick up to ``placement.k`` of ``candidates`` (the
+    retrieved pool, best match first) for this customer, at ``now``."""
+
+    features: CustomerFeatures
+    propensity: PropensityScore
+    candidates: tuple[OfferCandidate, ...]
+    placement: Placement
+    now: dt.datetime
+    # False on the pipeline's threshold fallback (no offer passed the threshold, the
+    # best matches are offered anyway): thresholds are then not a reason to drop.
+    enforce_threshold: bool = True
+
+
+class Decision(Contract):
+    """The offers chosen for a placement, ranked, and why the others were dropped
+    (``dropped``: reason -> count, reasons from DROP_REASONS). ``fallback`` says when the
+    decision was made without something it needed (``counter_store_unavailable``) or
+    filled the placement with its fallback offer (``fallback_offer``)."""
+
+    placement: str
+    chosen: tuple[OfferCandidate, ...]
+    dropped: dict[str, int] = Field(default_factory=dict)
+    considered: Annotated[int, Field(ge=0)] = 0
+    ranking: str = "similarity"
+    fallback: str | None = None
+
+
 class PluginRef(Contract):
     name: str
     distribution: str | None = None
@@ -126,6 +251,8 @@ class PipelineResult(Contract):
     contract_version: str = CONTRACT_VERSION
     # The variant of each running experiment this customer is in ({experiment: variant}).
     experiments: dict[str, str] = Field(default_factory=dict)
+    # The decision behind ``candidates``: placement, ranking, offers dropped by reason.
+    decision: Decision | None = None
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -191,6 +318,29 @@ class BatchRetriever(Protocol):
 
 
 @runtime_checkable
+class Decider(Protocol):
+    """Chooses which retrieved offers a customer gets for a placement: eligibility,
+    validity, caps, ranking (docs/decisioning.md). Anything it hands out is counted
+    against the offers' caps before ``decide`` returns."""
+
+    def decide(self, request: DecisionRequest) -> Decision: ...
+
+
+@runtime_checkable
+class BatchDecider(Protocol):
+    """``decide`` for many customers at once (one counter-store transaction per chunk)."""
+
+    def decide_many(self, requests: Sequence[DecisionRequest]) -> list[Decision]: ...
+
+
+@runtime_checkable
+class LooksUpOffers(Protocol):
+    """A retriever that can hand back catalogue offers by id (placement fallback offers)."""
+
+    def offers_by_id(self, offer_ids: Sequence[str]) -> dict[str, Offer]: ...
+
+
+@runtime_checkable
 class Generator(Protocol):
     prompt_version: str
 
@@ -235,6 +385,7 @@ class BatchJob(Protocol):
     chunks: list[tuple[int, list[str]]]
     config_path: str | None
     use: list[str]
+    placement: str | None
 
     def advance(self, n: float) -> None: ...
 
@@ -250,7 +401,8 @@ class BatchEngine(Protocol):
 
     For each ``(index, customer_ids)`` in ``job.chunks`` it must call ``job.write_part(index,
     rows, rejected)`` exactly once with ``job.pipeline.run_chunk``'s rows for those customers
-    (or the same rows computed elsewhere: ``Pipeline.rows_for(features)`` on a worker), and
+    (or the same rows computed elsewhere: ``Pipeline.rows_for(features, placement=job.placement)``
+    on a worker), and
     ``job.advance(n)`` as customers finish; ``job.run_here()`` does all of that in this
     process. The core owns resuming, merging and rejects. ``workers`` says how many workers
     compute chunks (reported in the batch summary)."""
@@ -435,7 +587,7 @@ CAPABILITIES: dict[str, type] = {
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
-        VersionedModels, BatchRetriever, Indexable,
+        VersionedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider,
         ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
     )
 }

@@ -56,6 +56,11 @@ def register_retrievers(register: "Register") -> None:
 
 
 @hookspec
+def register_deciders(register: "Register") -> None:
+    """Register offer deciders (stage ``decision``): eligibility, validity, caps, ranking."""
+
+
+@hookspec
 def register_generators(register: "Register") -> None:
     """Register copy generators (stage ``generator``)."""
 

@@ -16,16 +16,18 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from loyaltylens_core.kernel import adapters, batched, events
+from loyaltylens_core.kernel import adapters, batched, deciding, events
 from loyaltylens_core.kernel.batched import FALLBACK_NO_OFFER
 from loyaltylens_core.kernel.components import Components, ensure_writable
 from loyaltylens_core.kernel.config import Config, load_config
 from loyaltylens_core.kernel.contracts import (
     Closeable,
     CustomerFeatures,
+    Decision,
     GeneratedCopy,
     OfferCandidate,
     PipelineResult,
+    Placement,
     PluginRef,
     PropensityScore,
     RetrievalQuery,
@@ -63,6 +65,7 @@ class _Draft:
     fallbacks: list[str] = dataclasses.field(default_factory=list)
     latency: dict[str, float] = dataclasses.field(default_factory=dict)
     experiments: dict[str, str] = dataclasses.field(default_factory=dict)
+    decision: Decision | None = None
 
 
 class Pipeline:
@@ -205,13 +208,15 @@ class Pipeline:
 
     # --- one customer ---------------------------------------------------------------
 
-    def run(self, customer_id: str, *, as_of: dt.date | None = None) -> PipelineResult:
+    def run(self, customer_id: str, *, as_of: dt.date | None = None, placement: str | None = None) -> PipelineResult:
+        """One customer's offers for ``placement`` (``None``: the configured default)."""
         validate_customer_id(customer_id)
+        slot = self.config.placement(placement)
         target, labels = self._route(customer_id)
-        return target._run(customer_id, as_of, labels)
+        return target._run(customer_id, as_of, labels, slot)
 
-    def _run(self, customer_id: str, as_of: dt.date | None, labels: dict[str, str]) -> PipelineResult:
-        draft = self._score_and_retrieve(customer_id, as_of)
+    def _run(self, customer_id: str, as_of: dt.date | None, labels: dict[str, str], slot: Placement) -> PipelineResult:
+        draft = self._score_and_retrieve(customer_id, as_of, slot)
         draft.experiments = labels
         t = time.perf_counter()
         copy = batched.generate_one(self.components, draft.features, draft.propensity, draft.candidates, draft.fallbacks)
@@ -219,7 +224,8 @@ class Pipeline:
         return self._finish(draft, copy)
 
     async def arun(
-        self, customer_id: str, *, as_of: dt.date | None = None, threads: "anyio.CapacityLimiter | None" = None
+        self, customer_id: str, *, as_of: dt.date | None = None, threads: "anyio.CapacityLimiter | None" = None,
+        placement: str | None = None,
     ) -> PipelineResult:
         """``run`` for an event loop (the service): the first three stages run in a worker
         thread, and a generator with ``agenerate`` (an LLM) is awaited rather than given a
@@ -227,15 +233,17 @@ class Pipeline:
 
         ``threads`` bounds the worker threads."""
         validate_customer_id(customer_id)
+        slot = self.config.placement(placement)
         target, labels = self._route(customer_id)
-        return await target._arun(customer_id, as_of, labels, threads)
+        return await target._arun(customer_id, as_of, labels, threads, slot)
 
     async def _arun(
-        self, customer_id: str, as_of: dt.date | None, labels: dict[str, str], threads: "anyio.CapacityLimiter | None"
+        self, customer_id: str, as_of: dt.date | None, labels: dict[str, str], threads: "anyio.CapacityLimiter | None",
+        slot: Placement,
     ) -> PipelineResult:
         import anyio.to_thread
 
-        draft = await anyio.to_thread.run_sync(self._score_and_retrieve, customer_id, as_of, limiter=threads)
+        draft = await anyio.to_thread.run_sync(self._score_and_retrieve, customer_id, as_of, slot, limiter=threads)
         draft.experiments = labels
         parts = self.components
         t = time.perf_counter()
@@ -248,7 +256,7 @@ class Pipeline:
         self._after_stage(draft.run_id, customer_id, "generator", draft.latency, t)
         return self._finish(draft, copy)
 
-    def _score_and_retrieve(self, customer_id: str, as_of: dt.date | None) -> "_Draft":
+    def _score_and_retrieve(self, customer_id: str, as_of: dt.date | None, slot: Placement) -> "_Draft":
         parts = self.components
         draft = _Draft(run_id=uuid.uuid4().hex, customer_id=customer_id, started=time.perf_counter())
         t = time.perf_counter()
@@ -268,15 +276,24 @@ class Pipeline:
 
         t = time.perf_counter()
         with parts.calling("retriever"):
-            draft.candidates = self._retrieve_one(draft.features, draft.propensity, draft.fallbacks)
+            pool, relaxed = self._retrieve_one(draft.features, draft.propensity, draft.fallbacks, slot)
         self._after_stage(draft.run_id, customer_id, "retriever", draft.latency, t)
+
+        t = time.perf_counter()
+        asked = deciding.request(draft.features, draft.propensity, pool, slot, dt.datetime.now(dt.timezone.utc),
+                                 enforce_threshold=not relaxed)
+        (decision,) = deciding.decide_many(parts, [asked])
+        draft.decision = deciding.with_fallback_offer(parts, decision, slot)
+        deciding.note(draft.decision, draft.fallbacks)
+        draft.candidates = list(draft.decision.chosen)
+        self._after_stage(draft.run_id, customer_id, "decision", draft.latency, t)
         return draft
 
     def _finish(self, draft: "_Draft", copy: GeneratedCopy | None) -> PipelineResult:
         draft.latency["total"] = (time.perf_counter() - draft.started) * 1000
         result = self._result(
             draft.run_id, dt.datetime.now(dt.timezone.utc), draft.features, draft.propensity, draft.candidates,
-            draft.fallbacks, copy, draft.latency, draft.experiments,
+            draft.fallbacks, copy, draft.latency, draft.experiments, draft.decision,
         )
         self._after_run(result)
         return result
@@ -284,7 +301,7 @@ class Pipeline:
     def _result(
         self, run_id: str, created_at: dt.datetime, features: CustomerFeatures, propensity: PropensityScore,
         candidates: Sequence[OfferCandidate], fallbacks: Sequence[str], copy: GeneratedCopy | None,
-        latency: dict[str, float], experiments: dict[str, str],
+        latency: dict[str, float], experiments: dict[str, str], decision: Decision | None = None,
     ) -> PipelineResult:
         """The one place a ``PipelineResult`` is assembled (``run``, ``arun``, ``run_many``)."""
         return PipelineResult(
@@ -300,14 +317,16 @@ class Pipeline:
             plugins=self.components.run_plugin_refs(),
             latency_ms=latency,
             experiments=experiments,
+            decision=decision,
         )
 
     def _retrieve_one(
-        self, features: CustomerFeatures, propensity: PropensityScore, fallbacks: list[str]
-    ) -> list[OfferCandidate]:
+        self, features: CustomerFeatures, propensity: PropensityScore, fallbacks: list[str], slot: Placement
+    ) -> tuple[list[OfferCandidate], bool]:
+        """The pool the decision chooses from, and whether it is the threshold fallback's."""
         parts = self.components
         retriever = parts.component("retriever")
-        query = adapters.retrieval_query(features, propensity, self.config.core.top_k)
+        query = adapters.retrieval_query(features, propensity, slot.pool_size)
         candidates = parts.expect_list("retriever", retriever.retrieve(query), OfferCandidate)
         self._note_component_fallbacks(("retriever",), fallbacks)
         if not candidates:
@@ -316,7 +335,8 @@ class Pipeline:
             fallbacks.append(FALLBACK_THRESHOLD)
             unfiltered = query.model_copy(update={"max_threshold": None})
             candidates = parts.expect_list("retriever", retriever.retrieve(unfiltered), OfferCandidate)
-        return candidates
+            return candidates, True
+        return candidates, False
 
     def _note_component_fallbacks(self, stages: Sequence[str], fallbacks: list[str]) -> None:
         """A component serving from its own fallback must say so in the result."""
@@ -341,10 +361,10 @@ class Pipeline:
     ) -> tuple[list[CustomerFeatures], dict[str, LoyaltyLensError]]:
         return batched.read_known(self.components, customer_ids, as_of)
 
-    def _many(self, features: list[CustomerFeatures]) -> Many:
+    def _many(self, features: list[CustomerFeatures], slot: Placement) -> Many:
         """Every stage after the feature store for many customers, batched, timed per stage."""
         parts = self.components
-        k = self.config.core.top_k
+        k = slot.pool_size
         timing: dict[str, float] = {}
         t = time.perf_counter()
         with parts.calling("propensity"):
@@ -358,6 +378,7 @@ class Pipeline:
         self._note_component_fallbacks(("feature_store", "retriever"), component_notes)
         fallbacks: list[list[str]] = [list(component_notes) for _ in features]
         empty = [i for i, c in enumerate(candidates) if not c]
+        relaxed = set(empty)
         if empty:
             with parts.calling("retriever"):
                 retried = batched.retrieve_many(
@@ -368,13 +389,25 @@ class Pipeline:
                 fallbacks[i].append(FALLBACK_THRESHOLD)
         timing["retriever"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
+        now = dt.datetime.now(dt.timezone.utc)
+        decisions = deciding.decide_many(parts, [
+            deciding.request(f, p, c, slot, now, enforce_threshold=i not in relaxed)
+            for i, (f, p, c) in enumerate(zip(features, scores, candidates))
+        ])
+        for i, decision in enumerate(decisions):
+            decisions[i] = decision = deciding.with_fallback_offer(parts, decision, slot)
+            deciding.note(decision, fallbacks[i])
+            candidates[i] = list(decision.chosen)
+        timing["decision"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
         with parts.calling("generator"):
             copies = batched.generate_many(parts, features, scores, candidates, fallbacks)
         timing["generator"] = (time.perf_counter() - t) * 1000
-        return Many(features, scores, candidates, fallbacks, copies, timing)
+        return Many(features, scores, candidates, fallbacks, copies, timing, decisions)
 
     def run_chunk(
-        self, customer_ids: Sequence[str], *, rejects: dict[str, LoyaltyLensError] | None = None
+        self, customer_ids: Sequence[str], *, rejects: dict[str, LoyaltyLensError] | None = None,
+        placement: str | None = None,
     ) -> list[dict[str, Any]]:
         """The pipeline for many customers through the batched stage methods.
 
@@ -391,32 +424,35 @@ class Pipeline:
             else:
                 features, unknown = batched.read_known(self.components, customer_ids)
                 rejects.update(unknown)
-        return self.rows_for(features)
+        return self.rows_for(features, placement=placement)
 
-    def rows_for(self, features: Sequence[CustomerFeatures]) -> list[dict[str, Any]]:
+    def rows_for(self, features: Sequence[CustomerFeatures], *, placement: str | None = None) -> list[dict[str, Any]]:
         """Batch rows for customers whose features are already read: what a batch engine's
         worker runs on features the driver resolved (no feature store on the worker).
         Customers in experiment variants run through their variant's stages."""
+        slot = self.config.placement(placement)
         with cyclic_gc_paused():
             groups = self._groups(features)
             if len(groups) == 1 and groups[0][0] is self:
-                return self._rows_plain(list(features), groups[0][1])
+                return self._rows_plain(list(features), groups[0][1], slot)
             rows: list[dict[str, Any]] = [{} for _ in features]
             for target, labels, positions in groups:
-                for i, row in zip(positions, target._rows_plain([features[i] for i in positions], labels)):
+                for i, row in zip(positions, target._rows_plain([features[i] for i in positions], labels, slot)):
                     rows[i] = row
             return rows
 
-    def _rows_plain(self, features: list[CustomerFeatures], labels: dict[str, str]) -> list[dict[str, Any]]:
-        many = self._many(features)
+    def _rows_plain(self, features: list[CustomerFeatures], labels: dict[str, str], slot: Placement) -> list[dict[str, Any]]:
+        many = self._many(features, slot)
         prompt_version = self.component("generator").prompt_version
-        return [batch_row(f, p, c, n, copy, prompt_version, labels) for f, p, c, n, copy in many.rows()]
+        return [batch_row(f, p, c, n, copy, prompt_version, labels, d)
+                for (f, p, c, n, copy), d in zip(many.rows(), many.decisions)]
 
     def run_many(
-        self, customer_ids: Sequence[str], *, as_of: dt.date | None = None
+        self, customer_ids: Sequence[str], *, as_of: dt.date | None = None, placement: str | None = None,
     ) -> list[PipelineResult | LoyaltyLensError]:
         """One ``PipelineResult`` per id, in order, through the batched stage methods; a
         malformed or unknown id gets its error in its place instead of failing the rest."""
+        slot = self.config.placement(placement)
         out: list[PipelineResult | LoyaltyLensError | None] = [None] * len(customer_ids)
         valid: list[int] = []
         for i, customer_id in enumerate(customer_ids):
@@ -433,7 +469,7 @@ class Pipeline:
         for i in valid:
             if customer_ids[i] in unknown:
                 out[i] = unknown[customer_ids[i]]
-        groups = [(target, labels, positions, target._many([features[j] for j in positions]))
+        groups = [(target, labels, positions, target._many([features[j] for j in positions], slot))
                   for target, labels, positions in self._groups(features)]
         latency: dict[str, float] = {"feature_store": read_ms}
         for *_, many in groups:
@@ -443,8 +479,9 @@ class Pipeline:
         latency = {stage: ms / max(1, len(served)) for stage, ms in latency.items()}  # per customer
         created = dt.datetime.now(dt.timezone.utc)
         for target, labels, positions, many in groups:
-            for j, (f, p, cands, notes, copy) in zip(positions, many.rows()):
-                result = target._result(uuid.uuid4().hex, created, f, p, cands, notes, copy, dict(latency), labels)
+            for j, (f, p, cands, notes, copy), decision in zip(positions, many.rows(), many.decisions):
+                result = target._result(uuid.uuid4().hex, created, f, p, cands, notes, copy, dict(latency), labels,
+                                        decision)
                 self._after_run(result)
                 out[served[j]] = result
         return [r for r in out if r is not None]

@@ -6,7 +6,13 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from loyaltylens_core.kernel.contracts import CustomerFeatures, GeneratedCopy, OfferCandidate, PropensityScore
+from loyaltylens_core.kernel.contracts import (
+    CustomerFeatures,
+    Decision,
+    GeneratedCopy,
+    OfferCandidate,
+    PropensityScore,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -19,14 +25,14 @@ BATCH_COLUMNS: tuple[tuple[str, str], ...] = (
     ("top_offer_id", "string"), ("top_offer_title", "string"), ("top_offer_category", "string"),
     ("similarity", "float64"), ("candidate_offer_ids", "list<string>"), ("headline", "string"),
     ("body", "string"), ("cta", "string"), ("prompt_version", "string"), ("fallbacks", "list<string>"),
-    ("variants", "map<string,string>"),
+    ("variants", "map<string,string>"), ("placement", "string"), ("dropped", "map<string,int64>"),
 )
 
 
 def batch_row(
     features: CustomerFeatures, score: PropensityScore, candidates: Sequence[OfferCandidate],
     fallbacks: Sequence[str], copy: GeneratedCopy | None, prompt_version: str | None,
-    variants: dict[str, str] | None = None,
+    variants: dict[str, str] | None = None, decision: Decision | None = None,
 ) -> dict[str, Any]:
     """One customer's flat row in ``loyaltylens batch`` output (columns: BATCH_COLUMNS)."""
     top = candidates[0] if candidates else None
@@ -49,6 +55,8 @@ def batch_row(
         "prompt_version": copy.prompt_version if copy else prompt_version,
         "fallbacks": list(fallbacks),
         "variants": list((variants or {}).items()),
+        "placement": decision.placement if decision else None,
+        "dropped": list(decision.dropped.items()) if decision else [],
     }
 
 
@@ -62,6 +70,7 @@ class Many:
     fallbacks: list[list[str]]
     copies: list[GeneratedCopy | None]
     timing: dict[str, float]
+    decisions: list[Decision]
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
         return iter(zip(self.features, self.scores, self.candidates, self.fallbacks, self.copies))
@@ -72,5 +81,6 @@ def schema() -> "pa.Schema":
     import pyarrow as pa
 
     types = {"string": pa.string(), "float64": pa.float64(), "int8": pa.int8(), "list<string>": pa.list_(pa.string()),
-             "map<string,string>": pa.map_(pa.string(), pa.string())}
+             "map<string,string>": pa.map_(pa.string(), pa.string()),
+             "map<string,int64>": pa.map_(pa.string(), pa.int64())}
     return pa.schema([(name, types[kind]) for name, kind in BATCH_COLUMNS])

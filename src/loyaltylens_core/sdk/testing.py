@@ -25,6 +25,8 @@ from loyaltylens_core.kernel.adapters import check_template, render
 from loyaltylens_core.kernel.contracts import (
     BatchJob,
     CustomerFeatures,
+    Decision,
+    DecisionRequest,
     GeneratedCopy,
     Offer,
     OfferCandidate,
@@ -231,11 +233,33 @@ class FakeTracker:
         return {"run_id": f"fake-{len(self.runs)}"}
 
 
+class FakeDecider:
+    """The first ``k`` candidates that pass the threshold, in retrieval order: no rules, no
+    caps, no state. Records every request it was asked."""
+
+    nonblocking = True
+
+    def __init__(self) -> None:
+        self.requests: list[DecisionRequest] = []
+
+    def decide(self, request: DecisionRequest) -> Decision:
+        self.requests.append(request)
+        score = request.propensity.score
+        kept = [c for c in request.candidates
+                if not request.enforce_threshold or c.offer.min_propensity_threshold <= score]
+        chosen = tuple(OfferCandidate(offer=c.offer, similarity=c.similarity, rank=n)
+                       for n, c in enumerate(kept[: request.placement.k], 1))
+        below = len(request.candidates) - len(kept)
+        return Decision(placement=request.placement.name, chosen=chosen, considered=len(request.candidates),
+                        dropped={"below_threshold": below} if below else {}, ranking=request.placement.ranking)
+
+
 FAKE_COMPONENTS: dict[str, Callable[[], Any]] = {
     "feature_store": FakeFeatureStore,
     "propensity": FakePropensity,
     "embedder": FakeEmbedder,
     "retriever": FakeRetriever,
+    "decision": FakeDecider,
     "generator": FakeGenerator,
     "deploy_target": FakeDeployTarget,
     "batch_engine": FakeBatchEngine,

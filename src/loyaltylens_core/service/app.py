@@ -77,6 +77,7 @@ class ErrorBody(BaseModel):
 class OffersRequest(BaseModel):
     customer_ids: list[str] = Field(examples=[["C001", "C002", "nobody"]])
     as_of: dt.date | None = Field(None, description="Point-in-time features as of this date (default: latest)")
+    placement: str | None = Field(None, description="The placement to decide for (default: the configured one)")
 
 
 class OutcomeIn(BaseModel):
@@ -352,13 +353,14 @@ def _routes(app: FastAPI, state: State) -> None:
         request: Request,
         customer_id: str = PathParam(..., examples=["C001"]),
         as_of: dt.date | None = Query(None, description="Point-in-time features as of this date"),
+        placement: str | None = Query(None, description="The placement to decide for ([placements.NAME])"),
     ) -> Response:
         pipeline = pipeline_or_503()
         rate_limit(request, 1)
         if state.inline:  # every stage is in-process and sub-millisecond: a thread hop costs more
-            result = pipeline.run(customer_id, as_of=as_of)
+            result = pipeline.run(customer_id, as_of=as_of, placement=placement)
         else:
-            result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads)
+            result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads, placement=placement)
         metrics.observe_result(result, llm=state.llm)
         audit(request, [result])
         return Response(result.model_dump_json(by_alias=True), media_type="application/json")
@@ -377,7 +379,8 @@ def _routes(app: FastAPI, state: State) -> None:
             return _error(400, "customer_ids is empty", "send at least one id")
         rate_limit(request, len(body.customer_ids))
         outcomes = await anyio.to_thread.run_sync(
-            lambda: pipeline.run_many(body.customer_ids, as_of=body.as_of), limiter=state.threads
+            lambda: pipeline.run_many(body.customer_ids, as_of=body.as_of, placement=body.placement),
+            limiter=state.threads
         )
         served = [o for o in outcomes if isinstance(o, PipelineResult)]
         for result in served:

@@ -27,6 +27,10 @@ STAGE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 FALLBACKS = Counter("loyaltylens_fallbacks_total", "Fallbacks taken, by kind", ["kind"])
+DROPPED = Counter(
+    "loyaltylens_decision_dropped_total", "Retrieved offers the decision dropped, by placement and reason",
+    ["placement", "reason"],
+)
 OFFERS = Counter("loyaltylens_offers_served_total", "Offers handed out (one per customer answered)")
 LLM_CALLS = Counter("loyaltylens_llm_calls_total", "Copy generations by an LLM generator")
 LLM_ERRORS = Counter("loyaltylens_llm_errors_total", "LLM generations that fell back (errors, invalid output)")
@@ -46,7 +50,9 @@ def prepare_children() -> None:
     for route, method in (("/v1/offers/{customer_id}", "GET"), ("/v1/offers", "POST"), ("/v1/score", "POST")):
         REQUESTS.labels(route, method, "200")
         REQUEST_SECONDS.labels(route)
-    for stage in ("feature_store", "propensity", "retriever", "generator", "total"):
+    from loyaltylens_core.kernel.stages import RUN_STAGES
+
+    for stage in (*RUN_STAGES, "total"):
         STAGE_SECONDS.labels(stage)
 
 
@@ -56,6 +62,9 @@ def observe_result(result: Any, *, llm: bool) -> None:
         STAGE_SECONDS.labels(stage).observe(ms / 1000)
     for kind in result.fallbacks:
         FALLBACKS.labels(kind).inc()
+    if result.decision is not None:
+        for reason, n in result.decision.dropped.items():
+            DROPPED.labels(result.decision.placement, reason).inc(n)
     OFFERS.inc()
     if llm and result.copy_ is not None:
         LLM_CALLS.inc()

@@ -33,6 +33,7 @@ from loyaltylens_core.kernel.rows import schema
 from loyaltylens_core.sdk.storage import filesystem_for, storage_errors
 from loyaltylens_core.kernel.contracts import CustomerFeatures
 from loyaltylens_core.kernel.errors import ConfigError, LoyaltyLensError, StageError
+from loyaltylens_core.kernel.stages import RUN_STAGES
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -42,16 +43,17 @@ if TYPE_CHECKING:
 
 MARKER = "loyaltylens-block-failed: "
 FEATURES = tuple(CustomerFeatures.model_fields)
-RUN_AFTER_FEATURES = ("propensity", "retriever", "generator")
+RUN_AFTER_FEATURES = tuple(s for s in RUN_STAGES if s != "feature_store")
 
 
 class Scorer:
     """One per Ray actor: the pipeline built once, then batches of features into rows."""
 
-    def __init__(self, config_path: str | None, use: list[str]) -> None:
+    def __init__(self, config_path: str | None, use: list[str], placement: str | None = None) -> None:
         from loyaltylens_core.kernel.pipeline import Pipeline
 
         self.pipeline = Pipeline.from_config(config_path, use=use, read_only=True)
+        self.placement = placement
         self.pipeline.prepare(RUN_AFTER_FEATURES)
         self.plugins = ", ".join(f"{s}={self.pipeline.config.stages[s]}" for s in RUN_AFTER_FEATURES)
 
@@ -59,7 +61,7 @@ class Scorer:
         records = batch.select(list(FEATURES)).to_pylist()
         features = [CustomerFeatures.model_validate(record) for record in records]
         try:
-            rows = self.pipeline.rows_for(features)
+            rows = self.pipeline.rows_for(features, placement=self.placement)
         except Exception as exc:  # noqa: BLE001 - becomes one line on the driver
             ids = [f.customer_id for f in features]
             what = exc.message if isinstance(exc, LoyaltyLensError) else f"{type(exc).__name__}: {exc}"
@@ -200,7 +202,7 @@ class RayBatchEngine:
             num_cpus=self.settings.cpus_per_read,
         ).map_batches(
             Scorer,
-            fn_constructor_kwargs={"config_path": job.config_path, "use": list(job.use)},
+            fn_constructor_kwargs={"config_path": job.config_path, "use": list(job.use), "placement": job.placement},
             batch_size=self.settings.batch_size,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=self.workers),

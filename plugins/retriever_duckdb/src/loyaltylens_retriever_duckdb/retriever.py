@@ -536,6 +536,22 @@ class DuckDBRetriever:
         return [OfferCandidate(offer=self.offers[i], similarity=float(s), rank=r)
                 for r, (i, s) in enumerate(zip(rows[order].tolist(), similarity[order].tolist()), start=1)]
 
+    def offers_by_id(self, offer_ids: Sequence[str]) -> dict[str, Offer]:
+        """Catalogue offers by id (a placement's fallback offer): rows are in offer-id
+        order, so a binary search parses a handful of offers, not the catalogue."""
+        found: dict[str, Offer] = {}
+        for offer_id in offer_ids:
+            low, high = 0, len(self.offers)
+            while low < high:
+                mid = (low + high) // 2
+                if self.offers[mid].offer_id < offer_id:
+                    low = mid + 1
+                else:
+                    high = mid
+            if low < len(self.offers) and self.offers[low].offer_id == offer_id:
+                found[offer_id] = self.offers[low]
+        return found
+
     def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]:
         return self.retrieve_many([query])[0]
 

@@ -277,6 +277,14 @@ class WeaviateRetriever:
             out.append(OfferCandidate(offer=offer, similarity=1.0 - float(obj.metadata.distance), rank=rank))
         return out
 
+    def offers_by_id(self, offer_ids: Sequence[str]) -> dict[str, Offer]:
+        """Catalogue offers by id (a placement's fallback offer), from the catalogue loaded
+        at prepare (the embedded fallback's, while the server is down)."""
+        if self._fallback is not None and not self.offers:
+            found: dict[str, Offer] = self._fallback.offers_by_id(offer_ids)
+            return found
+        return {i: self.offers[i] for i in offer_ids if i in self.offers}
+
     def retrieve(self, query: RetrievalQuery) -> list[OfferCandidate]:
         return self.retrieve_many([query])[0]
 

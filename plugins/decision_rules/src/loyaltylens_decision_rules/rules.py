@@ -1,0 +1,166 @@
+"""The rules decider: the order every decisioning system uses.
+
+placement -> validity -> threshold -> eligibility rule -> ranking -> caps (counted as taken)
+-> the first ``k``. Everything up to ranking is pure and per offer; only capped offers go
+to the counter store, one atomic reservation per customer (one transaction per chunk in a
+batch), so a run whose best offers carry no cap never touches it.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Callable, Sequence
+
+from loyaltylens_core.kernel.contracts import (
+    ELIGIBILITY_NAMES,
+    RANKING_NAMES,
+    Decision,
+    DecisionRequest,
+    Offer,
+    OfferCandidate,
+)
+from loyaltylens_core.kernel.expressions import parse
+
+from .counters import NOT_REACHED, OK, Ask, CounterStore, Item, StoreDown
+
+STORE_UNAVAILABLE = "counter_store_unavailable"
+_FEATURE_NAMES = tuple(n for n in ELIGIBILITY_NAMES.types if n not in ("propensity", "placement"))
+
+
+def ranking_key(ranking: str, score: float) -> Callable[[OfferCandidate], tuple[Any, ...]]:
+    """Sort key, best first; ties go to the closer match, then the lower offer_id, so the
+    same inputs always give the same order."""
+    if ranking == "similarity":
+        return lambda c: (-c.similarity, c.offer.offer_id)
+    if ranking == "priority":
+        return lambda c: (-c.offer.priority, -c.similarity, c.offer.offer_id)
+    formula = parse(ranking, RANKING_NAMES, "number").evaluate
+
+    def key(c: OfferCandidate) -> tuple[Any, ...]:
+        try:
+            value = float(formula({"propensity": score, "similarity": c.similarity, "value": c.offer.value,
+                                   "priority": float(c.offer.priority)}))
+        except (ZeroDivisionError, OverflowError, ValueError):
+            value = -math.inf
+        return (-value if math.isfinite(value) else math.inf, -c.similarity, c.offer.offer_id)
+
+    return key
+
+
+def item_of(offer: Offer) -> Item:
+    cap = offer.cap_per_customer
+    return Item(offer.offer_id, per_count=cap.count if cap else 0, per_window_s=cap.days * 86400.0 if cap else 0.0,
+                cap_total=offer.cap_total or 0, stock=-1 if offer.stock is None else offer.stock)
+
+
+class RulesDecider:
+    """``decide``/``decide_many`` over a counter store; see the module docstring."""
+
+    def __init__(self, store: CounterStore, *, on_store_error: str = "closed", nonblocking: bool = False) -> None:
+        self.store = store
+        self.on_store_error = on_store_error
+        # The embedded store answers in well under a millisecond; a Redis one waits on the network.
+        self.nonblocking = nonblocking
+
+    def decide(self, request: DecisionRequest) -> Decision:
+        return self.decide_many([request])[0]
+
+    def decide_many(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
+        screened = [self._screen(r) for r in requests]
+        asks: list[tuple[int, Ask]] = []
+        for i, (request, ranked, _) in enumerate(screened):
+            if any(c.offer.is_capped for c in ranked[: self._needed(request, ranked)]):
+                asks.append((i, Ask(request.features.customer_id, request.now.timestamp(),
+                                    tuple(item_of(c.offer) for c in ranked), request.placement.k)))
+        verdicts: dict[int, list[str]] = {}
+        fallback: str | None = None
+        if asks:
+            try:
+                verdicts = dict(zip((i for i, _ in asks), self.store.reserve_many([a for _, a in asks])))
+            except StoreDown:
+                fallback = STORE_UNAVAILABLE
+        asked = {i for i, _ in asks}
+        return [self._decision(request, ranked, dropped, verdicts.get(i), fallback if i in asked else None)
+                for i, (request, ranked, dropped) in enumerate(screened)]
+
+    @staticmethod
+    def _needed(request: DecisionRequest, ranked: list[OfferCandidate]) -> int:
+        """How far down the ranking a walk can go: to the k-th uncapped offer at most."""
+        uncapped = 0
+        for n, c in enumerate(ranked, 1):
+            if not c.offer.is_capped:
+                uncapped += 1
+                if uncapped >= request.placement.k:
+                    return n
+        return len(ranked)
+
+    def _screen(self, request: DecisionRequest) -> tuple[DecisionRequest, list[OfferCandidate], collections.Counter[str]]:
+        """The offers this customer may get here and now, ranked; what was dropped, by reason."""
+        dropped: collections.Counter[str] = collections.Counter()
+        placement = request.placement.name
+        now = request.now
+        score = request.propensity.score
+        values: dict[str, Any] | None = None
+        kept: list[OfferCandidate] = []
+        for c in request.candidates:
+            offer = c.offer
+            if offer.placements is not None and placement not in offer.placements:
+                dropped["wrong_placement"] += 1
+            elif offer.valid_from is not None and now < offer.valid_from:
+                dropped["not_yet_valid"] += 1
+            elif offer.valid_to is not None and now > offer.valid_to:
+                dropped["expired"] += 1
+            elif request.enforce_threshold and offer.min_propensity_threshold > score:
+                dropped["below_threshold"] += 1
+            else:
+                if offer.eligibility is not None:
+                    if values is None:
+                        values = self._values(request)
+                    if not parse(offer.eligibility, ELIGIBILITY_NAMES, "bool").evaluate(values):
+                        dropped["ineligible"] += 1
+                        continue
+                kept.append(c)
+        kept.sort(key=ranking_key(request.placement.ranking, score))
+        return request, kept, dropped
+
+    @staticmethod
+    def _values(request: DecisionRequest) -> dict[str, Any]:
+        features = request.features
+        values: dict[str, Any] = {name: getattr(features, name) for name in _FEATURE_NAMES}
+        for name in ("recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"):
+            values[name] = float(values[name])
+        values["propensity"] = request.propensity.score
+        values["placement"] = request.placement.name
+        return values
+
+    def _decision(
+        self, request: DecisionRequest, ranked: list[OfferCandidate], dropped: collections.Counter[str],
+        verdict: list[str] | None, fallback: str | None,
+    ) -> Decision:
+        k = request.placement.k
+        chosen: list[OfferCandidate] = []
+        if verdict is None:  # nothing capped was reached, or the store is down
+            for c in ranked:
+                if len(chosen) >= k:
+                    break
+                if fallback is not None and c.offer.is_capped and self.on_store_error == "closed":
+                    dropped["counter_store_down"] += 1
+                    continue
+                chosen.append(c)
+        else:
+            for c, reason in zip(ranked, verdict):
+                if reason == OK:
+                    chosen.append(c)
+                elif reason != NOT_REACHED:
+                    dropped[reason] += 1
+        return Decision.model_construct(
+            placement=request.placement.name,
+            chosen=tuple(OfferCandidate.model_construct(offer=c.offer, similarity=c.similarity, rank=n)
+                         for n, c in enumerate(chosen, 1)),
+            dropped=dict(dropped), considered=len(request.candidates), ranking=request.placement.ranking,
+            fallback=fallback,
+        )
+
+    def close(self) -> None:
+        self.store.close()

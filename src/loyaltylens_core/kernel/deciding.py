@@ -1,0 +1,101 @@
+"""The decision step between retrieval and copy, the same for ``run``, ``serve`` and ``batch``.
+
+The retriever finds a pool of offers that fit the customer; the ``decision`` stage keeps the
+ones this customer may get here and now (eligibility, validity, caps), ranks them for the
+placement and counts what it hands out. This module asks it, holds its answer to the
+contract, and applies what is the core's job whatever decider is selected: the placement's
+fallback offer when nothing is left, and the result's ``fallbacks`` notes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Sequence
+
+from loyaltylens_core.kernel.components import Components
+from loyaltylens_core.kernel.contracts import (
+    CustomerFeatures,
+    Decision,
+    DecisionRequest,
+    OfferCandidate,
+    Placement,
+    PropensityScore,
+)
+from loyaltylens_core.kernel.errors import ConfigError, ContractViolation
+
+FALLBACK_OFFER = "fallback_offer"
+
+
+def request(
+    features: CustomerFeatures, propensity: PropensityScore, candidates: Sequence[OfferCandidate],
+    placement: Placement, now: dt.datetime, enforce_threshold: bool = True,
+) -> DecisionRequest:
+    """Every part is a contract already checked: built without validating them again."""
+    return DecisionRequest.model_construct(
+        features=features, propensity=propensity, candidates=tuple(candidates), placement=placement, now=now,
+        enforce_threshold=enforce_threshold,
+    )
+
+
+def decide_many(parts: Components, requests: Sequence[DecisionRequest]) -> list[Decision]:
+    """One decision per request, in order: ``decide_many`` where the decider has it."""
+    decider = parts.component("decision")
+    with parts.calling("decision"):
+        if parts.has("decision", "BatchDecider"):
+            out = decider.decide_many(requests)
+        else:
+            out = [decider.decide(r) for r in requests]
+    if not isinstance(out, list) or len(out) != len(requests):
+        raise ContractViolation(
+            f"decision plugin {parts.implementation('decision').name!r} returned "
+            f"{len(out) if isinstance(out, list) else type(out).__name__} decisions for {len(requests)} requests",
+            "fix the plugin",
+        )
+    return [_checked(parts, r, d) for r, d in zip(requests, out)]
+
+
+def _checked(parts: Components, asked: DecisionRequest, answer: object) -> Decision:
+    decision = parts.expect("decision", answer, Decision)
+    if len(decision.chosen) > asked.placement.k:
+        raise ContractViolation(
+            f"decision plugin {parts.implementation('decision').name!r} chose {len(decision.chosen)} offers "
+            f"for placement {asked.placement.name!r}, which shows {asked.placement.k}",
+            "fix the plugin",
+        )
+    offered = {c.offer.offer_id for c in asked.candidates}
+    strays = [c.offer.offer_id for c in decision.chosen if c.offer.offer_id not in offered]
+    if strays:
+        raise ContractViolation(
+            f"decision plugin {parts.implementation('decision').name!r} chose offer {strays[0]!r}, "
+            "which was not among the retrieved candidates",
+            "choose from request.candidates",
+        )
+    return decision
+
+
+def with_fallback_offer(parts: Components, decision: Decision, placement: Placement) -> Decision:
+    """A placement that must never be empty is filled with its ``fallback_offer`` (not
+    subject to rules or caps, as in every decisioning system)."""
+    if decision.chosen or not placement.fallback_offer:
+        return decision
+    if not parts.has("retriever", "LooksUpOffers"):
+        raise ConfigError(
+            f"placement {placement.name!r} has a fallback_offer, but retriever "
+            f"{parts.implementation('retriever').name!r} cannot look offers up by id",
+            "remove fallback_offer or select a retriever with offers_by_id",
+        )
+    found = parts.component("retriever").offers_by_id([placement.fallback_offer])
+    offer = found.get(placement.fallback_offer) if isinstance(found, dict) else None
+    if offer is None:
+        raise ConfigError(
+            f"placement {placement.name!r}: fallback_offer {placement.fallback_offer!r} is not in the catalogue",
+            "name an offer_id from the catalogue",
+        )
+    candidate = OfferCandidate.model_construct(offer=offer, similarity=0.0, rank=1)
+    return decision.model_copy(update={"chosen": (candidate,), "fallback": decision.fallback or FALLBACK_OFFER})
+
+
+def note(decision: Decision, fallbacks: list[str]) -> None:
+    """What the decision fell back on, in the result's ``fallbacks`` (``decision:<why>``)."""
+    if decision.fallback:
+        fallbacks.append(f"decision:{decision.fallback}")
