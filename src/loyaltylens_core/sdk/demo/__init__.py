@@ -26,7 +26,7 @@ from loyaltylens_core.kernel.context import StageContext
 from loyaltylens_core.util.progress import QUIET, Progress
 from loyaltylens_core.sdk.demo.catalogue import build_catalogue
 
-DATA_VERSION = "2"  # 2: truth.npz (the hidden redemption model) for oracle metrics
+DATA_VERSION = "3"  # 2: truth.npz (the hidden redemption model) for oracle metrics; 3: decisioning rules
 START_DATE = dt.date(2026, 1, 1)
 DAYS = 180
 DEFAULT_CUSTOMERS = 5000

@@ -107,7 +107,38 @@ def _offer(rng: random.Random, category: str, n: int) -> dict[str, Any]:
     }
 
 
+def _decisioning(offer: dict[str, Any], n: int) -> dict[str, Any]:
+    """The rules a marketer would put on such an offer, so the defaults exercise every
+    decision path: tier-only and lapsed-customer rules, expired and future offers, per-
+    customer and total caps, stock, priorities and an app-only placement. Derived from the
+    offer's position, not the random generator, so the offers' text stays what it was."""
+    category = offer["category"]
+    if category == "win_back":
+        offer["eligibility"] = "recency_days >= 14 or frequency_30d <= 2"
+        offer["cap_per_customer"] = {"count": 1, "days": 7}
+    elif category == "birthday":
+        offer["cap_per_customer"] = {"count": 1, "days": 365}
+        offer["priority"] = 5
+    elif category == "partner" and n % 20 == 5:
+        offer["eligibility"] = 'tier in ("gold", "platinum")'
+        offer["stock"] = 500
+    elif category == "tier_upgrade":
+        offer["priority"] = 10
+        offer["cap_per_customer"] = {"count": 1, "days": 30}
+    elif category == "free_item":
+        offer["cap_total"] = 2000
+    elif category == "app_exclusive":
+        offer["placements"] = ["app-banner"]
+    elif category == "seasonal":
+        if n % 3 == 0:
+            offer["valid_to"] = "2025-01-31"  # last season's: expired
+        elif n % 3 == 1:
+            offer["valid_from"] = "2099-03-01"  # announced, not yet valid
+    return offer
+
+
 def build_catalogue(seed: int, size: int = 200) -> list[dict[str, Any]]:
-    """``size`` offers, spread evenly over the categories, stable for a given seed."""
+    """``size`` offers, spread evenly over the categories, stable for a given seed, with
+    decisioning rules on about 60% of them."""
     rng = random.Random(seed)
-    return [_offer(rng, CATEGORIES[n % len(CATEGORIES)], n + 1) for n in range(size)]
+    return [_decisioning(_offer(rng, CATEGORIES[n % len(CATEGORIES)], n + 1), n + 1) for n in range(size)]
