@@ -76,6 +76,10 @@ def config_tree(described: dict[str, Any]) -> Tree:
         node = settings.add(plugin)
         for key, item in table.items():
             node.add(f"{key} = {item['value']!r}  [dim]({item['source']})[/dim]")
+    if described.get("placements"):
+        placements = tree.add("placements")
+        for name, spec in described["placements"].items():
+            placements.add(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in spec.items() if v is not None))
     if described.get("experiments"):
         experiments = tree.add("experiments")
         for name, experiment in described["experiments"].items():

@@ -12,9 +12,14 @@ a real lift to find. Views, clicks, dismissals and ratings follow from the redem
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
+from loyaltylens_core.kernel.errors import UsageError
 from loyaltylens_core.kernel.experiments import Experiment, Variant
+
+if TYPE_CHECKING:
+    from loyaltylens_core.kernel.pipeline import Pipeline
 
 EXPERIMENT = "demo_reminder"
 REMINDER_LIFT = 1.25
@@ -60,3 +65,48 @@ def simulate(
             rows["rating"].append(int(rng.integers(3, 6)) if event == "redeemed" else None)
             rows["at"].append(shown[i] + dt.timedelta(hours=delay_h))
     return pa.table(rows, schema=outcome_schema())
+
+
+def close_the_loop(pipeline: "Pipeline", customers: int | None = None) -> dict[str, Any]:
+    """`loyaltylens feedback demo`: hand the first ``customers`` demo customers (all: None)
+    an offer through ``pipeline``, recording the impressions under the demo experiment,
+    draw what they did from the demo's ground truth, write it as an outcomes file in the
+    data dir and import it. Returns the summary the command prints."""
+    import pyarrow.parquet as pq
+
+    from loyaltylens_core.kernel.feedback import from_results
+    from loyaltylens_core.loop.impressions import recorder_of
+    from loyaltylens_core.loop.outcomes import import_file
+    from loyaltylens_core.sdk.demo import demo_data_of
+
+    recorder = recorder_of(pipeline)
+    if recorder is None:
+        raise UsageError("impressions are not recorded (record_impressions = false)",
+                         "set record_impressions = true in loyaltylens.toml")
+    pipeline.config.experiments.setdefault(EXPERIMENT, experiment())
+    recorder.source = "demo"
+    pipeline.prepare()
+    ids = list(pipeline.component("feature_store").customer_ids())[:customers]
+    results: list[Any] = []
+    with pipeline.progress.task("Offers for demo customers", total=len(ids)) as advance:
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start : start + 2000]
+            results.extend(r for r in pipeline.run_many(chunk) if not isinstance(r, Exception))
+            advance(len(chunk))
+    recorder.flush()
+    if not results:
+        raise UsageError("no demo customer got an offer", "check `loyaltylens run C001`")
+    core = pipeline.config.core
+    demo = demo_data_of(core, pipeline.progress)
+    impressions = from_results(results, "demo")
+    try:
+        outcomes = simulate(impressions, demo, results[0].features.as_of, seed=core.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc), "feedback demo works on the demo data only") from None
+    folder = Path(core.data_dir) / "demo-outcomes"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"outcomes-{impressions['shown_at'][0].as_py():%Y%m%dT%H%M%S}.parquet"
+    pq.write_table(outcomes.rename_columns(["impression_id", "event", "rating", "time"]), path)
+    summary = import_file(pipeline.component("feedback_store"), path)
+    return {"customers": len(ids), "impressions": impressions.num_rows, "outcomes_file": str(path),
+            **{k: v for k, v in summary.to_dict().items() if k in ("rows", "added", "duplicates", "rejected")}}

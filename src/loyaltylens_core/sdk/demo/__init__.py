@@ -20,11 +20,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from loyaltylens_core.kernel.context import StageContext
 from loyaltylens_core.util.progress import QUIET, Progress
 from loyaltylens_core.sdk.demo.catalogue import build_catalogue
+
+if TYPE_CHECKING:
+    from loyaltylens_core.kernel.config import CoreSettings
 
 DATA_VERSION = "3"  # 2: truth.npz (the hidden redemption model) for oracle metrics; 3: decisioning rules
 START_DATE = dt.date(2026, 1, 1)
@@ -308,3 +311,11 @@ def demo_data(context: StageContext, rebuild: bool = False) -> DemoData:
         context.data_dir / "demo", seed=context.seed, customers=context.demo_customers,
         drift=context.demo_drift, progress=context.progress, rebuild=rebuild,
     )
+
+
+def demo_data_of(core: "CoreSettings", progress: Progress = QUIET, *, customers: int | None = None,
+                 rebuild: bool = False) -> DemoData:
+    """The demo dataset of a configuration (its data dir, seed, size and drift): what
+    commands working on the demo itself (seed, feedback demo) read."""
+    return ensure_demo_data(Path(core.data_dir) / "demo", seed=core.seed, customers=customers or core.demo_customers,
+                            drift=core.demo_drift, progress=progress, rebuild=rebuild)
