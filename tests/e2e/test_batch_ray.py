@@ -14,10 +14,14 @@ pytestmark = pytest.mark.slow
 def test_ray_batch_equals_the_local_batch_on_the_real_pipeline(built, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join(f"C{i:03d}" for i in range(1, 301)) + "\n")
-    local = built("-q", "batch", "--ids", str(ids), "--out", str(tmp_path / "local.parquet"), "--json")
+    # Each batch counts its hand-outs against caps in its own counter file (Ray's workers too):
+    # the same customers, decided twice in one file, would get their second-best offers.
+    local = built("-q", "batch", "--ids", str(ids), "--out", str(tmp_path / "local.parquet"), "--json",
+                  extra_env={"LOYALTYLENS_DECISION_RULES__PATH": str(tmp_path / "local-counters.sqlite3")})
     assert local.returncode == 0, local.stderr
     ray = built("-q", "--use", "batch_engine=ray", "batch", "--ids", str(ids), "--out", str(tmp_path / "ray.parquet"),
-                "--chunk-size", "100", "--json", extra_env={"LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE": "64"})
+                "--chunk-size", "100", "--json", extra_env={"LOYALTYLENS_BATCH_ENGINE_RAY__BATCH_SIZE": "64",
+                                                            "LOYALTYLENS_DECISION_RULES__PATH": str(tmp_path / "ray-counters.sqlite3")})
     assert ray.returncode == 0, ray.stderr
     summary = json.loads(ray.stdout)
     assert summary["engine"] == "ray" and summary["customers"] == 300

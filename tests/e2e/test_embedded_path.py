@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 DEFAULT_DISTRIBUTIONS = {
     "loyaltylens-feature-duckdb", "loyaltylens-propensity-torch",
     "loyaltylens-embedder-sentence-transformers", "loyaltylens-retriever-duckdb",
-    "loyaltylens-generator-template",
+    "loyaltylens-decision-rules", "loyaltylens-generator-template",
 }
 
 
@@ -26,7 +26,7 @@ def test_first_run_builds_everything_then_answers(cli, tmp_path):
     assert result["top_offer"]["offer_id"].startswith("OFF")
     assert result["candidates"][0]["rank"] == 1
     assert result["copy"]["headline"] and result["copy"]["prompt_version"] == "template-v1"
-    assert set(result["latency_ms"]) == {"feature_store", "propensity", "retriever", "generator", "total"}
+    assert set(result["latency_ms"]) == {"feature_store", "propensity", "retriever", "decision", "generator", "total"}
     assert {ref["distribution"] for ref in result["plugins"].values()} <= DEFAULT_DISTRIBUTIONS
     # The progress bars went to stderr, the JSON alone to stdout.
     assert "Training propensity model" in proc.stderr

@@ -78,10 +78,16 @@ def built_cli(built):
     return built
 
 
+# Caps make the same question give a new answer once an offer was handed out: the shared
+# server's tests compare answers, so it does not count (test_decisioning.py tests caps).
+UNCAPPED = {"LOYALTYLENS_DECISION_RULES__ENFORCE_CAPS": "false"}
+
+
 @pytest.fixture(scope="module")
 def server(built_cli, tmp_path_factory):
-    """The default service (embedded plugins, one worker, no keys), shared by a module."""
-    running = launch(built_cli, tmp_path_factory.mktemp("serve"))
+    """The default service (embedded plugins, one worker, no keys, caps not counted),
+    shared by a module."""
+    running = launch(built_cli, tmp_path_factory.mktemp("serve"), env=UNCAPPED)
     yield running
     running.stop()
 

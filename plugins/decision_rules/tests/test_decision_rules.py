@@ -234,3 +234,11 @@ def test_redis_that_never_answered_is_the_same_fallback():
                      on_store_error="open")
     decision = d.decide(ask([offer("CAP", cap_total=1)]))
     assert chosen(decision) == ["CAP"] and decision.fallback == "counter_store_unavailable"
+
+
+def test_caps_can_be_left_unenforced_for_previews(tmp_path):
+    d = RulesDecider(SQLiteCounters(tmp_path / "c.sqlite3", 2.0), enforce_caps=False)
+    capped = offer("CAP", cap_per_customer={"count": 1, "days": 7}, eligibility='tier == "gold"')
+    assert [chosen(d.decide(ask([capped], customer=features(tier="gold")))) for _ in range(3)] == [["CAP"]] * 3
+    assert d.decide(ask([capped])).dropped == {"ineligible": 1}  # the other rules still hold
+    assert not (tmp_path / "c.sqlite3").exists()  # nothing was counted

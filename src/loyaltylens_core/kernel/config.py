@@ -164,6 +164,9 @@ class Config:
                 }
             plugins[f"{stage}.{impl.name}"] = table
         out["settings"] = plugins
+        out["placements"] = {
+            name: self.placement(name).model_dump(exclude={"name"}) for name in sorted({"default", *self.placements})
+        }
         out["experiments"] = {
             name: {"control": e.control, "variants": {
                 v.name: {"share": v.share, "model_version": v.model_version, "prompt_version": v.prompt_version,

@@ -56,6 +56,14 @@ class CustomerFeatures(Contract):
     feature_version: str
 
 
+# The model inputs, derived from the contract (every number, every closed set), in field
+# order: drift, the service's score endpoint, models and rules all read these.
+NUMERIC_FEATURES: tuple[str, ...] = tuple(
+    name for name, field in CustomerFeatures.model_fields.items() if field.annotation in (int, float)
+)
+CATEGORICAL_FEATURES: dict[str, tuple[str, ...]] = {"channel_preference": CHANNELS, "tier": TIERS}
+
+
 class PropensityScore(Contract):
     customer_id: CustomerId
     score: UnitInterval
@@ -68,12 +76,9 @@ _BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # What an offer's ``eligibility`` rule may name: the customer's features, the propensity
 # score and the placement being filled.
 ELIGIBILITY_NAMES = Names(
-    types={
-        "recency_days": "number", "frequency_30d": "number", "monetary_90d": "number",
-        "offer_redemption_rate": "number", "engagement_score": "number", "tier": "string",
-        "channel_preference": "string", "propensity": "number", "placement": "string",
-    },
-    values={"tier": frozenset(TIERS), "channel_preference": frozenset(CHANNELS)},
+    types={**{name: "number" for name in NUMERIC_FEATURES}, **{name: "string" for name in CATEGORICAL_FEATURES},
+           "propensity": "number", "placement": "string"},
+    values={name: frozenset(values) for name, values in CATEGORICAL_FEATURES.items()},
 )
 # What a placement's ranking formula may name.
 RANKING_NAMES = Names(types={"propensity": "number", "similarity": "number", "value": "number", "priority": "number"})

@@ -10,7 +10,7 @@ fallback offer when nothing is left, and the result's ``fallbacks`` notes.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from typing import Callable, Sequence
 
 from loyaltylens_core.kernel.components import Components
 from loyaltylens_core.kernel.contracts import (
@@ -24,6 +24,7 @@ from loyaltylens_core.kernel.contracts import (
 from loyaltylens_core.kernel.errors import ConfigError, ContractViolation
 
 FALLBACK_OFFER = "fallback_offer"
+MAX_POOL = 200  # RetrievalQuery.k's limit
 
 
 def request(
@@ -99,3 +100,43 @@ def note(decision: Decision, fallbacks: list[str]) -> None:
     """What the decision fell back on, in the result's ``fallbacks`` (``decision:<why>``)."""
     if decision.fallback:
         fallbacks.append(f"decision:{decision.fallback}")
+
+
+def refill_many(
+    parts: Components, asked: Sequence[DecisionRequest], decisions: list[Decision],
+    wider: Callable[[list[int], int], list[list[OfferCandidate]]],
+) -> list[Decision]:
+    """Placements left short although the pool was full (caps and rules took too many of
+    the best matches) are decided again once, over the next offers of a pool four times
+    larger: a customer whose favourite offers are capped still gets the next best.
+    ``wider(positions, k)`` retrieves those customers' pools of ``k``."""
+    short = [i for i, (a, d) in enumerate(zip(asked, decisions))
+             if len(d.chosen) < a.placement.k and a.placement.pool_size <= len(a.candidates) < MAX_POOL]
+    if not short:
+        return decisions
+    size = min(MAX_POOL, 4 * max(len(asked[i].candidates) for i in short))
+    pools = wider(short, size)
+    again: list[tuple[int, DecisionRequest]] = []
+    for i, pool in zip(short, pools):
+        seen = {c.offer.offer_id for c in asked[i].candidates}
+        fresh = tuple(c for c in pool if c.offer.offer_id not in seen)
+        if fresh:
+            placement = asked[i].placement.model_copy(update={"k": asked[i].placement.k - len(decisions[i].chosen)})
+            again.append((i, asked[i].model_copy(update={"candidates": fresh, "placement": placement})))
+    out = list(decisions)
+    for (i, _), extra in zip(again, decide_many(parts, [r for _, r in again])):
+        out[i] = _merged(decisions[i], extra)
+    return out
+
+
+def _merged(first: Decision, extra: Decision) -> Decision:
+    chosen = [*first.chosen, *extra.chosen]
+    dropped = dict(first.dropped)
+    for reason, n in extra.dropped.items():
+        dropped[reason] = dropped.get(reason, 0) + n
+    return first.model_copy(update={
+        "chosen": tuple(OfferCandidate.model_construct(offer=c.offer, similarity=c.similarity, rank=n)
+                        for n, c in enumerate(chosen, 1)),
+        "dropped": dropped, "considered": first.considered + extra.considered,
+        "fallback": first.fallback or extra.fallback,
+    })

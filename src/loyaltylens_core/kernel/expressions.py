@@ -44,8 +44,13 @@ class Names:
     types: Mapping[str, str]
     values: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Hashed on every cached parse: computed once.
+        key = (tuple(sorted(self.types.items())), tuple(sorted((k, tuple(sorted(v))) for k, v in self.values.items())))
+        object.__setattr__(self, "_hash", hash(key))
+
     def __hash__(self) -> int:
-        return hash((tuple(sorted(self.types.items())), tuple(sorted((k, tuple(sorted(v))) for k, v in self.values.items()))))
+        return int(self.__dict__["_hash"])
 
 
 @dataclasses.dataclass(frozen=True)

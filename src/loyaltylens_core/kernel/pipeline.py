@@ -276,13 +276,20 @@ class Pipeline:
 
         t = time.perf_counter()
         with parts.calling("retriever"):
-            pool, relaxed = self._retrieve_one(draft.features, draft.propensity, draft.fallbacks, slot)
+            pool, query = self._retrieve_one(draft.features, draft.propensity, draft.fallbacks, slot)
         self._after_stage(draft.run_id, customer_id, "retriever", draft.latency, t)
 
         t = time.perf_counter()
         asked = deciding.request(draft.features, draft.propensity, pool, slot, dt.datetime.now(dt.timezone.utc),
-                                 enforce_threshold=not relaxed)
-        (decision,) = deciding.decide_many(parts, [asked])
+                                 enforce_threshold=query.max_threshold is not None)
+        retriever = parts.component("retriever")
+
+        def wider(_: list[int], k: int) -> list[list[OfferCandidate]]:
+            with parts.calling("retriever"):
+                found = retriever.retrieve(query.model_copy(update={"k": k}))
+                return [parts.expect_list("retriever", found, OfferCandidate)]
+
+        (decision,) = deciding.refill_many(parts, [asked], deciding.decide_many(parts, [asked]), wider)
         draft.decision = deciding.with_fallback_offer(parts, decision, slot)
         deciding.note(draft.decision, draft.fallbacks)
         draft.candidates = list(draft.decision.chosen)
@@ -322,8 +329,9 @@ class Pipeline:
 
     def _retrieve_one(
         self, features: CustomerFeatures, propensity: PropensityScore, fallbacks: list[str], slot: Placement
-    ) -> tuple[list[OfferCandidate], bool]:
-        """The pool the decision chooses from, and whether it is the threshold fallback's."""
+    ) -> tuple[list[OfferCandidate], RetrievalQuery]:
+        """The pool the decision chooses from, and the query that found it (without a
+        threshold on the threshold fallback)."""
         parts = self.components
         retriever = parts.component("retriever")
         query = adapters.retrieval_query(features, propensity, slot.pool_size)
@@ -335,8 +343,8 @@ class Pipeline:
             fallbacks.append(FALLBACK_THRESHOLD)
             unfiltered = query.model_copy(update={"max_threshold": None})
             candidates = parts.expect_list("retriever", retriever.retrieve(unfiltered), OfferCandidate)
-            return candidates, True
-        return candidates, False
+            return candidates, unfiltered
+        return candidates, query
 
     def _note_component_fallbacks(self, stages: Sequence[str], fallbacks: list[str]) -> None:
         """A component serving from its own fallback must say so in the result."""
@@ -379,10 +387,12 @@ class Pipeline:
         fallbacks: list[list[str]] = [list(component_notes) for _ in features]
         empty = [i for i, c in enumerate(candidates) if not c]
         relaxed = set(empty)
+        for i in empty:
+            queries[i] = queries[i].model_copy(update={"max_threshold": None})
         if empty:
             with parts.calling("retriever"):
                 retried = batched.retrieve_many(
-                    parts, [queries[i].model_copy(update={"max_threshold": None}) for i in empty]
+                    parts, [queries[i] for i in empty]
                 )
             for i, found in zip(empty, retried):
                 candidates[i] = found
@@ -390,10 +400,14 @@ class Pipeline:
         timing["retriever"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         now = dt.datetime.now(dt.timezone.utc)
-        decisions = deciding.decide_many(parts, [
-            deciding.request(f, p, c, slot, now, enforce_threshold=i not in relaxed)
-            for i, (f, p, c) in enumerate(zip(features, scores, candidates))
-        ])
+        asked = [deciding.request(f, p, c, slot, now, enforce_threshold=i not in relaxed)
+                 for i, (f, p, c) in enumerate(zip(features, scores, candidates))]
+
+        def wider(positions: list[int], size: int) -> list[list[OfferCandidate]]:
+            with parts.calling("retriever"):
+                return batched.retrieve_many(parts, [queries[i].model_copy(update={"k": size}) for i in positions])
+
+        decisions = deciding.refill_many(parts, asked, deciding.decide_many(parts, asked), wider)
         for i, decision in enumerate(decisions):
             decisions[i] = decision = deciding.with_fallback_offer(parts, decision, slot)
             deciding.note(decision, fallbacks[i])

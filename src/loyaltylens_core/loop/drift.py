@@ -18,10 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from loyaltylens_core.kernel.contracts import CustomerFeatures
+from loyaltylens_core.kernel.contracts import CATEGORICAL_FEATURES, NUMERIC_FEATURES, CustomerFeatures
 
-NUMERIC = ("recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score")
-CATEGORICAL = ("channel_preference", "tier")
+NUMERIC = NUMERIC_FEATURES
+CATEGORICAL = tuple(CATEGORICAL_FEATURES)
 FLOOR = 1e-4
 LATTICE_MASS = 0.5  # share of the mass on the 2 x bins commonest values that makes a lattice
 STATUSES = ("ok", "warning", "critical")  # exit codes 0, 1, 2

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from loyaltylens_core.kernel.adapters import check_template, render
 from loyaltylens_core.kernel.contracts import (
+    CATEGORICAL_FEATURES,
+    NUMERIC_FEATURES,
     BatchJob,
     CustomerFeatures,
     Decision,
@@ -338,9 +340,8 @@ def make_context(
 
 TINY_SPEC: dict[str, Any] = {
     "model_version": "tiny_v1",
-    "numeric_features": ["recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"],
-    "categorical_features": {"channel_preference": ["in-store", "mobile", "web"],
-                             "tier": ["bronze", "silver", "gold", "platinum"]},
+    "numeric_features": list(NUMERIC_FEATURES),
+    "categorical_features": {name: list(values) for name, values in CATEGORICAL_FEATURES.items()},
     "format": "torchscript",
 }
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from loyaltylens_core import __version__
 from loyaltylens_core.util.asgi import BodyError, Disconnected, body_once, read_body, send_json
-from loyaltylens_core.kernel.contracts import CHANNELS, TIERS, CustomerFeatures, PipelineResult
+from loyaltylens_core.kernel.contracts import CATEGORICAL_FEATURES, NUMERIC_FEATURES, CustomerFeatures, PipelineResult
 from loyaltylens_core.kernel.errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
 from loyaltylens_core.service import prometheus as metrics
 from loyaltylens_core.loop.impressions import open_pipeline, recorder_of
@@ -43,8 +43,8 @@ from loyaltylens_core.service.settings import OPTIONS_ENV, ServeOptions, ServeSe
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
 SCORE_SPEC: dict[str, Any] = {
-    "numeric_features": ["recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"],
-    "categorical_features": {"channel_preference": list(CHANNELS), "tier": list(TIERS)},
+    "numeric_features": list(NUMERIC_FEATURES),
+    "categorical_features": {name: list(values) for name, values in CATEGORICAL_FEATURES.items()},
 }
 
 

@@ -27,6 +27,10 @@ class RulesDeciderSettings(PluginSettings):
         "(both recorded in fallbacks)",
     )
     timeout_s: float = Field(2.0, gt=0, le=60, description="How long to wait for the counter store")
+    enforce_caps: bool = Field(
+        True, description="False: caps and stock are neither checked nor counted (previews, replays, tests that "
+        "need the same answer twice); every other rule still applies",
+    )
 
 
 def build(settings: RulesDeciderSettings, context: StageContext) -> Any:
@@ -35,7 +39,7 @@ def build(settings: RulesDeciderSettings, context: StageContext) -> Any:
 
     path = settings.path or context.data_dir / "decision-rules" / "counters.sqlite3"
     return RulesDecider(open_store(settings, path), on_store_error=settings.on_store_error,
-                        nonblocking=settings.counter_store == "sqlite")
+                        nonblocking=settings.counter_store == "sqlite", enforce_caps=settings.enforce_caps)
 
 
 @hookimpl

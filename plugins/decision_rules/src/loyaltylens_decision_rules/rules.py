@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from loyaltylens_core.kernel.contracts import (
     ELIGIBILITY_NAMES,
+    NUMERIC_FEATURES,
     RANKING_NAMES,
     Decision,
     DecisionRequest,
@@ -57,11 +58,21 @@ def item_of(offer: Offer) -> Item:
 class RulesDecider:
     """``decide``/``decide_many`` over a counter store; see the module docstring."""
 
-    def __init__(self, store: CounterStore, *, on_store_error: str = "closed", nonblocking: bool = False) -> None:
+    def __init__(self, store: CounterStore, *, on_store_error: str = "closed", nonblocking: bool = False,
+                 enforce_caps: bool = True) -> None:
         self.store = store
+        self.enforce_caps = enforce_caps
         self.on_store_error = on_store_error
         # The embedded store answers in well under a millisecond; a Redis one waits on the network.
         self.nonblocking = nonblocking
+        # Compiled rules by text: a catalogue repeats a handful of rules over many offers.
+        self._rules: dict[str, Callable[[dict[str, Any]], Any]] = {}
+
+    def _rule(self, text: str) -> Callable[[dict[str, Any]], Any]:
+        rule = self._rules.get(text)
+        if rule is None:
+            rule = self._rules[text] = parse(text, ELIGIBILITY_NAMES, "bool").evaluate
+        return rule
 
     def decide(self, request: DecisionRequest) -> Decision:
         return self.decide_many([request])[0]
@@ -70,9 +81,10 @@ class RulesDecider:
         screened = [self._screen(r) for r in requests]
         asks: list[tuple[int, Ask]] = []
         for i, (request, ranked, _) in enumerate(screened):
-            if any(c.offer.is_capped for c in ranked[: self._needed(request, ranked)]):
+            reach = ranked[: self._needed(request, ranked)]
+            if self.enforce_caps and any(c.offer.is_capped for c in reach):
                 asks.append((i, Ask(request.features.customer_id, request.now.timestamp(),
-                                    tuple(item_of(c.offer) for c in ranked), request.placement.k)))
+                                    tuple(item_of(c.offer) for c in reach), request.placement.k)))
         verdicts: dict[int, list[str]] = {}
         fallback: str | None = None
         if asks:
@@ -117,7 +129,7 @@ class RulesDecider:
                 if offer.eligibility is not None:
                     if values is None:
                         values = self._values(request)
-                    if not parse(offer.eligibility, ELIGIBILITY_NAMES, "bool").evaluate(values):
+                    if not self._rule(offer.eligibility)(values):
                         dropped["ineligible"] += 1
                         continue
                 kept.append(c)
@@ -128,7 +140,7 @@ class RulesDecider:
     def _values(request: DecisionRequest) -> dict[str, Any]:
         features = request.features
         values: dict[str, Any] = {name: getattr(features, name) for name in _FEATURE_NAMES}
-        for name in ("recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score"):
+        for name in NUMERIC_FEATURES:
             values[name] = float(values[name])
         values["propensity"] = request.propensity.score
         values["placement"] = request.placement.name

@@ -21,8 +21,8 @@ import numpy as np
 
 from loyaltylens_core.sdk import quality
 from loyaltylens_core.kernel.contracts import (
-    CHANNELS,
-    TIERS,
+    CATEGORICAL_FEATURES,
+    NUMERIC_FEATURES,
     CustomerFeatures,
     PropensityScore,
     ProvidesTrainingExamples,
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
     from loyaltylens_propensity_lightgbm import LightGBMSettings
 
-NUMERIC = ("recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score")
-CATEGORICAL: dict[str, tuple[str, ...]] = {"channel_preference": CHANNELS, "tier": TIERS}
+NUMERIC = NUMERIC_FEATURES
+CATEGORICAL = CATEGORICAL_FEATURES
 COLUMNS = (*NUMERIC, *CATEGORICAL)
 VERSION_PATTERN = re.compile(r"^lightgbm_v(\d+)$")
 LABEL = "redeemed any offer in the {horizon} days after as_of"

@@ -7,13 +7,11 @@ from typing import Sequence
 
 import numpy as np
 
-from loyaltylens_core.kernel.contracts import CHANNELS, TIERS, CustomerFeatures
+from loyaltylens_core.kernel.contracts import CATEGORICAL_FEATURES, NUMERIC_FEATURES, CustomerFeatures
 
-NUMERIC_FEATURES: tuple[str, ...] = (
-    "recency_days", "frequency_30d", "monetary_90d", "offer_redemption_rate", "engagement_score",
-)
+__all__ = ["CATEGORICAL_FEATURES", "LOG_FEATURES", "NUMERIC_FEATURES"]  # the model's inputs, from the contract
+
 LOG_FEATURES = frozenset({"recency_days", "frequency_30d", "monetary_90d"})
-CATEGORICAL_FEATURES: dict[str, tuple[str, ...]] = {"channel_preference": CHANNELS, "tier": TIERS}
 _CATEGORY_INDEX = {name: {v: i for i, v in enumerate(values)} for name, values in CATEGORICAL_FEATURES.items()}
 _LOG_MASK = np.array([name in LOG_FEATURES for name in NUMERIC_FEATURES])
 
