@@ -8,7 +8,7 @@ go through these, so a plugin is batched the same way whoever calls it.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from typing import Any, Sequence
 
 from loyaltylens_core.kernel import adapters
 from loyaltylens_core.kernel.components import Components
@@ -65,19 +65,29 @@ def predict_many(parts: Components, features: Sequence[CustomerFeatures]) -> lis
     return parts.expect_list("propensity", out, PropensityScore)
 
 
-def retrieve_many(parts: Components, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
-    retriever = parts.component("retriever")
-    if parts.has("retriever", "BatchRetriever"):
-        out = retriever.retrieve_many(queries)
+def call_many(
+    parts: Components, stage: str, capability: str, many: str, one: str, inputs: Sequence[Any],
+    answers: str, asked: str,
+) -> list[Any]:
+    """The stage's batched method ``many`` where its component declares ``capability``, else
+    ``one`` in a loop; either way exactly one answer per input, or a contract violation
+    naming the plugin ("returned 2 results for 3 queries")."""
+    component = parts.component(stage)
+    if parts.has(stage, capability):
+        out = getattr(component, many)(inputs)
     else:
-        out = [retriever.retrieve(q) for q in queries]
-    if not isinstance(out, list) or len(out) != len(queries):
+        out = [getattr(component, one)(i) for i in inputs]
+    if not isinstance(out, list) or len(out) != len(inputs):
         raise ContractViolation(
-            f"retriever plugin {parts.implementation('retriever').name!r} returned "
-            f"{len(out) if isinstance(out, list) else type(out).__name__} results for "
-            f"{len(queries)} queries",
+            f"{stage} plugin {parts.implementation(stage).name!r} returned "
+            f"{len(out) if isinstance(out, list) else type(out).__name__} {answers} for {len(inputs)} {asked}",
             "fix the plugin",
         )
+    return out
+
+
+def retrieve_many(parts: Components, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
+    out = call_many(parts, "retriever", "BatchRetriever", "retrieve_many", "retrieve", queries, "results", "queries")
     seen: dict[int, OfferCandidate] = {}  # contracts are frozen: one checked copy may be shared
     return [parts.expect_list("retriever", cands, OfferCandidate, seen) for cands in out]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Callable, Sequence
 
+from loyaltylens_core.kernel.batched import call_many
 from loyaltylens_core.kernel.components import Components
 from loyaltylens_core.kernel.contracts import (
     CustomerFeatures,
@@ -40,18 +41,8 @@ def request(
 
 def decide_many(parts: Components, requests: Sequence[DecisionRequest]) -> list[Decision]:
     """One decision per request, in order: ``decide_many`` where the decider has it."""
-    decider = parts.component("decision")
     with parts.calling("decision"):
-        if parts.has("decision", "BatchDecider"):
-            out = decider.decide_many(requests)
-        else:
-            out = [decider.decide(r) for r in requests]
-    if not isinstance(out, list) or len(out) != len(requests):
-        raise ContractViolation(
-            f"decision plugin {parts.implementation('decision').name!r} returned "
-            f"{len(out) if isinstance(out, list) else type(out).__name__} decisions for {len(requests)} requests",
-            "fix the plugin",
-        )
+        out = call_many(parts, "decision", "BatchDecider", "decide_many", "decide", requests, "decisions", "requests")
     return [_checked(parts, r, d) for r, d in zip(requests, out)]
 
 
