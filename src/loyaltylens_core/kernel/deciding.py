@@ -39,6 +39,21 @@ def request(
     )
 
 
+def decide(
+    parts: Components, asked: Sequence[DecisionRequest],
+    wider: Callable[[list[int], int], list[list[OfferCandidate]]], fallbacks: Sequence[list[str]],
+) -> list[Decision]:
+    """The whole decision step for many customers (one for ``run``): the decider's answers,
+    a second look for placements left short, fallback offers, and the notes in each
+    customer's ``fallbacks``."""
+    out = []
+    for request, decision, notes in zip(asked, refill_many(parts, asked, decide_many(parts, asked), wider), fallbacks):
+        decision = with_fallback_offer(parts, decision, request.placement)
+        note(decision, notes)
+        out.append(decision)
+    return out
+
+
 def decide_many(parts: Components, requests: Sequence[DecisionRequest]) -> list[Decision]:
     """One decision per request, in order: ``decide_many`` where the decider has it."""
     with parts.calling("decision"):

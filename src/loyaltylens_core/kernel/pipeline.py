@@ -289,9 +289,7 @@ class Pipeline:
                 found = retriever.retrieve(query.model_copy(update={"k": k}))
                 return [parts.expect_list("retriever", found, OfferCandidate)]
 
-        (decision,) = deciding.refill_many(parts, [asked], deciding.decide_many(parts, [asked]), wider)
-        draft.decision = deciding.with_fallback_offer(parts, decision, slot)
-        deciding.note(draft.decision, draft.fallbacks)
+        (draft.decision,) = deciding.decide(parts, [asked], wider, [draft.fallbacks])
         draft.candidates = list(draft.decision.chosen)
         self._after_stage(draft.run_id, customer_id, "decision", draft.latency, t)
         return draft
@@ -407,10 +405,8 @@ class Pipeline:
             with parts.calling("retriever"):
                 return batched.retrieve_many(parts, [queries[i].model_copy(update={"k": size}) for i in positions])
 
-        decisions = deciding.refill_many(parts, asked, deciding.decide_many(parts, asked), wider)
+        decisions = deciding.decide(parts, asked, wider, fallbacks)
         for i, decision in enumerate(decisions):
-            decisions[i] = decision = deciding.with_fallback_offer(parts, decision, slot)
-            deciding.note(decision, fallbacks[i])
             candidates[i] = list(decision.chosen)
         timing["decision"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
