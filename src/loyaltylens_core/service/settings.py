@@ -47,6 +47,9 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30, description="Larger bodies get 413")
     body_timeout_s: float = Field(10.0, gt=0, le=600, description="A body not received in this time gets 408")
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="Request headers not received in this time get 408")
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1 << 24,
+                                  description="A request head (request line and headers) over this many bytes gets 431")
+    max_headers: int = Field(100, ge=8, le=10_000, description="A request with more header fields than this gets 431")
     keep_alive_s: float = Field(5.0, gt=0, le=600, description="Idle keep-alive connections close after this")
     limit_concurrency: int = Field(1024, ge=1, description="Connections per worker before 503")
     llm_rate_per_s: float = Field(

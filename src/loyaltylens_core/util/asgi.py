@@ -48,16 +48,24 @@ def declared_length(scope: dict[str, Any], max_bytes: int) -> int | None:
 
 
 DRAIN_FACTOR = 16  # a body up to 16x the limit is read and dropped, so the client sees the 413
+DRAIN_WAIT_S = 1.0  # ... for at most this long
 
 
 async def read_body(scope: dict[str, Any], receive: Receive, max_bytes: int, timeout_s: float) -> bytes:
+    too_big_413 = BodyError(413, f"body over {max_bytes} bytes", "send a smaller body", {"connection": "close"})
     try:
         declared_length(scope, max_bytes)
         too_big = False
     except BodyError as exc:
         if exc.status != 413:
             raise
+        declared = int(dict(scope.get("headers") or ()).get(b"content-length", b"0"))
+        if declared > DRAIN_FACTOR * max_bytes:
+            raise too_big_413 from None  # refused at once: never wait for (or read) 100 MB
         too_big = True
+        # A moderately large body is drained briefly so a client still sending sees the
+        # 413; one that sends nothing gets the 413 after that second, not a 408.
+        timeout_s = min(timeout_s, DRAIN_WAIT_S)
     chunks: list[bytes] = []
     size = 0
 
@@ -73,8 +81,7 @@ async def read_body(scope: dict[str, Any], receive: Receive, max_bytes: int, tim
             # Past the limit, keep reading (and dropping) a moderately large body: a client
             # that is still sending when we answer gets a reset instead of our 413.
             if too_big and (size > DRAIN_FACTOR * max_bytes or not message.get("more_body", False)):
-                raise BodyError(413, f"body over {max_bytes} bytes", "send a smaller body",
-                                {"connection": "close"})
+                raise too_big_413
             if not too_big:
                 chunks.append(chunk)
             if not message.get("more_body", False):
@@ -83,6 +90,8 @@ async def read_body(scope: dict[str, Any], receive: Receive, max_bytes: int, tim
     try:
         await asyncio.wait_for(read_all(), timeout_s)
     except asyncio.TimeoutError:
+        if too_big:
+            raise too_big_413 from None
         raise BodyError(408, f"the request body did not arrive within {timeout_s:g} s",
                         "send the whole body promptly", {"connection": "close"}) from None
     return b"".join(chunks)
