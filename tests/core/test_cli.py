@@ -163,3 +163,25 @@ def test_the_command_closes_its_components_on_the_way_out(cli, tmp_path, args):
     proc = cli(*args, extra_env={"CLOSED_MARKER": str(marker)})
     assert proc.returncode == (0 if args[1] == "C001" else 2), proc.stderr
     assert marker.read_text() == "closed"  # after success and after an error alike
+
+
+RAISING_MODULE = """
+from loyaltylens_core.sdk.testing import FakeGenerator, FakePlugin
+
+class CrashingGenerator(FakeGenerator):
+    def generate(self, variables):
+        raise RuntimeError("template cache is gone")
+
+plugin = FakePlugin(generator=CrashingGenerator())
+"""
+
+
+def test_a_plugin_raising_at_run_time_is_named_with_its_stage_and_exits_4(cli):
+    make_distribution(cli.site, "loyaltylens-fakes", "llfakes", RAISING_MODULE, "fakes", "plugin")
+    proc = cli("run", "C001")
+    assert proc.returncode == 4, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "generator plugin 'fake'" in line and "RuntimeError: template cache is gone" in line
+    assert "unexpected" not in line
+    debug = cli("--debug", "run", "C001")
+    assert debug.returncode == 4 and "in generate" in debug.stderr  # the plugin's own traceback

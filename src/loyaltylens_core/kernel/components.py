@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from loyaltylens_core.kernel.config import Config
 from loyaltylens_core.kernel.context import StageContext
 from loyaltylens_core.kernel.contracts import STAGE_PROTOCOLS, PluginRef, capabilities_of
-from loyaltylens_core.kernel.errors import ContractViolation, LoyaltyLensError, PluginError, UsageError
+from loyaltylens_core.kernel.errors import ContractViolation, LoyaltyLensError, PluginError, PluginFault, UsageError
 from loyaltylens_core.kernel.registry import Implementation, Registry, check_protocol
 from loyaltylens_core.util.progress import QUIET, Progress
 from loyaltylens_core.kernel.stages import RUN_STAGES
@@ -240,11 +240,24 @@ class Components:
     def calling(self, stage: str) -> Iterator[None]:
         """A plugin that builds a contract itself with a bad value (rank 0, a NaN) raises
         pydantic's ValidationError inside its own code: report it like any contract
-        violation, naming the plugin, the stage and the field."""
+        violation, naming the plugin, the stage and the field. Anything else a plugin
+        raises that is not one of our errors becomes a ``PluginFault`` naming the stage
+        and the plugin (exit 4), with the plugin's exception as its cause."""
         try:
             yield
         except ValidationError as exc:
             raise self.violation(stage, exc.title, exc) from None
+        except LoyaltyLensError:
+            raise
+        except Exception as exc:
+            impl = self.implementation(stage)
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise PluginFault(
+                stage, impl.name,
+                f"{stage} plugin {impl.name!r} ({impl.distribution or impl.plugin}) failed: "
+                f"{type(exc).__name__}: {first}".rstrip(": "),
+                "rerun with --debug for the plugin's traceback; fix the plugin or select another with --use",
+            ) from exc
 
 
 def ensure_writable(data_dir: Any) -> None:

@@ -49,3 +49,14 @@ class StageError(LoyaltyLensError):
     """A stage failed at run time (backend down, model missing, ...)."""
 
     exit_code = 4
+
+
+class PluginFault(StageError):
+    """A component raised something other than a LoyaltyLensError while its stage ran:
+    a bug or an unreported backend failure in the plugin. It names the stage and the
+    plugin (``stage``, ``plugin`` attributes, which ``serve`` counts in /metrics); the
+    plugin's own exception is its ``__cause__``, shown with ``--debug``."""
+
+    def __init__(self, stage: str, plugin: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.stage, self.plugin = stage, plugin

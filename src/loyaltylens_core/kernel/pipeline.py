@@ -251,8 +251,9 @@ class Pipeline:
             copy = batched.generate_one(parts, draft.features, draft.propensity, draft.candidates, draft.fallbacks)
         else:
             variables = adapters.template_variables(draft.features, draft.propensity, draft.candidates[0].offer)
-            produced = await parts.component("generator").agenerate(variables)
-            copy = batched.checked_copy(parts, produced, draft.fallbacks)
+            with parts.calling("generator"):
+                produced = await parts.component("generator").agenerate(variables)
+                copy = batched.checked_copy(parts, produced, draft.fallbacks)
         self._after_stage(draft.run_id, customer_id, "generator", draft.latency, t)
         return self._finish(draft, copy)
 
