@@ -32,25 +32,66 @@ CHANNEL_PHRASES: dict[str, str] = {
     "web": "online",
 }
 
-# variable name -> how to compute it. This table is the adapter.
-TEMPLATE_VARIABLES: dict[str, Callable[[GenerationInputs], Any]] = {
-    "customer_id": lambda i: i.features.customer_id,
-    "tier": lambda i: i.features.tier,
-    "tier_title": lambda i: i.features.tier.title(),
-    "channel": lambda i: i.features.channel_preference,
-    "channel_phrase": lambda i: CHANNEL_PHRASES[i.features.channel_preference],
-    "recency_days": lambda i: round(i.features.recency_days),
-    "frequency_30d": lambda i: i.features.frequency_30d,
-    "monetary_90d": lambda i: f"{i.features.monetary_90d:.2f}",
-    "propensity_score": lambda i: f"{i.propensity.score:.2f}",
-    "offer_id": lambda i: i.offer.offer_id,
-    "offer_title": lambda i: i.offer.title,
-    "offer_description": lambda i: i.offer.description,
-    "offer_category": lambda i: i.offer.category,
-    "offer_category_label": lambda i: i.offer.category.replace("_", " "),
-    "offer_value": lambda i: f"{i.offer.value:g}",
-    "offer_valid_days": lambda i: i.offer.valid_days,
+class Shown(float):
+    """A number a template can format: ``{propensity_score:.0%}`` formats the number
+    itself, while a bare ``{propensity_score}`` prints it the way the reference copy did
+    ("0.34", "320.50", "10"). It is a ``float`` everywhere else (arithmetic, comparisons,
+    ``json.dumps``), so a generator gets a typed value, not a pre-formatted string."""
+
+    default_spec: str
+
+    def __new__(cls, value: float, default_spec: str) -> "Shown":
+        number = super().__new__(cls, value)
+        number.default_spec = default_spec
+        return number
+
+    def __format__(self, spec: str) -> str:
+        return float.__format__(self, spec or self.default_spec)
+
+    def __str__(self) -> str:
+        return format(self, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateVariable:
+    """One variable a prompt or template may use: its type, an example, where it comes from."""
+
+    compute: Callable[[GenerationInputs], Any]
+    type: type
+    example: Any
+    meaning: str
+
+
+# variable name -> how to compute it. This table is the adapter (docs/plugins.md lists it).
+VARIABLES: dict[str, TemplateVariable] = {
+    "customer_id": TemplateVariable(lambda i: i.features.customer_id, str, "C001", "CustomerFeatures.customer_id"),
+    "tier": TemplateVariable(lambda i: i.features.tier, str, "gold", "CustomerFeatures.tier"),
+    "tier_title": TemplateVariable(lambda i: i.features.tier.title(), str, "Gold", "the tier, capitalised"),
+    "channel": TemplateVariable(lambda i: i.features.channel_preference, str, "mobile",
+                                "CustomerFeatures.channel_preference"),
+    "channel_phrase": TemplateVariable(lambda i: CHANNEL_PHRASES[i.features.channel_preference], str, "in the app",
+                                       "the channel as words: in store / in the app / online"),
+    "recency_days": TemplateVariable(lambda i: round(i.features.recency_days), int, 3,
+                                     "CustomerFeatures.recency_days, rounded to whole days"),
+    "frequency_30d": TemplateVariable(lambda i: i.features.frequency_30d, int, 4, "CustomerFeatures.frequency_30d"),
+    "monetary_90d": TemplateVariable(lambda i: Shown(i.features.monetary_90d, ".2f"), float, Shown(320.5, ".2f"),
+                                     "CustomerFeatures.monetary_90d; bare, two decimals (320.50)"),
+    "propensity_score": TemplateVariable(lambda i: Shown(i.propensity.score, ".2f"), float, Shown(0.34, ".2f"),
+                                         "PropensityScore.score, 0 to 1; bare, two decimals (0.34)"),
+    "offer_id": TemplateVariable(lambda i: i.offer.offer_id, str, "O001", "Offer.offer_id"),
+    "offer_title": TemplateVariable(lambda i: i.offer.title, str, "Double points weekend", "Offer.title"),
+    "offer_description": TemplateVariable(lambda i: i.offer.description, str,
+                                          "Earn double points on every purchase this weekend.", "Offer.description"),
+    "offer_category": TemplateVariable(lambda i: i.offer.category, str, "points_multiplier", "Offer.category"),
+    "offer_category_label": TemplateVariable(lambda i: i.offer.category.replace("_", " "), str, "points multiplier",
+                                             "the category with spaces"),
+    "offer_value": TemplateVariable(lambda i: Shown(i.offer.value, "g"), float, Shown(10.0, "g"),
+                                    "Offer.value; bare, shortest form (10, 12.5)"),
+    "offer_valid_days": TemplateVariable(lambda i: i.offer.valid_days, int, 14, "Offer.valid_days"),
 }
+# The computations alone, by name (what generators and older code look up).
+TEMPLATE_VARIABLES: dict[str, Callable[[GenerationInputs], Any]] = {n: v.compute for n, v in VARIABLES.items()}
+EXAMPLE_VARIABLES: dict[str, Any] = {n: v.example for n, v in VARIABLES.items()}
 
 
 def template_variables(
@@ -78,7 +119,9 @@ def placeholders(template: str) -> set[str]:
 
 
 def check_template(template: str, where: str) -> None:
-    """Fail at load time when a template names a variable the adapter cannot fill."""
+    """Fail at load time when a template names a variable the adapter cannot fill, or
+    formats one in a way its type does not allow (``{offer_title:.0%}``, ``{tier.x}``):
+    the template is rendered once against example values of every variable's type."""
     try:
         names = placeholders(template)
     except ValueError as exc:
@@ -89,6 +132,13 @@ def check_template(template: str, where: str) -> None:
             f"template {where} uses {{{unknown[0]}}}, which the adapter cannot fill",
             f"available variables: {', '.join(sorted(TEMPLATE_VARIABLES))}",
         )
+    try:
+        render(template, EXAMPLE_VARIABLES)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise ConfigError(
+            f"template {where} cannot be rendered: {type(exc).__name__}: {exc}",
+            "check each {name:spec} against the variable's type (docs/plugins.md, Template variables)",
+        ) from None
 
 
 def render(template: str, variables: dict[str, Any]) -> str:
