@@ -622,7 +622,7 @@ def validate_customer_id(customer_id: str) -> None:
 
     if not isinstance(customer_id, str) or not customer_id.strip():
         raise UsageError("customer id is empty", "pass an id such as C001")
-    if not _CUSTOMER_ID.match(customer_id):
+    if not _CUSTOMER_ID.fullmatch(customer_id):
         shown = customer_id if len(customer_id) <= 40 else customer_id[:40] + "..."
         raise UsageError(
             f"customer id {shown!r} is malformed",

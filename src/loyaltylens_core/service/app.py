@@ -26,26 +26,22 @@ from typing import Any, Awaitable, Callable, Literal
 import anyio
 import anyio.to_thread
 from fastapi import Body, FastAPI, Path as PathParam, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
 
 from loyaltylens_core import __version__
 from loyaltylens_core.util.asgi import BodyError, Disconnected, body_once, read_body, send_json
-from loyaltylens_core.kernel.contracts import CATEGORICAL_FEATURES, NUMERIC_FEATURES, CustomerFeatures, PipelineResult
-from loyaltylens_core.kernel.errors import CustomerNotFound, LoyaltyLensError, PluginError, StageError, UsageError
-from loyaltylens_core.service import prometheus as metrics
+from loyaltylens_core.kernel.contracts import PipelineResult
+from loyaltylens_core.kernel.errors import LoyaltyLensError, PluginError
+from loyaltylens_core.service import errors, prometheus as metrics, requests
+from loyaltylens_core.service.errors import NotReady, RateLimited, error, error_entry
+from loyaltylens_core.service.requests import CustomerIdParam, ErrorBody, IsoDate, OffersRequest
 from loyaltylens_core.loop.impressions import open_pipeline, recorder_of
 from loyaltylens_core.service.audit import AuditLog
 from loyaltylens_core.service.keys import authenticate, load_keys
-from loyaltylens_core.service.ratelimit import TokenBuckets, retry_after_header
+from loyaltylens_core.service.ratelimit import TokenBuckets
 from loyaltylens_core.service.settings import OPTIONS_ENV, ServeOptions, ServeSettings  # noqa: F401 - re-exported
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
-SCORE_SPEC: dict[str, Any] = {
-    "numeric_features": list(NUMERIC_FEATURES),
-    "categorical_features": {name: list(values) for name, values in CATEGORICAL_FEATURES.items()},
-}
 
 
 class State:
@@ -67,51 +63,6 @@ class State:
         self.warm_ids: list[str] = []
         self.thread_limits: Any = None  # threadpoolctl limits held for the worker's life
         self.started = time.monotonic()
-
-
-class ErrorBody(BaseModel):
-    error: str = Field(examples=["customer 'C999999' not found"])
-    hint: str | None = Field(None, examples=["the feature store holds 5000 customers (demo ids C001 to C5000)"])
-
-
-class OffersRequest(BaseModel):
-    customer_ids: list[str] = Field(examples=[["C001", "C002", "nobody"]])
-    as_of: dt.date | None = Field(None, description="Point-in-time features as of this date (default: latest)")
-    placement: str | None = Field(None, description="The placement to decide for (default: the configured one)")
-
-
-class OutcomeIn(BaseModel):
-    """One outcome of an offer the service handed out (its ``run_id`` is the impression id)."""
-
-    model_config = {"extra": "forbid"}
-    impression_id: str = Field(min_length=1, max_length=128, examples=["d51f5970ab39439caf6e20fb311d48f2"])
-    event: Literal["viewed", "clicked", "redeemed", "dismissed"]
-    rating: int | None = Field(None, ge=1, le=5)
-    time: dt.datetime | None = Field(None, description="When it happened (default: now); no offset means UTC")
-
-
-class FeedbackRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-    outcomes: list[OutcomeIn] = Field(min_length=1)
-
-
-def _error(status: int, message: str, hint: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "hint": hint}, status_code=status, headers=headers)
-
-
-def status_for(exc: LoyaltyLensError) -> int:
-    """The CLI's errors as HTTP statuses: the caller's fault 4xx, ours or a dependency's 5xx."""
-    if isinstance(exc, CustomerNotFound):
-        return 404
-    if isinstance(exc, UsageError):
-        return 400
-    if isinstance(exc, StageError):
-        return 503
-    return 500
-
-
-def error_entry(customer_id: Any, exc: LoyaltyLensError) -> dict[str, Any]:
-    return {"customer_id": customer_id, "ok": False, "status": status_for(exc), "error": exc.message, "hint": exc.hint}
 
 
 EXAMPLE_RESULT = {
@@ -150,10 +101,13 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
         version=__version__,
         summary="Personalised loyalty offers at request time: the LoyaltyLens pipeline behind HTTP.",
         lifespan=lifespan,
-        responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+        # Our errors in every response schema, FastAPI's own 422 shape replaced by ours.
+        responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+        # A redirect to the slash-less path would be built from the client's Host header.
+        redirect_slashes=False,
     )
     _routes(app, state)
-    _error_handlers(app)
+    errors.install(app)
     app.add_middleware(GuardMiddleware, state=state)
     return app
 
@@ -294,7 +248,7 @@ def _routes(app: FastAPI, state: State) -> None:
         if state.failure is not None:
             raise state.failure
         if not state.ready:
-            raise _NotReady()
+            raise NotReady()
         return state.pipeline
 
     def rate_limit(request: Request, cost: int) -> None:
@@ -303,7 +257,7 @@ def _routes(app: FastAPI, state: State) -> None:
         wait = state.buckets.take(getattr(request.state, "key_name", None) or "anonymous", cost)
         if wait:
             metrics.RATE_LIMITED.inc()
-            raise _RateLimited(wait)
+            raise RateLimited(wait)
 
     def audit(request: Request, results: list[PipelineResult]) -> None:
         if state.audit is None or not results:
@@ -330,16 +284,18 @@ def _routes(app: FastAPI, state: State) -> None:
              responses={503: {"model": ErrorBody}})
     async def readyz() -> Response:
         if state.failure is not None:
-            return _error(503, state.failure.message, state.failure.hint)
+            return error(503, state.failure.message, state.failure.hint)
         if not state.ready:
-            return _error(503, "warming up", "retry shortly", headers={"Retry-After": "1"})
+            return error(503, "warming up", "retry shortly", headers={"Retry-After": "1"})
         ready, wanted = ready_workers(), state.settings.workers
         if ready < wanted:  # the service is ready when every worker is, not one of them
-            return _error(503, f"warming up ({ready} of {wanted} workers ready)", "retry shortly",
+            return error(503, f"warming up ({ready} of {wanted} workers ready)", "retry shortly",
                           headers={"Retry-After": "1"})
         return JSONResponse({"status": "ready", "workers": wanted})
 
-    @app.get("/metrics", tags=["service"], summary="Prometheus exposition (all workers)")
+    @app.get("/metrics", tags=["service"], summary="Prometheus exposition (all workers)",
+             response_class=Response,
+             responses={200: {"description": "Prometheus text format", "content": {metrics.CONTENT_TYPE: {}}}})
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
@@ -351,8 +307,10 @@ def _routes(app: FastAPI, state: State) -> None:
     )
     async def offer(
         request: Request,
-        customer_id: str = PathParam(..., examples=["C001"]),
-        as_of: dt.date | None = Query(None, description="Point-in-time features as of this date"),
+        # The pattern is published, not enforced here: the pipeline's own check answers a
+        # malformed id with the same 400 and message as the CLI.
+        customer_id: str = PathParam(..., examples=["C001"], json_schema_extra=CustomerIdParam),
+        as_of: IsoDate | None = Query(None, description="Point-in-time features as of this date (YYYY-MM-DD)"),
         placement: str | None = Query(None, description="The placement to decide for ([placements.NAME])"),
     ) -> Response:
         pipeline = pipeline_or_503()
@@ -373,10 +331,10 @@ def _routes(app: FastAPI, state: State) -> None:
     async def offers(request: Request, body: OffersRequest = Body(...)) -> Response:
         pipeline = pipeline_or_503()
         if len(body.customer_ids) > state.settings.batch_limit:
-            return _error(413, f"{len(body.customer_ids)} customer ids is over the limit of {state.settings.batch_limit}",
+            return error(413, f"{len(body.customer_ids)} customer ids is over the limit of {state.settings.batch_limit}",
                           "split the request, or raise [serve] batch_limit")
         if not body.customer_ids:
-            return _error(400, "customer_ids is empty", "send at least one id")
+            return error(400, "customer_ids is empty", "send at least one id")
         rate_limit(request, len(body.customer_ids))
         outcomes = await anyio.to_thread.run_sync(
             lambda: pipeline.run_many(body.customer_ids, as_of=body.as_of, placement=body.placement),
@@ -401,16 +359,14 @@ def _routes(app: FastAPI, state: State) -> None:
             "out: the score is then the mean over every tier. Answers `{\"propensity_score\", \"model_version\"}` "
             "for one object, `{\"predictions\": [...]}` otherwise."
         ),
-        responses={400: {"model": ErrorBody}},
-        openapi_extra={"requestBody": {"content": {"application/json": {"example": {
-            "recency_days": 3, "frequency_30d": 4, "monetary_90d": 320.5, "offer_redemption_rate": 0.4,
-            "channel_preference": "mobile", "engagement_score": 0.7}}}, "required": True}},
+        responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+        openapi_extra=requests.score_openapi(),
     )
     async def score(request: Request) -> Response:
         pipeline = pipeline_or_503()
         body = await request.body()
         reply = await anyio.to_thread.run_sync(
-            _score, pipeline, body, request.headers.get("content-type", ""), limiter=state.threads
+            requests.score, pipeline, body, request.headers.get("content-type", ""), limiter=state.threads
         )
         return JSONResponse(reply)
 
@@ -423,25 +379,15 @@ def _routes(app: FastAPI, state: State) -> None:
             "impression are ignored when reports read them, as `loyaltylens feedback import` would reject them."
         ),
         responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+        openapi_extra=requests.feedback_openapi(),
     )
     async def feedback(request: Request) -> Response:
         pipeline = pipeline_or_503()
-        from pydantic import ValidationError
-
-        try:
-            raw = json.loads(await request.body() or b"null")
-            body = FeedbackRequest.model_validate(raw if isinstance(raw, dict) and "outcomes" in raw
-                                                  else {"outcomes": [raw]})
-        except json.JSONDecodeError:
-            return _error(400, "body is not JSON", "send {\"outcomes\": [{\"impression_id\": ..., \"event\": ...}]}")
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            return _error(400, f"{where}: {err['msg']}", "see POST /v1/feedback in /docs")
+        body = requests.parse_feedback(await request.body())
         if len(body.outcomes) > state.settings.batch_limit:
-            return _error(413, f"{len(body.outcomes)} outcomes is over the limit of {state.settings.batch_limit}",
+            return error(413, f"{len(body.outcomes)} outcomes is over the limit of {state.settings.batch_limit}",
                           "split the request, or raise [serve] batch_limit")
-        table = _outcome_table(body.outcomes)
+        table = requests.outcome_table(body.outcomes)
         store = pipeline.component("feedback_store")
         await anyio.to_thread.run_sync(lambda: store.record_outcomes(table, check=False), limiter=state.threads)
         return JSONResponse({"accepted": len(body.outcomes)}, status_code=202)
@@ -456,83 +402,6 @@ def _routes(app: FastAPI, state: State) -> None:
         pipeline = pipeline_or_503()
         described: dict[str, Any] = pipeline.config.describe(pipeline.registry)
         return described
-
-
-def _outcome_table(outcomes: list[OutcomeIn]) -> Any:
-    import pyarrow as pa
-
-    from loyaltylens_core.kernel.feedback import outcome_schema
-    from loyaltylens_core.loop.outcomes import as_utc
-
-    now = dt.datetime.now(dt.timezone.utc)
-    return pa.table({
-        "impression_id": [o.impression_id for o in outcomes], "event": [o.event for o in outcomes],
-        "rating": [o.rating for o in outcomes], "at": [now if o.time is None else as_utc(o.time) for o in outcomes],
-    }, schema=outcome_schema())
-
-
-def _score(pipeline: Any, body: bytes, content_type: str) -> dict[str, Any]:
-    """/v1/score through the pipeline's own propensity model, parsed by the same rules as
-    the model archive's code/inference.py (so a client of one works with the other)."""
-    from loyaltylens_core.sdk.serving import inference
-
-    try:
-        data = inference.input_fn(body, content_type or "application/json")
-        parsed = [inference.parse_instance(i, SCORE_SPEC) for i in data["instances"]]
-    except inference.BadRequest as exc:
-        raise UsageError(str(exc), "see POST /v1/score in /docs") from None
-    numeric_rows, categorical_rows, owners = inference.expand_rows(parsed, SCORE_SPEC)
-    names = list(SCORE_SPEC["categorical_features"])
-    today = dt.date.today()
-    features = [
-        CustomerFeatures(
-            customer_id="score-request", as_of=today, feature_version="request",
-            **dict(zip(SCORE_SPEC["numeric_features"], numeric)),
-            **{n: SCORE_SPEC["categorical_features"][n][c] for n, c in zip(names, cats)},
-        )
-        for numeric, cats in zip(numeric_rows, categorical_rows)
-    ]
-    scored = pipeline.predict_many(features)
-    scores = inference.mean_by_owner([s.score for s in scored], owners, len(parsed))
-    version = scored[0].model_version if scored else ""
-    predictions = [{"propensity_score": s, "model_version": version} for s in scores]
-    return predictions[0] if data["single"] else {"predictions": predictions}
-
-
-class _NotReady(Exception):
-    pass
-
-
-class _RateLimited(Exception):
-    def __init__(self, wait: float) -> None:
-        self.wait = wait
-
-
-def _error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(LoyaltyLensError)
-    async def loyaltylens_error(request: Request, exc: LoyaltyLensError) -> JSONResponse:
-        return _error(status_for(exc), exc.message, exc.hint)
-
-    @app.exception_handler(_NotReady)
-    async def not_ready(request: Request, exc: _NotReady) -> JSONResponse:
-        return _error(503, "warming up", "retry when /readyz answers 200", headers={"Retry-After": "1"})
-
-    @app.exception_handler(_RateLimited)
-    async def rate_limited(request: Request, exc: _RateLimited) -> JSONResponse:
-        return _error(429, "rate limit for LLM requests reached for this key", "retry after the Retry-After seconds",
-                      headers={"Retry-After": retry_after_header(exc.wait)})
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        return _error(422, f"{where}: {err.get('msg', 'invalid')}", "see the request schema in /docs")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Logged here with its traceback, never sent: a 500 carries one line.
-        traceback.print_exception(exc, file=sys.stderr)
-        return _error(500, f"internal error ({type(exc).__name__})", "see the server log")
 
 
 class GuardMiddleware:

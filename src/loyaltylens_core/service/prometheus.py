@@ -35,6 +35,10 @@ OFFERS = Counter("loyaltylens_offers_served_total", "Offers handed out (one per 
 LLM_CALLS = Counter("loyaltylens_llm_calls_total", "Copy generations by an LLM generator")
 LLM_ERRORS = Counter("loyaltylens_llm_errors_total", "LLM generations that fell back (errors, invalid output)")
 LLM_SECONDS = Histogram("loyaltylens_llm_seconds", "LLM generation latency", buckets=LATENCY_BUCKETS)
+PLUGIN_ERRORS = Counter(
+    "loyaltylens_plugin_errors_total", "Requests failed by a plugin raising at run time, by stage and plugin",
+    ["stage", "plugin"],
+)
 RATE_LIMITED = Counter("loyaltylens_rate_limited_total", "Requests refused by the LLM rate limit")
 BUILD_INFO = Gauge(
     "loyaltylens_build_info", "The plugins, model version and prompt version being served (value 1)",

@@ -55,6 +55,9 @@ class BadRequest(_ToolkitError, ValueError):  # type: ignore[misc]  # the toolki
 
 
 OPTIONAL_CATEGORICAL = ("tier",)
+# CustomerFeatures fields a client may send with the features (a row straight from the
+# feature store): accepted and ignored. Any other key is a mistake worth a 400.
+PASSED_OVER = ("customer_id", "as_of", "feature_version")
 
 
 def model_fn(model_dir: str) -> Dict[str, Any]:
@@ -77,6 +80,11 @@ def parse_instance(instance: Any, spec: Spec) -> Parsed:
     """One request row -> (numeric values, {categorical feature: index or None if left out})."""
     if not isinstance(instance, dict):
         raise BadRequest("each instance must be a JSON object of customer features")
+    known = set(spec["numeric_features"]) | set(spec["categorical_features"]) | set(PASSED_OVER)
+    unknown = sorted(str(k) for k in instance if k not in known)
+    if unknown:
+        raise BadRequest("unknown feature {!r}; the features are {}".format(
+            unknown[0], ", ".join(list(spec["numeric_features"]) + list(spec["categorical_features"]))))
     numeric = []
     for name in spec["numeric_features"]:
         if name not in instance:
@@ -84,7 +92,10 @@ def parse_instance(instance: Any, spec: Spec) -> Parsed:
         value = instance[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadRequest("feature {!r} must be a number".format(name))
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            raise BadRequest("feature {!r} is too large for a number".format(name))
         if value != value or value in (float("inf"), float("-inf")) or value < 0:
             raise BadRequest("feature {!r} must be a finite number >= 0".format(name))
         numeric.append(value)
@@ -136,11 +147,16 @@ def input_fn(request_body: Any, request_content_type: str) -> Dict[str, Any]:
     if request_content_type.split(";")[0].strip() != "application/json":
         raise BadRequest("content type must be application/json")
     if isinstance(request_body, (bytes, bytearray)):
-        request_body = request_body.decode("utf-8")
+        try:
+            request_body = request_body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("request body is not UTF-8 text")
     try:
         payload = json.loads(request_body)
     except ValueError:
         raise BadRequest("request body is not valid JSON")
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise BadRequest("request body is nested too deeply")
     if isinstance(payload, dict) and "instances" in payload:
         instances, single = payload["instances"], False
         if not isinstance(instances, list) or not instances:
