@@ -242,3 +242,60 @@ def test_caps_can_be_left_unenforced_for_previews(tmp_path):
     assert [chosen(d.decide(ask([capped], customer=features(tier="gold")))) for _ in range(3)] == [["CAP"]] * 3
     assert d.decide(ask([capped])).dropped == {"ineligible": 1}  # the other rules still hold
     assert not (tmp_path / "c.sqlite3").exists()  # nothing was counted
+
+
+def _campaign(request: DecisionRequest, run: str, days: int = 7, preview: bool = False) -> DecisionRequest:
+    """The request as a campaign makes it: its placement with a frequency rule of group "weekly"."""
+    from loyaltylens_core.kernel.contracts import Frequency
+
+    placement = request.placement.model_copy(update={
+        "frequency": Frequency(group="weekly", days=days, run=run), "preview": preview})
+    return request.model_copy(update={"placement": placement})
+
+
+def _frequency_rules_hold(d: RulesDecider) -> None:
+    spare, other = offer("SPARE"), offer("OTHER")
+    first = d.decide(_campaign(ask([spare, other]), "run-1"))
+    assert chosen(first) == ["SPARE"]
+    again = d.decide(_campaign(ask([spare, other]), "run-1"))
+    assert chosen(again) == ["SPARE"], "the same run (a resumed batch, a retried send) is not capped by itself"
+    second = d.decide(_campaign(ask([spare, other]), "run-2"))
+    assert chosen(second) == [] and second.dropped == {"capped_frequency": 2}
+    assert chosen(d.decide(_campaign(ask([spare], customer=features("C002")), "run-2"))) == ["SPARE"]
+    assert chosen(d.decide(ask([spare]))) == ["SPARE"], "a request of no campaign is not subject to it"
+    week_later = ask([spare], now=NOW + dt.timedelta(days=7, seconds=1))
+    assert chosen(d.decide(_campaign(week_later, "run-3"))) == ["SPARE"]
+
+
+def _previews_count_nothing(d: RulesDecider) -> None:
+    once = offer("ONCE", cap_total=1)
+    spare = offer("SPARE")
+    previews = d.decide_many([_campaign(ask([once, spare], customer=features(f"P{i}")), "dry", preview=True)
+                              for i in range(2)])
+    assert [chosen(p) for p in previews][0] == ["ONCE"]
+    for _ in range(2):
+        preview = d.decide(_campaign(ask([once, spare], customer=features("P9")), "dry", preview=True))
+        assert chosen(preview) == ["ONCE"], "a dry run used up nothing"
+    real = d.decide(_campaign(ask([once, spare], customer=features("P9")), "real"))
+    assert chosen(real) == ["ONCE"]
+    assert chosen(d.decide(_campaign(ask([once, spare], customer=features("P8")), "real"))) == ["SPARE"]
+
+
+def test_a_campaign_frequency_rule_allows_one_run_of_the_group_per_window(decider):
+    _frequency_rules_hold(decider)
+
+
+def test_a_preview_decides_as_the_real_thing_and_counts_nothing(decider):
+    _previews_count_nothing(decider)
+    assert decider.caps_frequency and decider.previews
+
+
+def test_redis_counters_keep_frequency_rules_and_previews_too(redis_decider):
+    d, _ = redis_decider
+    _frequency_rules_hold(d)
+    _previews_count_nothing(d)
+
+
+def test_without_enforced_caps_the_decider_says_it_keeps_no_frequency_rule(tmp_path):
+    d = RulesDecider(SQLiteCounters(tmp_path / "c.sqlite3", 2.0), enforce_caps=False)
+    assert not d.caps_frequency

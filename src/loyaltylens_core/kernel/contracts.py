@@ -85,7 +85,7 @@ RANKING_NAMES = Names(types={"propensity": "number", "similarity": "number", "va
 # Why a decision dropped a retrieved offer (PipelineResult.decision.dropped's keys).
 DROP_REASONS: tuple[str, ...] = (
     "wrong_placement", "ineligible", "not_yet_valid", "expired", "below_threshold", "capped_customer",
-    "capped_total", "out_of_stock", "counter_store_down",
+    "capped_total", "out_of_stock", "counter_store_down", "not_in_collection", "capped_frequency",
 )
 
 
@@ -184,16 +184,37 @@ class GeneratedCopy(Contract):
     fallback: str | None = None
 
 
+class Frequency(Contract):
+    """A campaign's frequency rule: a customer gets at most one decision of ``group`` in any
+    ``days``-day window. Decisions of the same ``run`` count once, so a campaign run that is
+    resumed after a crash, or a send that is retried, does not cap its own customers."""
+
+    group: str = Field(min_length=1)
+    days: Annotated[int, Field(ge=1, le=3660)]
+    run: str = ""
+
+
 class Placement(Contract):
     """A slot offers are decided for (``[placements.NAME]``): how many offers it shows, how
     they are ranked (``similarity``, ``priority`` or a formula over RANKING_NAMES), which
-    offer fills it when none is left, and how many retrieved offers the decision sees."""
+    offer fills it when none is left, and how many retrieved offers the decision sees.
+
+    A campaign narrows its placement (``kernel/campaigns.py``): ``offer_ids`` / ``categories``
+    is its offer collection (other offers are dropped as ``not_in_collection`` by the core,
+    whatever the decider) and ``frequency`` its frequency rule (kept by the decider, which
+    must say ``caps_frequency``). ``preview`` marks a dry run."""
 
     name: str = Field(min_length=1)
     k: Annotated[int, Field(ge=1, le=50)] = 3
     ranking: str = "similarity"
     fallback_offer: str | None = None
     pool: Annotated[int, Field(ge=1, le=200)] | None = None  # default: max(4k, 10)
+    offer_ids: tuple[str, ...] | None = None
+    categories: tuple[str, ...] | None = None
+    frequency: Frequency | None = None
+    # A dry run (`campaign run --dry-run`): decide as for real, count nothing. Only a decider
+    # that says ``previews`` is asked.
+    preview: bool = False
 
     @field_validator("ranking")
     @classmethod
@@ -205,6 +226,12 @@ class Placement(Contract):
     @property
     def pool_size(self) -> int:
         return self.pool or min(200, max(4 * self.k, 10))
+
+    def holds(self, offer: Offer) -> bool:
+        """Whether ``offer`` is in this placement's offer collection (no collection: every offer)."""
+        if self.offer_ids is not None and offer.offer_id not in self.offer_ids:
+            return False
+        return self.categories is None or offer.category in self.categories
 
 
 class DecisionRequest(Contract):
@@ -254,7 +281,8 @@ class PipelineResult(Contract):
     plugins: dict[str, PluginRef]
     latency_ms: dict[str, float]
     contract_version: str = CONTRACT_VERSION
-    # The variant of each running experiment this customer is in ({experiment: variant}).
+    # The variant of each running experiment this customer is in ({experiment: variant}); a
+    # campaign's live decision adds its arm, channel and run (``campaign:NAME...`` keys).
     experiments: dict[str, str] = Field(default_factory=dict)
     # The decision behind ``candidates``: placement, ranking, offers dropped by reason.
     decision: Decision | None = None
@@ -339,6 +367,24 @@ class BatchDecider(Protocol):
 
 
 @runtime_checkable
+class CapsFrequency(Protocol):
+    """A decider that keeps a placement's ``frequency`` rule (campaign frequency caps):
+    a customer already holding a decision of the group in the window gets nothing, with
+    every candidate dropped as ``capped_frequency``; a decision that hands something out
+    counts for the group. ``caps_frequency`` may be False when caps are switched off."""
+
+    caps_frequency: bool
+
+
+@runtime_checkable
+class PreviewsDecisions(Protocol):
+    """A decider that honours ``placement.preview``: it decides as it would (caps as they
+    stand now, and as its own answers in the same call use them up) and counts nothing."""
+
+    previews: bool
+
+
+@runtime_checkable
 class LooksUpOffers(Protocol):
     """A retriever that can hand back catalogue offers by id (placement fallback offers)."""
 
@@ -391,6 +437,7 @@ class BatchJob(Protocol):
     config_path: str | None
     use: list[str]
     placement: str | None
+    as_of: dt.date | None  # the feature snapshot (read_known(chunk, job.as_of)); None: the latest
 
     def advance(self, n: float) -> None: ...
 
@@ -592,7 +639,7 @@ CAPABILITIES: dict[str, type] = {
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
-        VersionedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider,
+        VersionedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
         ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
     )
 }

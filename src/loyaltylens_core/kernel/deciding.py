@@ -55,10 +55,53 @@ def decide(
 
 
 def decide_many(parts: Components, requests: Sequence[DecisionRequest]) -> list[Decision]:
-    """One decision per request, in order: ``decide_many`` where the decider has it."""
+    """One decision per request, in order: ``decide_many`` where the decider has it. Offers
+    outside a placement's collection never reach the decider."""
+    if requests and requests[0].placement.frequency is not None:  # a batch shares one placement
+        _needs_frequency_caps(parts, requests[0].placement.name, requests[0].placement.frequency.group)
+    if requests and requests[0].placement.preview and not _says(parts, "PreviewsDecisions", "previews"):
+        raise ConfigError(
+            f"decision plugin {parts.implementation('decision').name!r} cannot decide without counting, so a dry "
+            "run would use up caps", "drop --dry-run, or select a decider that previews (rules)",
+        )
+    narrowed = [narrow(r) for r in requests]
+    asked = [r for r, _ in narrowed]
     with parts.calling("decision"):
-        out = call_many(parts, "decision", "BatchDecider", "decide_many", "decide", requests, "decisions", "requests")
-    return [_checked(parts, r, d) for r, d in zip(requests, out)]
+        out = call_many(parts, "decision", "BatchDecider", "decide_many", "decide", asked, "decisions", "requests")
+    decisions = [_checked(parts, r, d) for r, d in zip(asked, out)]
+    return [_outside(d, n) if n else d for d, (_, n) in zip(decisions, narrowed)]
+
+
+def narrow(request: DecisionRequest) -> tuple[DecisionRequest, int]:
+    """The request with only the offers of its placement's collection, and how many left."""
+    placement = request.placement
+    if placement.offer_ids is None and placement.categories is None:
+        return request, 0
+    kept = tuple(c for c in request.candidates if placement.holds(c.offer))
+    left = len(request.candidates) - len(kept)
+    return (request.model_copy(update={"candidates": kept}) if left else request), left
+
+
+def _outside(decision: Decision, left: int) -> Decision:
+    dropped = {**decision.dropped, "not_in_collection": decision.dropped.get("not_in_collection", 0) + left}
+    return decision.model_copy(update={"dropped": dropped, "considered": decision.considered + left})
+
+
+def _says(parts: Components, capability: str, flag: str) -> bool:
+    """Whether the decider declares ``capability`` and its flag is on (built first: its
+    capabilities are known once it is)."""
+    decider = parts.component("decision")
+    return parts.has("decision", capability) and bool(getattr(decider, flag))
+
+
+def _needs_frequency_caps(parts: Components, placement: str, group: str) -> None:
+    """A frequency rule the decider would ignore is a misconfiguration, never a silent no-op."""
+    if not _says(parts, "CapsFrequency", "caps_frequency"):
+        raise ConfigError(
+            f"placement {placement!r} has a frequency rule (group {group!r}), but decision "
+            f"plugin {parts.implementation('decision').name!r} does not keep frequency caps",
+            "select a decider that does (rules, with enforce_caps = true) or drop the campaign's frequency rule",
+        )
 
 
 def _checked(parts: Components, asked: DecisionRequest, answer: object) -> Decision:

@@ -43,7 +43,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
           (*_COMMON, "BatchRetriever", "Indexable", "LooksUpOffers", "ReportsFallback"),
           "finds the offers that best fit a query"),
     Stage("decision", "register_deciders", "Decider", "rules", True,
-          (*_COMMON, "BatchDecider"),
+          (*_COMMON, "BatchDecider", "CapsFrequency", "PreviewsDecisions"),
           "chooses which retrieved offers a customer gets: eligibility, validity, caps, ranking"),
     Stage("generator", "register_generators", "Generator", "template", True,
           (*_COMMON, "BatchGenerator", "AsyncGenerator"),

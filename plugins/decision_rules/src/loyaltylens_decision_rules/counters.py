@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 OK = "ok"
 NOT_REACHED = ""  # the placement was full before this offer was looked at
+CAPPED_FREQUENCY = "capped_frequency"  # the customer already had a decision of the campaign group
 
 
 class StoreDown(Exception):
@@ -51,11 +52,14 @@ class Ask:
     now: float
     items: tuple[Item, ...]
     k: int
+    # A campaign's frequency rule: (group, window seconds, run); see contracts.Frequency.
+    frequency: tuple[str, float, str] | None = None
 
 
 class CounterStore(Protocol):
-    def reserve_many(self, asks: Sequence[Ask]) -> list[list[str]]:
-        """Per ask, per item: OK (taken and counted), a drop reason, or NOT_REACHED."""
+    def reserve_many(self, asks: Sequence[Ask], commit: bool = True) -> list[list[str]]:
+        """Per ask, per item: OK (taken and counted), a drop reason, or NOT_REACHED.
+        ``commit=False`` (a dry run) answers the same and counts nothing."""
 
     def close(self) -> None: ...
 
@@ -89,6 +93,8 @@ class SQLiteCounters:
         "CREATE TABLE IF NOT EXISTS handouts (offer_id TEXT NOT NULL, customer_id TEXT NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS handouts_by_pair ON handouts (offer_id, customer_id, at)",
         "CREATE TABLE IF NOT EXISTS totals (offer_id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS frequency (grp TEXT NOT NULL, customer_id TEXT NOT NULL, run TEXT NOT NULL, "
+        "at REAL NOT NULL, PRIMARY KEY (grp, customer_id, run))",
     )
     # A batch commits this often, so service workers waiting on the lock are not starved.
     COMMIT_EVERY = 256
@@ -115,23 +121,43 @@ class SQLiteCounters:
         self._db, self._pid = db, os.getpid()
         return db
 
-    def reserve_many(self, asks: Sequence[Ask]) -> list[list[str]]:
+    def reserve_many(self, asks: Sequence[Ask], commit: bool = True) -> list[list[str]]:
+        """A dry run is one transaction rolled back: exact for the asks of one call (they
+        see each other's reservations), nothing kept."""
+        step = self.COMMIT_EVERY if commit else max(1, len(asks))
         with self._lock:
             try:
                 db = self._connection()
                 out: list[list[str]] = []
-                for start in range(0, len(asks), self.COMMIT_EVERY):
+                for start in range(0, len(asks), step):
                     db.execute("BEGIN IMMEDIATE")
                     try:
-                        for ask in asks[start:start + self.COMMIT_EVERY]:
-                            out.append(walk(ask, lambda item, ask=ask: self._take(db, ask, item)))
+                        for ask in asks[start:start + step]:
+                            out.append(self._reserve(db, ask))
                     except BaseException:
                         db.execute("ROLLBACK")
                         raise
-                    db.execute("COMMIT")
+                    db.execute("COMMIT" if commit else "ROLLBACK")
                 return out
             except sqlite3.Error as exc:
                 raise StoreDown(f"counter file {self.path}: {exc}") from exc
+
+    def _reserve(self, db: sqlite3.Connection, ask: Ask) -> list[str]:
+        """One customer's walk, inside the caller's transaction, with its frequency rule."""
+        if ask.frequency is None:
+            return walk(ask, lambda item: self._take(db, ask, item))
+        group, window, run = ask.frequency
+        db.execute("DELETE FROM frequency WHERE grp = ? AND customer_id = ? AND at <= ?",
+                   (group, ask.customer_id, ask.now - window))
+        (held,) = db.execute("SELECT COUNT(*) FROM frequency WHERE grp = ? AND customer_id = ? AND run != ?",
+                             (group, ask.customer_id, run)).fetchone()
+        if held:
+            return [CAPPED_FREQUENCY] * len(ask.items)
+        out = walk(ask, lambda item: self._take(db, ask, item))
+        if OK in out:
+            db.execute("INSERT INTO frequency VALUES (?, ?, ?, ?) ON CONFLICT (grp, customer_id, run) "
+                       "DO UPDATE SET at = excluded.at", (group, ask.customer_id, run, ask.now))
+        return out
 
     @staticmethod
     def _take(db: sqlite3.Connection, ask: Ask, item: Item) -> str:
@@ -172,16 +198,33 @@ class SQLiteCounters:
 
 
 # One customer's walk on the Redis server, atomically. KEYS: per item, its per-customer
-# sorted set and its total counter. ARGV: now, k, a unique member prefix, then per item
-# per_count, window seconds, cap_total, stock (0, 0, 0, -1 = uncapped).
+# sorted set and its total counter, then the customer's frequency set of the campaign group
+# when there is a frequency rule. ARGV: now, k, a unique member prefix, the frequency window
+# in seconds (0: no rule) and run, "1" to count (a dry run sends "0": it checks only, so
+# its answers do not see each other's use of a cap), then per item per_count, window seconds, cap_total, stock
+# (0, 0, 0, -1 = uncapped). The frequency set holds one member per run, scored by when.
 RESERVE_LUA = """
 local now = tonumber(ARGV[1])
 local k = tonumber(ARGV[2])
 local member = ARGV[3]
+local freq_window = tonumber(ARGV[4])
+local freq_run = ARGV[5]
+local write = ARGV[6] == "1"
+local n = math.floor(#KEYS / 2)
 local out = {}
 local taken = 0
-for i = 1, #KEYS / 2 do
-  local base = 3 + (i - 1) * 4
+if freq_window > 0 then
+  local freq_key = KEYS[#KEYS]
+  redis.call("ZREMRANGEBYSCORE", freq_key, "-inf", now - freq_window)
+  local held = redis.call("ZCARD", freq_key)
+  if redis.call("ZSCORE", freq_key, freq_run) then held = held - 1 end
+  if held >= 1 then
+    for i = 1, n do out[i] = "capped_frequency" end
+    return out
+  end
+end
+for i = 1, n do
+  local base = 6 + (i - 1) * 4
   local per_count = tonumber(ARGV[base + 1])
   local window = tonumber(ARGV[base + 2])
   local cap_total = tonumber(ARGV[base + 3])
@@ -202,17 +245,21 @@ for i = 1, #KEYS / 2 do
         reason = "capped_total"
       elseif stock >= 0 and total >= stock then
         reason = "out_of_stock"
-      else
+      elseif write then
         redis.call("INCR", total_key)
       end
     end
-    if reason == "ok" and per_count > 0 then
+    if reason == "ok" and per_count > 0 and write then
       redis.call("ZADD", held_key, now, member .. ":" .. i)
       redis.call("EXPIRE", held_key, math.ceil(window) + 60)
     end
   end
   if reason == "ok" then taken = taken + 1 end
   out[i] = reason
+end
+if freq_window > 0 and taken > 0 and write then
+  redis.call("ZADD", KEYS[#KEYS], now, freq_run)
+  redis.call("EXPIRE", KEYS[#KEYS], math.ceil(freq_window) + 60)
 end
 return out
 """
@@ -231,22 +278,25 @@ class RedisCounters:
         self.prefix = prefix
         self._script = self.client.register_script(RESERVE_LUA)
 
-    def _arguments(self, ask: Ask) -> tuple[list[str], list[Any]]:
+    def _arguments(self, ask: Ask, commit: bool) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
-        argv: list[Any] = [repr(ask.now), ask.k, uuid.uuid4().hex]
+        group, window, run = ask.frequency or ("", 0.0, "")
+        argv: list[Any] = [repr(ask.now), ask.k, uuid.uuid4().hex, repr(window), run, "1" if commit else "0"]
         for item in ask.items:
             keys += [f"{self.prefix}held:{item.offer_id}:{ask.customer_id}", f"{self.prefix}total:{item.offer_id}"]
             argv += [item.per_count, repr(item.per_window_s), item.cap_total, item.stock]
+        if ask.frequency is not None:
+            keys.append(f"{self.prefix}frequency:{group}:{ask.customer_id}")
         return keys, argv
 
-    def reserve_many(self, asks: Sequence[Ask]) -> list[list[str]]:
+    def reserve_many(self, asks: Sequence[Ask], commit: bool = True) -> list[list[str]]:
         try:
             if len(asks) == 1:
-                keys, argv = self._arguments(asks[0])
+                keys, argv = self._arguments(asks[0], commit)
                 return [self._decoded(self._script(keys=keys, args=argv))]
             pipe = self.client.pipeline(transaction=False)
             for ask in asks:
-                keys, argv = self._arguments(ask)
+                keys, argv = self._arguments(ask, commit)
                 self._script(keys=keys, args=argv, client=pipe)
             return [self._decoded(r) for r in pipe.execute()]
         except self._errors as exc:

@@ -23,7 +23,7 @@ from loyaltylens_core.kernel.contracts import (
 )
 from loyaltylens_core.kernel.expressions import parse
 
-from .counters import NOT_REACHED, OK, Ask, CounterStore, Item, StoreDown
+from .counters import CAPPED_FREQUENCY, NOT_REACHED, OK, Ask, CounterStore, Item, StoreDown
 
 STORE_UNAVAILABLE = "counter_store_unavailable"
 _FEATURE_NAMES = tuple(n for n in ELIGIBILITY_NAMES.types if n not in ("propensity", "placement"))
@@ -62,6 +62,8 @@ class RulesDecider:
                  enforce_caps: bool = True) -> None:
         self.store = store
         self.enforce_caps = enforce_caps
+        self.caps_frequency = enforce_caps  # campaign frequency rules are caps too
+        self.previews = True  # placement.preview: the store's reservation is not kept
         self.on_store_error = on_store_error
         # The embedded store answers in well under a millisecond; a Redis one waits on the network.
         self.nonblocking = nonblocking
@@ -82,14 +84,17 @@ class RulesDecider:
         asks: list[tuple[int, Ask]] = []
         for i, (request, ranked, _) in enumerate(screened):
             reach = ranked[: self._needed(request, ranked)]
-            if self.enforce_caps and any(c.offer.is_capped for c in reach):
+            rule = request.placement.frequency
+            if self.enforce_caps and (rule is not None or any(c.offer.is_capped for c in reach)):
+                frequency = (rule.group, rule.days * 86400.0, rule.run) if rule is not None else None
                 asks.append((i, Ask(request.features.customer_id, request.now.timestamp(),
-                                    tuple(item_of(c.offer) for c in reach), request.placement.k)))
+                                    tuple(item_of(c.offer) for c in reach), request.placement.k, frequency)))
         verdicts: dict[int, list[str]] = {}
         fallback: str | None = None
         if asks:
+            commit = not any(r.placement.preview for r in requests)
             try:
-                verdicts = dict(zip((i for i, _ in asks), self.store.reserve_many([a for _, a in asks])))
+                verdicts = dict(zip((i for i, _ in asks), self.store.reserve_many([a for _, a in asks], commit)))
             except StoreDown:
                 fallback = STORE_UNAVAILABLE
         asked = {i for i, _ in asks}
@@ -153,13 +158,16 @@ class RulesDecider:
         k = request.placement.k
         chosen: list[OfferCandidate] = []
         if verdict is None:  # nothing capped was reached, or the store is down
+            counted = request.placement.frequency is not None  # a frequency rule counts every offer
             for c in ranked:
                 if len(chosen) >= k:
                     break
-                if fallback is not None and c.offer.is_capped and self.on_store_error == "closed":
+                if fallback is not None and (counted or c.offer.is_capped) and self.on_store_error == "closed":
                     dropped["counter_store_down"] += 1
                     continue
                 chosen.append(c)
+        elif verdict and verdict[0] == CAPPED_FREQUENCY:  # the customer had the campaign group: nothing here
+            dropped[CAPPED_FREQUENCY] += len(ranked)
         else:
             for c, reason in zip(ranked, verdict):
                 if reason == OK:
