@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import gc
 import hashlib
 import json
@@ -75,8 +76,13 @@ class BatchJob:
     # Names this batch in its impression ids (``<batch_id>-<customer_id>``): kept in job.json,
     # so a resumed batch gives the same customer the same id.
     batch_id: str = "batch"
-    # The placement every customer of this batch is decided for (None: the configured default).
+    # The placement every customer of this batch is decided for (None: the configured default;
+    # a name, so that a worker's pipeline resolves it from the same config).
     placement: str | None = None
+    # The feature snapshot: the latest on or before this day (None: the latest).
+    as_of: "dt.date | None" = None
+    # Applied to each part's rows before they are written (a campaign adds its labels).
+    tag: "Callable[[pa.Table], pa.Table] | None" = None
 
     def write_part(self, index: int, rows: "list[dict[str, Any]] | pa.Table",
                    rejected: dict[str, LoyaltyLensError]) -> None:
@@ -85,7 +91,7 @@ class BatchJob:
         The rejects go first: a part that exists always has its rejects beside it."""
         notes = [[c, self.lines.get(c), e.message] for c, e in rejected.items()]
         write_bytes(self.parts / f"part-{index:06d}.rejects.json", json.dumps(notes).encode())
-        _write_parquet(self.parts / f"part-{index:06d}.parquet", rows, self.batch_id)
+        _write_parquet(self.parts / f"part-{index:06d}.parquet", rows, self.batch_id, self.tag)
 
     def run_here(self) -> None:
         """Compute every chunk in this process (the ``local`` engine)."""
@@ -96,7 +102,7 @@ def run_in_process(job: BatchJob) -> None:
     """The local engine: each chunk through this process's pipeline, in order."""
     for index, chunk in job.chunks:
         rejected: dict[str, LoyaltyLensError] = {}
-        rows = job.pipeline.run_chunk(chunk, rejects=rejected, placement=job.placement)
+        rows = job.pipeline.run_chunk(chunk, rejects=rejected, placement=job.placement, as_of=job.as_of)
         job.write_part(index, rows, rejected)
         job.advance(len(chunk))
 
@@ -152,7 +158,8 @@ def read_ids(path: Path) -> tuple[list[str], dict[str, int]]:
     return ids, seen
 
 
-def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table", batch_id: str) -> None:
+def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table", batch_id: str,
+                   tag: "Callable[[pa.Table], pa.Table] | None" = None) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -166,7 +173,8 @@ def _write_parquet(path: Path, rows: "list[dict[str, Any]] | pa.Table", batch_id
     else:
         table = pa.Table.from_pylist(rows, schema=schema())
     ids = pc.binary_join_element_wise(pa.scalar(batch_id), table["customer_id"], "-")
-    write_parquet(path, table.set_column(0, "impression_id", ids))
+    table = table.set_column(0, "impression_id", ids)
+    write_parquet(path, tag(table) if tag is not None else table)
 
 
 def _job_fingerprint(ids: Sequence[str]) -> str:
@@ -189,10 +197,16 @@ def run_batch(
     config_path: str | None = None,
     use: Sequence[str] = (),
     placement: str | None = None,
+    as_of: "dt.date | None" = None,
+    batch_id: str | None = None,
+    tag: "Callable[[pa.Table], pa.Table] | None" = None,
+    source: str = "batch",
 ) -> BatchSummary:
     """Run every id, chunk by chunk. A customer the feature store does not know is not a
     reason to stop: it goes to ``<out stem>.rejects.csv`` (customer_id, line, reason) and
-    the batch goes on. ``lines`` maps ids to their line in the ids file, for that file."""
+    the batch goes on. ``lines`` maps ids to their line in the ids file, for that file.
+    ``batch_id`` names the impressions (default: a new random id kept in job.json); ``tag``
+    changes each part's rows before it is written; ``source`` is the impressions' source."""
     target = destination(out, pipeline.config.core.data_dir)
     pipeline.config.placement(placement)  # an unknown placement fails before any chunk
     if not ids:
@@ -218,7 +232,7 @@ def run_batch(
         import uuid
 
         job = {"ids_sha256": fingerprint, "customers": len(ids), "chunk_size": chunk_size,
-               "batch_id": uuid.uuid4().hex[:16]}
+               "batch_id": batch_id or uuid.uuid4().hex[:16]}
         write_bytes(job_file, json.dumps(job).encode())
     job = json.loads(job_file.read_text())
     chunk_size = int(job["chunk_size"])
@@ -237,7 +251,7 @@ def run_batch(
         with progress.task(f"Batch → {target.display.rsplit('/', 1)[-1]}", total=len(ids)) as advance:
             advance(resumed)
             engine.run(BatchJob(pipeline, parts, todo, advance, dict(lines or {}), config_path, list(use),
-                                str(job.get("batch_id") or fingerprint[:16]), placement))
+                                str(job.get("batch_id") or fingerprint[:16]), placement, as_of, tag))
     finally:
         gc.unfreeze()
     missing = [i for i in range(len(chunks)) if not (parts / f"part-{i:06d}.parquet").is_file()]
@@ -252,7 +266,7 @@ def run_batch(
     computed = sum(len(chunk) for _, chunk in todo)
     seconds = time.perf_counter() - started
     rejects, merged = _merge(parts, target, len(chunks))
-    pipeline.after_batch(merged)
+    pipeline.after_batch(merged, source)
     rejects_file: Path | str = Path(target.rejects) if target.filesystem is None else target.rejects_display
     return BatchSummary(out=Path(target.path) if target.filesystem is None else target.display, customers=len(ids) - rejects, computed=computed, resumed=resumed,
                         seconds=seconds, rejects=rejects, rejects_file=rejects_file if rejects else None,

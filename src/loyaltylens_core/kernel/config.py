@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from loyaltylens_core.kernel.campaigns import PLACEMENT_PREFIX, Campaign, demo_campaign, parse_campaigns
 from loyaltylens_core.kernel.contracts import Placement
 from loyaltylens_core.kernel.errors import ConfigError, UsageError
 from loyaltylens_core.kernel.stages import DEFAULT_STAGES, STAGES
@@ -80,9 +81,33 @@ class Config:
     experiments: dict[str, Any] = dataclasses.field(default_factory=dict)
     # [placements.NAME] tables, checked (contracts.Placement); "default" added when absent.
     placements: dict[str, Placement] = dataclasses.field(default_factory=dict)
+    # [campaigns.NAME] tables, checked (campaigns.Campaign); none: the demo campaign.
+    campaigns: dict[str, Campaign] = dataclasses.field(default_factory=dict)
 
-    def placement(self, name: str | None = None) -> Placement:
-        """The placement a request asks for (``None``: ``core.placement``)."""
+    def campaign(self, name: str) -> Campaign:
+        """A configured campaign (the built-in demo one when the file configures none)."""
+        known = self.campaigns or {demo_campaign().name: demo_campaign()}
+        found = known.get(name)
+        if found is None:
+            raise UsageError(
+                f"campaign {name!r} is not configured",
+                f"configured campaigns: {', '.join(sorted(known))}{suggest(name, known)}; "
+                f"add [campaigns.{name}] to loyaltylens.toml",
+            )
+        return found
+
+    def all_campaigns(self) -> dict[str, Campaign]:
+        return dict(self.campaigns) or {demo_campaign().name: demo_campaign()}
+
+    def placement(self, name: str | Placement | None = None) -> Placement:
+        """The placement a request asks for (``None``: ``core.placement``; a Placement is
+        itself; ``campaign:NAME@RUN`` is that campaign's, counted under run RUN)."""
+        if isinstance(name, Placement):
+            return name
+        if name and name.startswith(PLACEMENT_PREFIX):
+            campaign_name, _, run = name[len(PLACEMENT_PREFIX):].partition("@")
+            campaign = self.campaign(campaign_name)
+            return campaign.placement_in(self.placement(campaign.placement), run)
         wanted = name or self.core.placement
         found = self.placements.get(wanted)
         if found is not None:
@@ -167,6 +192,7 @@ class Config:
         out["placements"] = {
             name: self.placement(name).model_dump(exclude={"name"}) for name in sorted({"default", *self.placements})
         }
+        out["campaigns"] = {name: c.describe() for name, c in sorted(self.all_campaigns().items())}
         out["experiments"] = {
             name: {"control": e.control, "variants": {
                 v.name: {"share": v.share, "model_version": v.model_version, "prompt_version": v.prompt_version,
@@ -267,6 +293,7 @@ def load_config(
     serve: dict[str, Any] = {}
     experiments: dict[str, Any] = {}
     placements: dict[str, Placement] = {}
+    campaigns: dict[str, Campaign] = {}
 
     path = find_config_file(config_path, env)
     if path is not None:
@@ -281,6 +308,8 @@ def load_config(
             experiments = parse(data.pop("experiments"), f"file:{path}")
         if "placements" in data:
             placements = parse_placements(data.pop("placements"), f"file:{path}")
+        if "campaigns" in data:
+            campaigns = parse_campaigns(data.pop("campaigns"), f"file:{path}", path.parent)
         _merge_file(data, f"file:{path}", stages, core_raw, tables, sources)
     _merge_env(env, stages, core_raw, tables, sources)
     for stage, name in parse_use(use or []).items():
@@ -302,8 +331,14 @@ def load_config(
             "which is not configured",
             f"add [placements.{core.placement}] or pick one of: {', '.join(sorted({'default', *placements}))}",
         )
+    for campaign in campaigns.values():
+        if campaign.placement != "default" and campaign.placement not in placements:
+            raise ConfigError(
+                f"{campaign.source}: [campaigns.{campaign.name}] placement {campaign.placement!r} is not configured",
+                f"add [placements.{campaign.placement}] or pick one of: {', '.join(sorted({'default', *placements}))}",
+            )
     return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path, serve=serve,
-                  experiments=experiments, placements=placements)
+                  experiments=experiments, placements=placements, campaigns=campaigns)
 
 
 def parse_placements(raw: Any, source: str) -> dict[str, Placement]:
@@ -364,7 +399,7 @@ def _merge_file(
                 for field in table:
                     sources[f"{key}.{norm}.{field}"] = source
         else:
-            known = [*CoreSettings.model_fields, "stages", "serve", "experiments", "placements", *STAGES]
+            known = [*CoreSettings.model_fields, "stages", "serve", "experiments", "placements", "campaigns", *STAGES]
             raise ConfigError(
                 f"{source}: unknown key {key!r}",
                 f"top-level keys are: {', '.join(known)}{suggest(key, known)}",

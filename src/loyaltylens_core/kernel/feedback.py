@@ -94,19 +94,21 @@ def from_results(results: Sequence["PipelineResult"], source: str) -> "pa.Table"
     return table_from_tuples([impression_tuple(r, source) for r in results if r.top_offer is not None])
 
 
-def from_batch(rows: "pa.Table", shown_at: dt.datetime) -> "pa.Table":
-    """A batch's merged rows (``batch.schema()``) as impressions, column by column."""
+def from_batch(rows: "pa.Table", shown_at: dt.datetime, source: str = "batch", offered_only: bool = True) -> "pa.Table":
+    """A batch's merged rows (``batch.schema()``) as impressions, column by column: the
+    customers offered something (all of them with ``offered_only=False``: a campaign's
+    treated customers count whether or not an offer was left for them)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    offered = rows.filter(pc.is_valid(rows["top_offer_id"]))
+    offered = rows.filter(pc.is_valid(rows["top_offer_id"])) if offered_only else rows
     n = offered.num_rows
     columns = {
         "impression_id": offered["impression_id"], "shown_at": pa.repeat(pa.scalar(shown_at, _arrow_type("timestamp")), n),
         "customer_id": offered["customer_id"], "offer_id": offered["top_offer_id"],
         "offer_category": offered["top_offer_category"], "tier": offered["tier"], "channel": offered["channel"],
         "score": offered["score"], "model_version": offered["model_version"],
-        "prompt_version": offered["prompt_version"], "source": pa.repeat(pa.scalar("batch"), n),
+        "prompt_version": offered["prompt_version"], "source": pa.repeat(pa.scalar(source), n),
         "variants": offered["variants"],
     }
     return pa.table(columns, schema=impression_schema())

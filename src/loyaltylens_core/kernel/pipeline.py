@@ -208,12 +208,14 @@ class Pipeline:
 
     # --- one customer ---------------------------------------------------------------
 
-    def run(self, customer_id: str, *, as_of: dt.date | None = None, placement: str | None = None) -> PipelineResult:
-        """One customer's offers for ``placement`` (``None``: the configured default)."""
+    def run(self, customer_id: str, *, as_of: dt.date | None = None, placement: str | None = None,
+            tags: dict[str, str] | None = None) -> PipelineResult:
+        """One customer's offers for ``placement`` (``None``: the configured default).
+        ``tags`` join the result's ``experiments`` labels (a campaign's arm and run)."""
         validate_customer_id(customer_id)
         slot = self.config.placement(placement)
         target, labels = self._route(customer_id)
-        return target._run(customer_id, as_of, labels, slot)
+        return target._run(customer_id, as_of, {**labels, **(tags or {})}, slot)
 
     def _run(self, customer_id: str, as_of: dt.date | None, labels: dict[str, str], slot: Placement) -> PipelineResult:
         draft = self._score_and_retrieve(customer_id, as_of, slot)
@@ -225,7 +227,7 @@ class Pipeline:
 
     async def arun(
         self, customer_id: str, *, as_of: dt.date | None = None, threads: "anyio.CapacityLimiter | None" = None,
-        placement: str | None = None,
+        placement: str | None = None, tags: dict[str, str] | None = None,
     ) -> PipelineResult:
         """``run`` for an event loop (the service): the first three stages run in a worker
         thread, and a generator with ``agenerate`` (an LLM) is awaited rather than given a
@@ -235,7 +237,7 @@ class Pipeline:
         validate_customer_id(customer_id)
         slot = self.config.placement(placement)
         target, labels = self._route(customer_id)
-        return await target._arun(customer_id, as_of, labels, threads, slot)
+        return await target._arun(customer_id, as_of, {**labels, **(tags or {})}, threads, slot)
 
     async def _arun(
         self, customer_id: str, as_of: dt.date | None, labels: dict[str, str], threads: "anyio.CapacityLimiter | None",
@@ -418,7 +420,7 @@ class Pipeline:
 
     def run_chunk(
         self, customer_ids: Sequence[str], *, rejects: dict[str, LoyaltyLensError] | None = None,
-        placement: str | None = None,
+        placement: str | Placement | None = None, as_of: dt.date | None = None,
     ) -> list[dict[str, Any]]:
         """The pipeline for many customers through the batched stage methods.
 
@@ -431,13 +433,15 @@ class Pipeline:
             validate_customer_id(customer_id)
         with cyclic_gc_paused(), self.components.calling("feature_store"):
             if rejects is None:
-                features = batched.read_many(self.components, customer_ids)
+                features = batched.read_many(self.components, customer_ids, as_of)
             else:
-                features, unknown = batched.read_known(self.components, customer_ids)
+                features, unknown = batched.read_known(self.components, customer_ids, as_of)
                 rejects.update(unknown)
         return self.rows_for(features, placement=placement)
 
-    def rows_for(self, features: Sequence[CustomerFeatures], *, placement: str | None = None) -> list[dict[str, Any]]:
+    def rows_for(
+        self, features: Sequence[CustomerFeatures], *, placement: str | Placement | None = None,
+    ) -> list[dict[str, Any]]:
         """Batch rows for customers whose features are already read: what a batch engine's
         worker runs on features the driver resolved (no feature store on the worker).
         Customers in experiment variants run through their variant's stages."""
@@ -507,10 +511,11 @@ class Pipeline:
     def _after_run(self, result: PipelineResult) -> None:
         events.after_run(self._hooks, result)
 
-    def after_batch(self, rows: "pa.Table") -> None:
+    def after_batch(self, rows: "pa.Table", source: str = "batch") -> None:
         """A finished batch's merged rows (``rows.schema()``): its impressions, to listeners."""
         if self._hooks.loyaltylens_after_batch.get_hookimpls():
-            self._hooks.loyaltylens_after_batch(impressions=from_batch(rows, dt.datetime.now(dt.timezone.utc)))
+            self._hooks.loyaltylens_after_batch(
+                impressions=from_batch(rows, dt.datetime.now(dt.timezone.utc), source))
 
 
 @contextlib.contextmanager

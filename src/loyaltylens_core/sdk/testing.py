@@ -83,6 +83,9 @@ class FakeFeatureStore:
     def read_many(self, customer_ids: Sequence[str], as_of: dt.date | None = None) -> list[CustomerFeatures]:
         return [self.read_latest(c, as_of) for c in customer_ids]
 
+    def customer_ids(self) -> list[str]:
+        return sorted(self.customers)
+
 
 class FakePropensity:
     """Scores from a fixed number or a function of the features."""
@@ -237,15 +240,28 @@ class FakeTracker:
 
 class FakeDecider:
     """The first ``k`` candidates that pass the threshold, in retrieval order: no rules, no
-    caps, no state. Records every request it was asked."""
+    caps. Keeps a campaign's frequency rule in memory (and counts nothing for a preview).
+    Records every request it was asked."""
 
     nonblocking = True
+    caps_frequency = True
+    previews = True
 
     def __init__(self) -> None:
         self.requests: list[DecisionRequest] = []
+        self.frequency: dict[tuple[str, str], dict[str, dt.datetime]] = {}  # (group, customer) -> {run: when}
 
     def decide(self, request: DecisionRequest) -> Decision:
         self.requests.append(request)
+        rule = request.placement.frequency
+        if rule is not None:
+            held = self.frequency.setdefault((rule.group, request.features.customer_id), {})
+            window = dt.timedelta(days=rule.days)
+            if any(run != rule.run and request.now - at < window for run, at in held.items()):
+                return Decision(placement=request.placement.name, chosen=(), considered=len(request.candidates),
+                                dropped={"capped_frequency": len(request.candidates)} if request.candidates else {})
+            if request.candidates and not request.placement.preview:
+                held[rule.run] = request.now
         score = request.propensity.score
         kept = [c for c in request.candidates
                 if not request.enforce_threshold or c.offer.min_propensity_threshold <= score]

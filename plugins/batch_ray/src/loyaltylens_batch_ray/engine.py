@@ -161,7 +161,7 @@ class RayBatchEngine:
         rejects: dict[int, Any] = {}
         files: list[tuple[str, int]] = []
         for index, chunk in job.chunks:
-            features, unknown = job.pipeline.read_known(chunk)
+            features, unknown = job.pipeline.read_known(chunk, job.as_of)
             rejects[index] = unknown
             if unknown:
                 job.advance(len(unknown))
