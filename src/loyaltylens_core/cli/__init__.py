@@ -17,6 +17,7 @@ from loyaltylens_core.cli import offer_commands  # noqa: F401  isort: skip
 from loyaltylens_core.cli import model_commands  # noqa: F401  isort: skip
 from loyaltylens_core.cli import loop_commands  # noqa: F401  isort: skip
 from loyaltylens_core.cli import deploy_commands  # noqa: F401  isort: skip
+from loyaltylens_core.cli import campaign_commands  # noqa: F401  isort: skip
 from loyaltylens_core.cli.app import app, close_pipelines, state
 
 __all__ = ["app", "main", "state"]
