@@ -114,6 +114,10 @@ def feedback_import(
 @feedback_app.command("demo")
 def feedback_demo(
     customers: Optional[int] = typer.Option(None, "--customers", min=1, help="How many demo customers (default: all)."),
+    campaign: Optional[str] = typer.Option(
+        None, "--campaign", help="Instead: outcomes of this campaign's latest run, with a planted lift for its "
+        "treated customers."),
+    lift: float = typer.Option(1.5, "--lift", min=1.0, max=5.0, help="With --campaign: the planted lift."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Close the loop on the demo data: hand every demo customer an offer (recording the
@@ -121,8 +125,18 @@ def feedback_demo(
 
     Adds the demo experiment demo_reminder (control / reminder, 50/50) unless configured;
     its reminder variant has a planted +25% redemption lift for `loyaltylens report` to find."""
+    from loyaltylens_core.campaign.demo import campaign_outcomes
     from loyaltylens_core.loop.demo_outcomes import close_the_loop
 
+    if campaign:
+        result = campaign_outcomes(pipeline_for(needed=("feature_store", "feedback_store")), campaign, lift)
+        if as_json:
+            print_json(result)
+            return
+        typer.echo(f"{result['impressions']:,} impressions of {result['run']}: {result['added']:,} outcomes imported; "
+                   f"planted effect {100 * (result['true_difference'] or 0):+.2f} points (lift x{lift:g})\n"
+                   f"next: loyaltylens report --campaign {campaign}")
+        return
     out = close_the_loop(pipeline_for(), customers)
     if as_json:
         print_json(out)
@@ -138,15 +152,26 @@ def report(
     source: Optional[str] = typer.Option(None, "--source", help="Only impressions from run, serve, batch or demo."),
     html: Optional[str] = typer.Option(None, "--html", help="Also write an HTML report with plots to this file."),
     drift: bool = typer.Option(False, "--drift", help="Add `monitor`'s drift (latest snapshot vs the one before)."),
+    campaign: Optional[str] = typer.Option(
+        None, "--campaign", help="Report one campaign: treated vs holdout, per channel and offer, cost."),
+    campaign_run: Optional[str] = typer.Option(None, "--run", help="With --campaign: one run only (its run id)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Redemption per experiment variant (95% CI, lift vs control), propensity calibration
-    (by score decile, Brier, AUC on outcomes), and redemption by offer category and tier."""
+    (by score decile, Brier, AUC on outcomes), and redemption by offer category and tier.
+    With --campaign: that campaign's incremental redemption against its holdout."""
     from pathlib import Path
 
     from loyaltylens_core.loop.report import build_report, render_text
 
     when = since_option(since)
+    if campaign_run and not campaign:
+        from loyaltylens_core.kernel.errors import UsageError
+
+        raise UsageError("--run needs --campaign", "e.g. report --campaign gold-monthly --run gold-monthly-20261206")
+    if campaign:
+        _campaign_report(campaign, campaign_run, when, html, as_json)
+        return
     pipeline = pipeline_for(needed=("feedback_store", "feature_store", "propensity") if drift else ("feedback_store",))
     table = pipeline.component("feedback_store").impressions_with_outcomes(when)
     if source:
@@ -166,5 +191,28 @@ def report(
         print_json(result)
     else:
         typer.echo(render_text(result))
+        if html:
+            typer.echo(f"HTML report: {html}")
+
+
+def _campaign_report(name: str, run: Optional[str], since: Any, html: Optional[str], as_json: bool) -> None:
+    from pathlib import Path
+
+    from loyaltylens_core.loop.campaign_report import build_campaign_report, render_campaign_text
+
+    from loyaltylens_core.campaign.runner import offer_values
+
+    pipeline = pipeline_for(needed=("feedback_store", "retriever"))
+    campaign = pipeline.config.campaign(name)
+    table = pipeline.component("feedback_store").impressions_with_outcomes(since)
+    result = build_campaign_report(table, campaign.name, lambda ids: offer_values(pipeline, ids), run)
+    if html:
+        from loyaltylens_core.loop.report_html import write_campaign_html
+
+        write_campaign_html(result, Path(html))
+    if as_json:
+        print_json(result)
+    else:
+        typer.echo(render_campaign_text(result))
         if html:
             typer.echo(f"HTML report: {html}")

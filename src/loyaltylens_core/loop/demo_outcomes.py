@@ -32,23 +32,34 @@ def experiment() -> Experiment:
     return Experiment(EXPERIMENT, (Variant("control", 0.5), Variant("reminder", 0.5)), "control")
 
 
-def simulate(
-    impressions: Any, demo: Any, as_of: dt.date, seed: int, lift: float = REMINDER_LIFT
-) -> Any:
-    """Outcome rows (``impressions.OUTCOME_COLUMNS``) for these impressions."""
+def truth_of(impressions: Any, demo: Any, as_of: dt.date) -> Any:
+    """Each impression's customer's true redemption probability (the demo's ground truth)."""
     import numpy as np
-    import pyarrow as pa
 
     from loyaltylens_core.sdk.demo import true_probability
-    from loyaltylens_core.kernel.feedback import outcome_schema
 
     ids: Sequence[str] = impressions["customer_id"].to_pylist()
     truth = true_probability(demo, ids, [as_of] * len(ids), HORIZON_DAYS, continued=True)
     if truth is None:
         raise ValueError("the demo ground truth (truth.npz) is missing: rebuild the demo data with `loyaltylens seed`")
-    variants = impressions["variants"].to_pylist()
-    treated = np.array([dict(v).get(EXPERIMENT) == "reminder" for v in variants])
-    p = np.clip(np.asarray(truth) * np.where(treated, lift, 1.0), 0.0, 1.0)
+    return np.asarray(truth)
+
+
+def simulate(
+    impressions: Any, demo: Any, as_of: dt.date, seed: int, lift: float = REMINDER_LIFT, treated: Any = None,
+) -> Any:
+    """Outcome rows (``impressions.OUTCOME_COLUMNS``) for these impressions; ``treated``
+    (default: the demo experiment's reminder variant) redeem ``lift`` times as often."""
+    import numpy as np
+    import pyarrow as pa
+
+    from loyaltylens_core.kernel.feedback import outcome_schema
+
+    ids: Sequence[str] = impressions["customer_id"].to_pylist()
+    truth = truth_of(impressions, demo, as_of)
+    if treated is None:
+        treated = np.array([dict(v).get(EXPERIMENT) == "reminder" for v in impressions["variants"].to_pylist()])
+    p = np.clip(truth * np.where(treated, lift, 1.0), 0.0, 1.0)
     rng = np.random.default_rng(seed)
     redeemed = rng.random(len(ids)) < p
     viewed = redeemed | (rng.random(len(ids)) < 0.7)
@@ -76,7 +87,6 @@ def close_the_loop(pipeline: "Pipeline", customers: int | None = None) -> dict[s
 
     from loyaltylens_core.kernel.feedback import from_results
     from loyaltylens_core.loop.impressions import recorder_of
-    from loyaltylens_core.loop.outcomes import import_file
     from loyaltylens_core.sdk.demo import demo_data_of
 
     recorder = recorder_of(pipeline)
@@ -103,10 +113,19 @@ def close_the_loop(pipeline: "Pipeline", customers: int | None = None) -> dict[s
         outcomes = simulate(impressions, demo, results[0].features.as_of, seed=core.seed)
     except ValueError as exc:
         raise UsageError(str(exc), "feedback demo works on the demo data only") from None
-    folder = Path(core.data_dir) / "demo-outcomes"
+    path, summary = import_outcomes(pipeline, outcomes, f"outcomes-{impressions['shown_at'][0].as_py():%Y%m%dT%H%M%S}")
+    return {"customers": len(ids), "impressions": impressions.num_rows, "outcomes_file": str(path), **summary}
+
+
+def import_outcomes(pipeline: "Pipeline", outcomes: Any, stem: str) -> tuple[Path, dict[str, Any]]:
+    """Outcomes written as a file in the data dir, then imported the way a user's are."""
+    import pyarrow.parquet as pq
+
+    from loyaltylens_core.loop.outcomes import import_file
+
+    folder = Path(pipeline.config.core.data_dir) / "demo-outcomes"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"outcomes-{impressions['shown_at'][0].as_py():%Y%m%dT%H%M%S}.parquet"
+    path = folder / f"{stem}.parquet"
     pq.write_table(outcomes.rename_columns(["impression_id", "event", "rating", "time"]), path)
     summary = import_file(pipeline.component("feedback_store"), path)
-    return {"customers": len(ids), "impressions": impressions.num_rows, "outcomes_file": str(path),
-            **{k: v for k, v in summary.to_dict().items() if k in ("rows", "added", "duplicates", "rejected")}}
+    return path, {k: v for k, v in summary.to_dict().items() if k in ("rows", "added", "duplicates", "rejected")}

@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 Z95 = 1.959963984540054
+CAMPAIGN_PREFIX = "campaign:"
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -191,16 +192,22 @@ def build_report(table: Any, experiments: dict[str, Any] | None = None) -> dict[
 
     from loyaltylens_core.kernel.feedback import EVENTS
 
+    everything = table.num_rows
+    table = table.filter(pc.is_valid(table["offer_id"]))
+    held_out = everything - table.num_rows
     n = table.num_rows
     redeemed = table["redeemed"].to_numpy(zero_copy_only=False)
     scores = table["score"].to_numpy(zero_copy_only=False)
     shown = table["shown_at"]
     experiments = experiments or {}
-    labels = _experiment_labels(table)
+    # A campaign's labels are read by `report --campaign` (campaign_report.py).
+    labels = {k: v for k, v in _experiment_labels(table).items() if not k.startswith(CAMPAIGN_PREFIX)}
     untreated = _untreated(table, experiments, labels)
     total = int(redeemed.sum())
     return {
         "impressions": n,
+        # Campaign holdout customers, recorded with no offer: in `report --campaign` only.
+        "holdout_impressions": held_out,
         "first_shown": pc.min(shown).as_py().isoformat() if n else None,
         "last_shown": pc.max(shown).as_py().isoformat() if n else None,
         "outcomes": {event: int(pc.sum(table[event]).as_py() or 0) for event in EVENTS},

@@ -91,6 +91,16 @@ def _table(rows: list[dict[str, Any]], key: str, extra: tuple[str, ...] = ()) ->
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+          "img{display:block;margin:1em 0}")
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
 def render_html(report: dict[str, Any]) -> str:
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
@@ -131,11 +141,7 @@ def render_html(report: dict[str, Any]) -> str:
                        for n, r in drift["features"].items())
         parts.append(f"<table><thead><tr><th>feature</th><th>PSI</th><th>status</th></tr></thead><tbody>{rows}</tbody></table>")
         parts.append(f"<img alt='drift by feature' src='data:image/png;base64,{_drift_plot(drift)}'>")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
-             "img{display:block;margin:1em 0}")
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>LoyaltyLens report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    return _page("LoyaltyLens report", parts)
 
 
 def write_html(report: dict[str, Any], path: Path) -> None:
@@ -143,3 +149,58 @@ def write_html(report: dict[str, Any], path: Path) -> None:
     from loyaltylens_core.util.atomic import write_bytes
 
     write_bytes(path, render_html(report).encode("utf-8"))
+
+
+def _arm_table(rows: list[dict[str, Any]], key: str) -> str:
+    """Treated vs holdout rows (per channel or per offer) with the effect's interval."""
+    head = "".join(f"<th>{h}</th>" for h in (key, "treated", "rate", "holdout", "rate", "effect (pts)", "95% CI", "p-value"))
+    body = []
+    for r in rows:
+        t = r.get("treated") or r
+        h = r.get("holdout")
+        interval = r["difference_ci"]
+        cells = [html.escape(str(r[key])), f"{t['impressions']:,}", _pct(t["rate"]),
+                 f"{h['impressions']:,}" if h else "all", _pct(h["rate"]) if h else "",
+                 "-" if r["difference"] is None else f"{100 * r['difference']:+.2f}",
+                 "-" if interval is None else f"{100 * interval[0]:+.2f} – {100 * interval[1]:+.2f}",
+                 "-" if r["p_value"] is None else f"{r['p_value']:.3g}"]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_campaign_html(report: dict[str, Any]) -> str:
+    """``report --campaign --html``: treated vs holdout with intervals, by channel and offer."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    name = html.escape(report["campaign"])
+    parts = [f"<h1>Campaign {name}</h1>"]
+    if not report["impressions"]:
+        parts.append("<p>No impressions of this campaign recorded yet.</p>")
+    else:
+        e = report["effect"]
+        effect = ("no holdout to compare with" if e["difference"] is None else
+                  f"effect {100 * e['difference']:+.2f} points (95% CI {100 * e['difference_ci'][0]:+.2f} – "
+                  f"{100 * e['difference_ci'][1]:+.2f}, p = {e['p_value']:.3g})")
+        per = report["cost_per_incremental_redemption"]
+        parts.append(f"<p id='summary'>{report['impressions']:,} customers in runs "
+                     f"{html.escape(', '.join(report['runs']))}: treated {_pct(report['treated']['rate'])}, "
+                     f"holdout {_pct(report['holdout']['rate'])}; {effect}. Cost {report['cost']:,.2f}; cost per "
+                     f"incremental redemption {'-' if per is None else f'{per:,.2f}'}.</p>")
+        arms = [report["treated"], report["holdout"]]
+        parts.append(_table(arms, "arm"))
+        parts.append(f"<img alt='redemption treated vs holdout' "
+                     f"src='data:image/png;base64,{_rate_bars(arms, 'arm', 'Treated vs holdout')}'>")
+        parts.append("<h2>By channel</h2>" + _arm_table(report["by_channel"], "channel"))
+        parts.append("<h2>By offer <small>(against the whole holdout)</small></h2>" + _arm_table(report["by_offer"], "offer_id"))
+        if report["by_offer"]:
+            parts.append(f"<img alt='redemption by offer' "
+                         f"src='data:image/png;base64,{_rate_bars(report['by_offer'][:15], 'offer_id', 'By offer')}'>")
+    return _page(f"Campaign {name}", parts)
+
+
+def write_campaign_html(report: dict[str, Any], path: Path) -> None:
+    from loyaltylens_core.util.atomic import write_bytes
+
+    write_bytes(path, render_campaign_html(report).encode("utf-8"))
