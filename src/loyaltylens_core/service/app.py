@@ -323,6 +323,58 @@ def _routes(app: FastAPI, state: State) -> None:
         audit(request, [result])
         return Response(result.model_dump_json(by_alias=True), media_type="application/json")
 
+    @app.get(
+        "/v1/campaigns/{name}/offer/{customer_id}", tags=["offers"],
+        summary="A campaign's decision for one customer at send time (connected content): 200 with the "
+                "result for a treated customer, 204 for a held-out one, 404 outside the audience",
+        responses={200: {"description": "{campaign, run, arm, channel, result}: result is the PipelineResult"},
+                   204: {"description": "Held out: send nothing (header LoyaltyLens-Arm: holdout)"},
+                   400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
+                   429: {"model": ErrorBody}},
+    )
+    async def campaign_offer(
+        request: Request, name: str = PathParam(..., examples=["gold-monthly"]),
+        customer_id: str = PathParam(..., examples=["C001"], json_schema_extra=CustomerIdParam),
+    ) -> Response:
+        from loyaltylens_core.kernel.contracts import validate_customer_id
+        from loyaltylens_core.kernel.errors import UsageError
+        from loyaltylens_core.campaign import live, runner
+
+        pipeline = pipeline_or_503()
+        rate_limit(request, 1)
+        validate_customer_id(customer_id)
+        try:
+            campaign = pipeline.config.campaign(name)
+        except UsageError as exc:
+            return error(404, exc.message, exc.hint)
+        day = dt.datetime.now(dt.timezone.utc).date()
+        run_id = live.run_id_for_day(campaign, day)
+        try:
+            runner.check_day(campaign, day)
+        except UsageError as exc:
+            return error(409, exc.message, exc.hint)
+        arm, features = await anyio.to_thread.run_sync(live.arm_of, pipeline, campaign, customer_id,
+                                                       limiter=state.threads)
+        if arm == "not_in_audience":
+            return error(404, f"customer {customer_id!r} is not in campaign {name!r}'s audience",
+                         "send this campaign to its audience only (loyaltylens campaign show NAME)")
+        headers = {"LoyaltyLens-Arm": arm, "LoyaltyLens-Campaign-Run": run_id}
+        if arm == "holdout":
+            await anyio.to_thread.run_sync(live.record_sent_nothing, pipeline, campaign, run_id, arm, features,
+                                           limiter=state.threads)
+            return Response(status_code=204, headers=headers)
+        tags = live.tags_of(campaign, run_id, arm, features)
+        result = await pipeline.arun(customer_id, threads=state.threads, placement=campaign.placement_key(run_id),
+                                     tags=tags)
+        metrics.observe_result(result, llm=state.llm)
+        audit(request, [result])
+        if result.top_offer is None:  # capped or nothing eligible: still treated (intention to treat)
+            await anyio.to_thread.run_sync(live.record_sent_nothing, pipeline, campaign, run_id, arm, features,
+                                           limiter=state.threads)
+        body = {"campaign": name, "run": run_id, "arm": arm, "channel": campaign.channel_for(features.channel_preference),
+                "result": result.to_json_dict()}
+        return Response(json.dumps(body), media_type="application/json", headers=headers)
+
     @app.post(
         "/v1/offers", tags=["offers"],
         summary="Offers for many customers at once, in order; an unknown or malformed id is an error entry",
