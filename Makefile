@@ -12,8 +12,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PLUGINS := $(sort $(dir $(wildcard plugins/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
+# The Prefect flow lives in its own venv, as in a Prefect worker: Prefect pins its own
+# FastAPI, which must not move the service's.
+PREFECT_VENV ?= .venv-prefect
+PREFECT_STAMP := $(PREFECT_VENV)/.installed
 
-.PHONY: install run test test-fast bench clean chromium
+.PHONY: install run test test-fast test-prefect bench clean chromium
 
 install: $(STAMP)
 
@@ -29,10 +33,20 @@ run: $(STAMP)
 # The whole suite, slow tests included. pytest exits 5 when it collects nothing.
 # The HTML report is checked in headless Chromium: a Debian package (no PyPI route that
 # works offline), installed once here.
-test: $(STAMP) chromium
+test: $(STAMP) $(PREFECT_STAMP) chromium
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(MAKE) test-prefect
+
+$(PREFECT_STAMP): integrations/prefect/pyproject.toml Makefile
+	test -x $(PREFECT_VENV)/bin/python || $(PYTHON) -m venv $(PREFECT_VENV)
+	$(PREFECT_VENV)/bin/python -m pip install --quiet -e 'integrations/prefect[test]'
+	touch $(PREFECT_STAMP)
+
+# The flow in Prefect's test harness, driving this checkout's loyaltylens command.
+test-prefect: $(STAMP) $(PREFECT_STAMP)
+	LOYALTYLENS_COMMAND=$(abspath $(VENV))/bin/loyaltylens $(PREFECT_VENV)/bin/python -m pytest -q -p no:cacheprovider integrations/prefect/tests
 
 chromium:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
@@ -45,4 +59,4 @@ bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info plugins/*/src/*.egg-info
+	rm -rf $(VENV) $(PREFECT_VENV) build *.egg-info src/*.egg-info plugins/*/src/*.egg-info integrations/*/src/*.egg-info

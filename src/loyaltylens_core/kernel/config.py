@@ -36,6 +36,7 @@ RESERVED_ENV = {
     "LOYALTYLENS_CONFIG", "LOYALTYLENS_DEBUG", "LOYALTYLENS_TRACE_PLUGINS",
     "LOYALTYLENS_API_KEYS",  # `serve`: name:key,name:key
     "LOYALTYLENS_SERVE_OPTIONS",  # `serve` -> its worker processes
+    "LOYALTYLENS_COMMAND",  # the command orchestrators (loyaltylens-orchestrator-prefect) run
 }
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
