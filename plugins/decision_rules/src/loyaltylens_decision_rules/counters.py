@@ -95,6 +95,7 @@ class SQLiteCounters:
         "CREATE TABLE IF NOT EXISTS totals (offer_id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS frequency (grp TEXT NOT NULL, customer_id TEXT NOT NULL, run TEXT NOT NULL, "
         "at REAL NOT NULL, PRIMARY KEY (grp, customer_id, run))",
+        "CREATE INDEX IF NOT EXISTS frequency_by_time ON frequency (grp, at)",
     )
     # A batch commits this often, so service workers waiting on the lock are not starved.
     COMMIT_EVERY = 256
@@ -132,8 +133,10 @@ class SQLiteCounters:
                 for start in range(0, len(asks), step):
                     db.execute("BEGIN IMMEDIATE")
                     try:
-                        for ask in asks[start:start + step]:
-                            out.append(self._reserve(db, ask))
+                        chunk = asks[start:start + step]
+                        held = self._frequency_held(db, chunk)
+                        out.extend(self._reserve(db, ask, held) for ask in chunk)
+                        self._count_frequency(db, chunk, out[start:])
                     except BaseException:
                         db.execute("ROLLBACK")
                         raise
@@ -142,22 +145,40 @@ class SQLiteCounters:
             except sqlite3.Error as exc:
                 raise StoreDown(f"counter file {self.path}: {exc}") from exc
 
-    def _reserve(self, db: sqlite3.Connection, ask: Ask) -> list[str]:
+    IN_CHUNK = 500  # customers per `IN (...)` lookup (SQLite allows 999 parameters by default)
+
+    def _frequency_held(self, db: sqlite3.Connection, asks: Sequence[Ask]) -> set[tuple[str, str]]:
+        """(group, customer) pairs that already had a decision of another run in the window:
+        one lookup per few hundred customers rather than one per customer (asks of a batch
+        chunk share their group, window, run and instant)."""
+        groups: dict[tuple[str, float, str, float], list[str]] = {}
+        for ask in asks:
+            if ask.frequency is not None:
+                groups.setdefault((*ask.frequency, ask.now), []).append(ask.customer_id)
+        held: set[tuple[str, str]] = set()
+        for (group, window, run, now), customers in groups.items():
+            db.execute("DELETE FROM frequency WHERE grp = ? AND at <= ?", (group, now - window))
+            for i in range(0, len(customers), self.IN_CHUNK):
+                part = customers[i:i + self.IN_CHUNK]
+                rows = db.execute(f"SELECT DISTINCT customer_id FROM frequency WHERE grp = ? AND run != ? "
+                                  f"AND customer_id IN ({', '.join('?' * len(part))})", (group, run, *part))
+                held.update((group, customer) for (customer,) in rows)
+        return held
+
+    def _reserve(self, db: sqlite3.Connection, ask: Ask, held: set[tuple[str, str]]) -> list[str]:
         """One customer's walk, inside the caller's transaction, with its frequency rule."""
-        if ask.frequency is None:
-            return walk(ask, lambda item: self._take(db, ask, item))
-        group, window, run = ask.frequency
-        db.execute("DELETE FROM frequency WHERE grp = ? AND customer_id = ? AND at <= ?",
-                   (group, ask.customer_id, ask.now - window))
-        (held,) = db.execute("SELECT COUNT(*) FROM frequency WHERE grp = ? AND customer_id = ? AND run != ?",
-                             (group, ask.customer_id, run)).fetchone()
-        if held:
+        if ask.frequency is not None and (ask.frequency[0], ask.customer_id) in held:
             return [CAPPED_FREQUENCY] * len(ask.items)
-        out = walk(ask, lambda item: self._take(db, ask, item))
-        if OK in out:
-            db.execute("INSERT INTO frequency VALUES (?, ?, ?, ?) ON CONFLICT (grp, customer_id, run) "
-                       "DO UPDATE SET at = excluded.at", (group, ask.customer_id, run, ask.now))
-        return out
+        return walk(ask, lambda item: self._take(db, ask, item))
+
+    @staticmethod
+    def _count_frequency(db: sqlite3.Connection, asks: Sequence[Ask], verdicts: Sequence[list[str]]) -> None:
+        """A decision of a frequency-ruled campaign that handed something out counts for its group."""
+        rows = [(ask.frequency[0], ask.customer_id, ask.frequency[2], ask.now)
+                for ask, verdict in zip(asks, verdicts) if ask.frequency is not None and OK in verdict]
+        if rows:
+            db.executemany("INSERT INTO frequency VALUES (?, ?, ?, ?) ON CONFLICT (grp, customer_id, run) "
+                           "DO UPDATE SET at = excluded.at", rows)
 
     @staticmethod
     def _take(db: sqlite3.Connection, ask: Ask, item: Item) -> str:
