@@ -29,7 +29,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from loyaltylens_core.kernel.campaigns import ARM_KEY, CHANNEL_KEY, RUN_KEY, Campaign
 from loyaltylens_core.kernel.contracts import CustomerFeatures
@@ -75,46 +75,59 @@ def check_day(campaign: Campaign, day: dt.date) -> None:
                          "pass --as-of a day inside the campaign's start and end, or change them")
 
 
-def _read(pipeline: "Pipeline", ids: Sequence[str], day: dt.date | None) -> tuple[list[CustomerFeatures], int]:
-    features: list[CustomerFeatures] = []
-    unknown = 0
+def _chunks(pipeline: "Pipeline", ids: Sequence[str], day: dt.date | None) -> Iterator[list[CustomerFeatures]]:
+    """The features of ``ids`` a chunk at a time (ids the store lacks are left out), with a
+    progress bar: a million customers' features are never all alive at once."""
     with pipeline.progress.task("Audience", total=len(ids)) as advance:
         for start in range(0, len(ids), READ_CHUNK):
             chunk = ids[start:start + READ_CHUNK]
-            known, missing = pipeline.read_known(chunk, day)
-            features.extend(known)
-            unknown += len(missing)
+            yield pipeline.read_known(chunk, day)[0]
             advance(len(chunk))
-    return features, unknown
 
 
-def select_audience(pipeline: "Pipeline", campaign: Campaign, day: dt.date | None) -> dict[str, Any]:
-    """The campaign's customers with their features, split by arm: ``treated``, ``holdout``
-    (lists of CustomerFeatures), ``considered`` and ``unknown`` (ids the store lacks)."""
+def _audience_ids(pipeline: "Pipeline", campaign: Campaign) -> list[str]:
     if campaign.audience_ids is not None:
         from loyaltylens_core.batch import read_ids_file
 
-        ids = read_ids_file(campaign.audience_ids)
-    else:
-        name = pipeline.config.stages["feature_store"]
-        if "ListsCustomers" not in pipeline.capabilities("feature_store"):
-            raise UsageError(f"feature store {name!r} cannot list its customers, so campaign {campaign.name!r} "
-                             "cannot select its audience from it", "give the campaign audience_ids = FILE")
-        ids = list(pipeline.component("feature_store").customer_ids())
-    features, unknown = _read(pipeline, ids, day)
+        return read_ids_file(campaign.audience_ids)
+    name = pipeline.config.stages["feature_store"]
+    if "ListsCustomers" not in pipeline.capabilities("feature_store"):
+        raise UsageError(f"feature store {name!r} cannot list its customers, so campaign {campaign.name!r} "
+                         "cannot select its audience from it", "give the campaign audience_ids = FILE")
+    return list(pipeline.component("feature_store").customer_ids())
+
+
+def _selected(pipeline: "Pipeline", campaign: Campaign, day: dt.date | None,
+              counts: dict[str, int]) -> Iterator[tuple[list[CustomerFeatures], list[CustomerFeatures]]]:
+    """The campaign's treated and held-out customers, a chunk of features at a time;
+    ``counts`` gains ``considered`` (ids looked at) and ``unknown`` (ids the store lacks)."""
+    ids = _audience_ids(pipeline, campaign)
     selects = campaign.selects()
-    arms: dict[str, list[CustomerFeatures]] = {"treated": [], "holdout": []}
-    for f in features:
-        if selects(f):
-            arms[campaign.arm(f.customer_id)].append(f)
-    return {"considered": len(ids), "unknown": unknown, **arms}
+    counts.update(considered=len(ids), unknown=len(ids))
+    for chunk in _chunks(pipeline, ids, day):
+        counts["unknown"] -= len(chunk)
+        arms: dict[str, list[CustomerFeatures]] = {"treated": [], "holdout": []}
+        for f in chunk:
+            if selects(f):
+                arms[campaign.arm(f.customer_id)].append(f)
+        yield arms["treated"], arms["holdout"]
 
 
-def _audience_table(campaign: Campaign, arms: dict[str, Any]) -> "pa.Table":
+def select_audience(pipeline: "Pipeline", campaign: Campaign, day: dt.date | None) -> dict[str, Any]:
+    """The campaign's customers split by arm: ``treated`` and ``holdout`` lists of
+    (customer_id, channel), with ``considered`` and ``unknown``."""
+    counts: dict[str, int] = {}
+    arms: dict[str, list[tuple[str, str]]] = {"treated": [], "holdout": []}
+    for treated, holdout in _selected(pipeline, campaign, day, counts):
+        for arm, customers in (("treated", treated), ("holdout", holdout)):
+            arms[arm].extend((f.customer_id, campaign.channel_for(f.channel_preference)) for f in customers)
+    return {**counts, **arms}
+
+
+def _audience_table(arms: dict[str, Any]) -> "pa.Table":
     import pyarrow as pa
 
-    rows = [(f.customer_id, arm, campaign.channel_for(f.channel_preference))
-            for arm in ("treated", "holdout") for f in arms[arm]]
+    rows = [(customer, arm, channel) for arm in ("treated", "holdout") for customer, channel in arms[arm]]
     names = ("customer_id", "arm", "channel")
     return pa.table({n: pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)})
 
@@ -124,32 +137,29 @@ def dry_run(pipeline: "Pipeline", campaign: Campaign, day: dt.date | None = None
     today = day or dt.datetime.now(dt.timezone.utc).date()
     check_day(campaign, today)
     started = time.perf_counter()
-    arms = select_audience(pipeline, campaign, day)
     slot = campaign.placement_in(pipeline.config.placement(campaign.placement), f"dry-run-{today:%Y%m%d}", preview=True)
     per_offer: collections.Counter[str] = collections.Counter()
     per_channel: collections.Counter[str] = collections.Counter()
     dropped: collections.Counter[str] = collections.Counter()
-    capped = ineligible = 0
-    treated = arms["treated"]
-    with pipeline.progress.task("Dry run", total=len(treated)) as advance:
-        for start in range(0, len(treated), READ_CHUNK):
-            chunk = treated[start:start + READ_CHUNK]
-            for f, row in zip(chunk, pipeline.rows_for(chunk, placement=slot)):
-                reasons = dict(row["dropped"])
-                dropped.update(reasons)
-                if row["top_offer_id"] is not None:
-                    per_offer.update(row["candidate_offer_ids"])  # every offer handed out counts
-                    per_channel[campaign.channel_for(f.channel_preference)] += 1
-                elif any(reasons.get(r) for r in CAP_REASONS):
-                    capped += 1
-                else:
-                    ineligible += 1
-            advance(len(chunk))
+    capped = ineligible = treated = held = 0
+    counts: dict[str, int] = {}
+    for chunk, holdout in _selected(pipeline, campaign, day, counts):
+        treated, held = treated + len(chunk), held + len(holdout)
+        for f, row in zip(chunk, pipeline.rows_for(chunk, placement=slot) if chunk else []):
+            reasons = dict(row["dropped"])
+            dropped.update(reasons)
+            if row["top_offer_id"] is not None:
+                per_offer.update(row["candidate_offer_ids"])  # every offer handed out counts
+                per_channel[campaign.channel_for(f.channel_preference)] += 1
+            elif any(reasons.get(r) for r in CAP_REASONS):
+                capped += 1
+            else:
+                ineligible += 1
     values = offer_values(pipeline, list(per_offer))
     return {
         "campaign": campaign.name, "day": today.isoformat(), "dry_run": True,
-        "audience": len(treated) + len(arms["holdout"]), "considered": arms["considered"], "unknown": arms["unknown"],
-        "treated": len(treated), "holdout": len(arms["holdout"]), "offered": sum(per_channel.values()),
+        "audience": treated + held, "considered": counts["considered"], "unknown": counts["unknown"],
+        "treated": treated, "holdout": held, "offered": sum(per_channel.values()),
         "offers_handed_out": sum(per_offer.values()),
         "capped": capped, "ineligible": ineligible,
         "per_offer": [{"offer_id": o, "customers": n, "value": values.get(o), "cost": n * values.get(o, 0.0)}
@@ -231,7 +241,7 @@ def _audience(pipeline: "Pipeline", campaign: Campaign, folder: Path, day: dt.da
     path = folder / "audience.parquet"
     if path.is_file():
         return pq.read_table(path)
-    table = _audience_table(campaign, select_audience(pipeline, campaign, day))
+    table = _audience_table(select_audience(pipeline, campaign, day))
     if table.num_rows == 0:
         raise UsageError(f"campaign {campaign.name!r} selects no customer", "check its audience rule or ids file")
     write_parquet(path, table)
