@@ -165,3 +165,13 @@ def test_the_demo_campaign_is_gold_with_a_tenth_held_out():
     demo = demo_campaign()
     assert (demo.audience, demo.holdout, demo.frequency) == ('tier == "gold"', 0.1, ("monthly", 28))
     assert FAKE_OFFERS  # the fakes' catalogue is what the pipeline tests above decide over
+
+
+def test_report_plots_take_rates_of_zero_and_one():
+    """Wilson bounds at 0% or 100% can sit a rounding error inside the rate (an offer nobody
+    redeemed): the plot's error bars must still draw."""
+    from loyaltylens_core.loop.report import _rate_row
+    from loyaltylens_core.loop.report_html import _rate_bars
+
+    rows = [_rate_row("offer_id", o, n, x) for o, n, x in (("A", 7, 0), ("B", 3, 3), ("C", 11, 0), ("D", 1, 1))]
+    assert _rate_bars(rows, "offer_id", "By offer")

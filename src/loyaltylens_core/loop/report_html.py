@@ -46,7 +46,8 @@ def _rate_bars(rows: list[dict[str, Any]], key: str, title: str) -> str:
     figure, axis = plt.subplots(figsize=(6, 3.2))
     names = [str(r[key]) for r in rows]
     rates = [r["rate"] for r in rows]
-    errors = [[r["rate"] - r["ci"][0] for r in rows], [r["ci"][1] - r["rate"] for r in rows]]
+    # Wilson bounds at a rate of 0 or 1 can sit a rounding error inside it: never below zero.
+    errors = [[max(0.0, r["rate"] - r["ci"][0]) for r in rows], [max(0.0, r["ci"][1] - r["rate"]) for r in rows]]
     axis.bar(names, rates, yerr=errors, capsize=4, color="#4C72B0")
     axis.set_ylabel("redemption rate (95% CI)")
     axis.set_title(title)
