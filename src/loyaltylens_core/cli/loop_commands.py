@@ -160,8 +160,6 @@ def report(
     """Redemption per experiment variant (95% CI, lift vs control), propensity calibration
     (by score decile, Brier, AUC on outcomes), and redemption by offer category and tier.
     With --campaign: that campaign's incremental redemption against its holdout."""
-    from pathlib import Path
-
     from loyaltylens_core.loop.report import build_report, render_text
 
     when = since_option(since)
@@ -183,36 +181,32 @@ def report(
         from loyaltylens_core.loop.drift import snapshot_drift
 
         result["drift"] = snapshot_drift(pipeline)
-    if html:
-        from loyaltylens_core.loop.report_html import write_html
+    from loyaltylens_core.loop.report_html import write_html
 
-        write_html(result, Path(html))
+    _show(result, html, as_json, write_html, render_text)
+
+
+def _show(result: dict[str, Any], html: Optional[str], as_json: bool, write: Any, render: Any) -> None:
+    """A report as JSON or text, and as an HTML file when asked."""
+    from pathlib import Path
+
+    if html:
+        write(result, Path(html))
     if as_json:
         print_json(result)
     else:
-        typer.echo(render_text(result))
+        typer.echo(render(result))
         if html:
             typer.echo(f"HTML report: {html}")
 
 
 def _campaign_report(name: str, run: Optional[str], since: Any, html: Optional[str], as_json: bool) -> None:
-    from pathlib import Path
-
-    from loyaltylens_core.loop.campaign_report import build_campaign_report, render_campaign_text
-
     from loyaltylens_core.campaign.runner import offer_values
+    from loyaltylens_core.loop.campaign_report import build_campaign_report, render_campaign_text
+    from loyaltylens_core.loop.report_html import write_campaign_html
 
     pipeline = pipeline_for(needed=("feedback_store", "retriever"))
     campaign = pipeline.config.campaign(name)
     table = pipeline.component("feedback_store").impressions_with_outcomes(since)
     result = build_campaign_report(table, campaign.name, lambda ids: offer_values(pipeline, ids), run)
-    if html:
-        from loyaltylens_core.loop.report_html import write_campaign_html
-
-        write_campaign_html(result, Path(html))
-    if as_json:
-        print_json(result)
-    else:
-        typer.echo(render_campaign_text(result))
-        if html:
-            typer.echo(f"HTML report: {html}")
+    _show(result, html, as_json, write_campaign_html, render_campaign_text)
