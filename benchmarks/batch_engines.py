@@ -78,10 +78,14 @@ class PeakRSS:
 
 
 def batch(env: dict[str, str], engine: str, out: Path) -> tuple[float, dict, PeakRSS]:
+    return measured(["--use", f"batch_engine={engine}", "batch", "--all", "--out", str(out), "--json"], env)
+
+
+def measured(args: list[str], env: dict[str, str]) -> tuple[float, dict, PeakRSS]:
+    """One `loyaltylens -q ARGS` printing JSON: wall time, its JSON, its peak RSS."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "loyaltylens_core.cli", "-q", "--use", f"batch_engine={engine}",
-                             "batch", "--all", "--out", str(out), "--json"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "loyaltylens_core.cli", "-q", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = PeakRSS(proc.pid)
     stdout, stderr = proc.communicate()
     peak.stop()
