@@ -63,3 +63,24 @@ def test_a_missing_bucket_is_one_line_without_credentials(loyaltylens_pipeline, 
 def test_an_unknown_scheme_is_refused(loyaltylens_pipeline):
     with pytest.raises(Exception, match="not a local path, s3:// or gs://"):
         run_batch(loyaltylens_pipeline(), ["C001"], "ftp://host/r.parquet")
+
+
+def test_campaign_exports_land_in_the_bucket_per_channel(loyaltylens_pipeline, s3, tmp_path):
+    """`campaign run --out s3://...`: every channel's Parquet and CSV, each one PUT."""
+    from loyaltylens_core.campaign import runner
+
+    config = tmp_path / "loyaltylens.toml"
+    config.write_text('[campaigns.drop]\nchannels = ["email", "sms"]\n')
+    pipeline = loyaltylens_pipeline(config_path=str(config))
+    done = runner.run(pipeline, pipeline.config.campaign("drop"), out="s3://results-bucket/drops")
+    assert {e["path"] for e in done["exports"]} == {f"s3://results-bucket/drops/drop-{c}.{f}"
+                                                   for c in ("email", "sms") for f in ("parquet", "csv")}
+    sent = pq.read_table("results-bucket/drops/drop-sms.parquet", filesystem=s3)
+    assert sorted(sent.column("customer_id").to_pylist()) == ["C001", "C002", "C003"]  # mobile: sms before email
+    with s3.open_input_stream("results-bucket/drops/drop-email.csv") as stream:
+        assert stream.read().decode().splitlines() == [
+            "customer_id,offer_id,offer_title,offer_category,headline,body,cta,offer_ids,channel,campaign,run_id,"
+            "impression_id"]  # nobody on email: the file is there, with its header
+    with pytest.raises(StageError) as caught:
+        runner.run(pipeline, pipeline.config.campaign("drop"), out="s3://no-such-bucket/x", rerun=True)
+    assert SECRET not in str(caught.value) and "no-such-bucket" in str(caught.value)

@@ -23,9 +23,7 @@ A dry run decides the same customers without counting caps, recording or writing
 from __future__ import annotations
 
 import collections
-import csv
 import datetime as dt
-import io
 import json
 import time
 from pathlib import Path
@@ -324,16 +322,19 @@ def export_table(table: "pa.Table", campaign: Campaign) -> "pa.Table":
     import pyarrow.compute as pc
 
     offered = table.filter(pc.is_valid(table["top_offer_id"]))
-    variants = [dict(v) for v in offered["variants"].to_pylist()]
-    channel = [v.get(CHANNEL_KEY.format(campaign.name), campaign.channels[0]) for v in variants]
-    run = [v.get(RUN_KEY.format(campaign.name)) for v in variants]
+
+    def label(key: str) -> Any:  # one key of the variants map, column-wise (no dict per row)
+        return pc.map_lookup(offered["variants"], pa.scalar(key.format(campaign.name)), "first")
+
+    channel = pc.fill_null(label(CHANNEL_KEY), campaign.channels[0])
+    run = label(RUN_KEY)
     return pa.table({
         "customer_id": offered["customer_id"], "offer_id": offered["top_offer_id"],
         "offer_title": offered["top_offer_title"], "offer_category": offered["top_offer_category"],
         "headline": offered["headline"], "body": offered["body"], "cta": offered["cta"],
-        "offer_ids": pa.array([" ".join(ids) for ids in offered["candidate_offer_ids"].to_pylist()], pa.string()),
-        "channel": pa.array(channel, pa.string()), "campaign": pa.array([campaign.name] * offered.num_rows, pa.string()),
-        "run_id": pa.array(run, pa.string()), "impression_id": offered["impression_id"],
+        "offer_ids": pc.binary_join(offered["candidate_offer_ids"], " "),
+        "channel": channel, "campaign": pa.repeat(pa.scalar(campaign.name), offered.num_rows),
+        "run_id": run, "impression_id": offered["impression_id"],
     })
 
 
@@ -376,9 +377,11 @@ def _write(target: str, table: "pa.Table", suffix: str) -> None:
 
 
 def _csv(table: "pa.Table") -> bytes:
-    """Plain CSV with a header (what every campaign tool imports)."""
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(table.column_names)
-    writer.writerows(zip(*(table[c].to_pylist() for c in table.column_names)))
-    return text.getvalue().encode()
+    """Plain CSV with a header (what every campaign tool imports), quoted only where needed."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    sink = pa.BufferOutputStream()
+    sink.write((",".join(table.column_names) + "\n").encode())  # pyarrow would quote every header name
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return bytes(sink.getvalue())
