@@ -94,15 +94,21 @@ def measured(args: list[str], env: dict[str, str]) -> tuple[float, dict, PeakRSS
     return time.perf_counter() - start, json.loads(stdout), peak
 
 
-def main() -> int:
-    work = Path(tempfile.mkdtemp(prefix="ll-bench-engines-"))
+def many_customers_setup(prefix: str) -> tuple[Path, dict[str, str]]:
+    """A temp dir with the demo built (data, model, index) and CUSTOMERS customers in a
+    feature store of their own, and the environment that points loyaltylens at them."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
     env["LOYALTYLENS_DATA_DIR"] = str(work / "data")
     subprocess.run([sys.executable, "-m", "loyaltylens_core.cli", "-q", "run", "C001"], env=env, check=True,
                    stdout=subprocess.DEVNULL)  # demo data, model and index, once
-    features = work / "many.duckdb"
-    many_customers(work / "data", features)
-    env["LOYALTYLENS_FEATURE_STORE_DUCKDB__PATH"] = str(features)
+    many_customers(work / "data", work / "many.duckdb")
+    env["LOYALTYLENS_FEATURE_STORE_DUCKDB__PATH"] = str(work / "many.duckdb")
+    return work, env
+
+
+def main() -> int:
+    work, env = many_customers_setup("ll-bench-engines-")
     print(f"{CUSTOMERS:,} customers (the demo's latest snapshot repeated with distinct ids), 2 cores")
     rates = {}
     for engine in ("local", "ray"):

@@ -10,14 +10,11 @@ and peak RSS of the driver and of what it started. Target: >= 10,000 customers/s
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from batch_engines import CUSTOMERS, PeakRSS, many_customers, measured
+from batch_engines import CUSTOMERS, PeakRSS, many_customers_setup, measured
 
 CONFIG = """
 [campaigns.everyone]
@@ -35,13 +32,7 @@ def campaign(env: dict[str, str], config: Path, engine: str, out: Path) -> tuple
 
 
 def main() -> int:
-    work = Path(tempfile.mkdtemp(prefix="ll-bench-campaign-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
-    env["LOYALTYLENS_DATA_DIR"] = str(work / "data")
-    subprocess.run([sys.executable, "-m", "loyaltylens_core.cli", "-q", "run", "C001"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)  # demo data, model and index, once
-    many_customers(work / "data", work / "many.duckdb")
-    env["LOYALTYLENS_FEATURE_STORE_DUCKDB__PATH"] = str(work / "many.duckdb")
+    work, env = many_customers_setup("ll-bench-campaign-")
     print(f"campaign over {CUSTOMERS:,} customers (the demo's latest snapshot repeated), 10% holdout, 3 channels, 2 cores")
     rates = {}
     for engine in ("local", "ray"):
