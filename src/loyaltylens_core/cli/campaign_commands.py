@@ -27,8 +27,9 @@ def _runs(campaign: Any) -> list[dict[str, Any]]:
 
 @campaign_app.command("list")
 def campaign_list(as_json: bool = typer.Option(False, "--json", help="Print the campaigns as JSON.")) -> None:
-    """Every configured campaign (the built-in demo campaign when none is), with its window
-    and the day it is active, and its last run."""
+    """Every configured campaign, whether it runs today, and its last run.
+
+    With no [campaigns] table in loyaltylens.toml, the built-in demo campaign."""
     config = _config()
     today = dt.datetime.now(dt.timezone.utc).date()
     rows = []
@@ -86,10 +87,10 @@ def campaign_run(
     chunk_size: int = typer.Option(10_000, "--chunk-size", min=1, max=1_000_000, help="Customers per batch part."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Run a campaign: select its audience, hold some out, decide offers for the rest
-    (caps and frequency rules counted), record every customer, write one export per channel.
+    """Run a campaign: audience, holdout, decisions, impressions, one export per channel.
 
-    Idempotent per campaign and day: a second run does nothing; a killed one resumes."""
+    Caps and frequency rules are counted. Idempotent per campaign and day: a second run
+    does nothing; a killed one resumes."""
     from loyaltylens_core.kernel.stages import RUN_STAGES
     from loyaltylens_core.campaign import runner as campaigns
 
