@@ -13,7 +13,7 @@ it is sent, and who is held out so the campaign's lift can be measured.
     frequency = { group = "newsletter", days = 7 }  # one campaign of the group per 7 days
 
 This module is the campaign as configured and its pure decisions (active on a day, a
-customer's arm and channel, the placement it decides for); ``loop/campaigns.py`` runs one.
+customer's arm and channel, the placement it decides for); ``campaign/runner.py`` runs one.
 """
 
 from __future__ import annotations
@@ -25,24 +25,15 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from loyaltylens_core.kernel.contracts import (
-    CATEGORICAL_FEATURES,
-    NUMERIC_FEATURES,
-    CustomerFeatures,
-    Frequency,
-    Placement,
-)
+from loyaltylens_core.kernel.contracts import FEATURE_NAMES, CustomerFeatures, Frequency, Placement, feature_values
 from loyaltylens_core.kernel.errors import ConfigError
-from loyaltylens_core.kernel.expressions import ExpressionError, Names, parse
+from loyaltylens_core.kernel.expressions import ExpressionError, parse
 from loyaltylens_core.kernel.registry import suggest
 
 CHANNELS: tuple[str, ...] = ("email", "push", "sms", "app")
 Arm = Literal["treated", "holdout"]
 # What an audience rule may name: the customer's features (no score: it is not computed yet).
-AUDIENCE_NAMES = Names(
-    types={**{name: "number" for name in NUMERIC_FEATURES}, **{name: "string" for name in CATEGORICAL_FEATURES}},
-    values={name: frozenset(values) for name, values in CATEGORICAL_FEATURES.items()},
-)
+AUDIENCE_NAMES = FEATURE_NAMES
 # The channel a customer with several to choose from is sent on, by channel_preference.
 PREFERRED_CHANNELS: dict[str, tuple[str, ...]] = {
     "mobile": ("push", "app", "sms", "email"), "web": ("email", "app", "push", "sms"),
@@ -54,7 +45,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # The key a campaign's placement goes by where only a name travels (batch engine workers).
 PLACEMENT_PREFIX = "campaign:"
 # variants-map keys of a campaign's impressions: its arm, its channel, its run.
-ARM_KEY, CHANNEL_KEY, RUN_KEY = "campaign:{}", "campaign:{}:channel", "campaign:{}:run"
+LABEL_PREFIX = "campaign:"
+ARM_KEY, CHANNEL_KEY, RUN_KEY = LABEL_PREFIX + "{}", LABEL_PREFIX + "{}:channel", LABEL_PREFIX + "{}:run"
 DEMO_CAMPAIGN = "gold-monthly"
 
 
@@ -99,14 +91,7 @@ class Campaign:
         if self.audience is None:
             return lambda features: True
         rule = parse(self.audience, AUDIENCE_NAMES, "bool").evaluate
-        numbers, others = NUMERIC_FEATURES, tuple(CATEGORICAL_FEATURES)
-
-        def test(features: CustomerFeatures) -> bool:
-            values: dict[str, Any] = {n: float(getattr(features, n)) for n in numbers}
-            values.update((n, getattr(features, n)) for n in others)
-            return bool(rule(values))
-
-        return test
+        return lambda features: bool(rule(feature_values(features)))
 
     def placement_in(self, base: Placement, run: str = "", preview: bool = False) -> Placement:
         """The configured placement narrowed to this campaign: its offer collection, its

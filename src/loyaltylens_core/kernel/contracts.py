@@ -73,13 +73,23 @@ class PropensityScore(Contract):
 
 _BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
-# What an offer's ``eligibility`` rule may name: the customer's features, the propensity
-# score and the placement being filled.
-ELIGIBILITY_NAMES = Names(
-    types={**{name: "number" for name in NUMERIC_FEATURES}, **{name: "string" for name in CATEGORICAL_FEATURES},
-           "propensity": "number", "placement": "string"},
+# What a rule over the customer alone may name (a campaign's audience): the features.
+FEATURE_NAMES = Names(
+    types={**{name: "number" for name in NUMERIC_FEATURES}, **{name: "string" for name in CATEGORICAL_FEATURES}},
     values={name: frozenset(values) for name, values in CATEGORICAL_FEATURES.items()},
 )
+# What an offer's ``eligibility`` rule may name: the features, the propensity score and the
+# placement being filled.
+ELIGIBILITY_NAMES = Names(types={**FEATURE_NAMES.types, "propensity": "number", "placement": "string"},
+                          values=FEATURE_NAMES.values)
+
+
+def feature_values(features: "CustomerFeatures") -> dict[str, Any]:
+    """A customer's features as a rule evaluates them (FEATURE_NAMES: numbers as floats)."""
+    values: dict[str, Any] = {name: float(getattr(features, name)) for name in NUMERIC_FEATURES}
+    for name in CATEGORICAL_FEATURES:
+        values[name] = getattr(features, name)
+    return values
 # What a placement's ranking formula may name.
 RANKING_NAMES = Names(types={"propensity": "number", "similarity": "number", "value": "number", "priority": "number"})
 # Why a decision dropped a retrieved offer (PipelineResult.decision.dropped's keys).

@@ -20,7 +20,6 @@ import math
 from typing import Any
 
 Z95 = 1.959963984540054
-CAMPAIGN_PREFIX = "campaign:"
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -190,6 +189,7 @@ def build_report(table: Any, experiments: dict[str, Any] | None = None) -> dict[
     """The report as a JSON-able dict (what `--json` prints and the HTML shows)."""
     import pyarrow.compute as pc
 
+    from loyaltylens_core.kernel.campaigns import LABEL_PREFIX
     from loyaltylens_core.kernel.feedback import EVENTS
 
     everything = table.num_rows
@@ -201,7 +201,7 @@ def build_report(table: Any, experiments: dict[str, Any] | None = None) -> dict[
     shown = table["shown_at"]
     experiments = experiments or {}
     # A campaign's labels are read by `report --campaign` (campaign_report.py).
-    labels = {k: v for k, v in _experiment_labels(table).items() if not k.startswith(CAMPAIGN_PREFIX)}
+    labels = {k: v for k, v in _experiment_labels(table).items() if not k.startswith(LABEL_PREFIX)}
     untreated = _untreated(table, experiments, labels)
     total = int(redeemed.sum())
     return {

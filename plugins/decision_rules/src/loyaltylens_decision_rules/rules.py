@@ -14,19 +14,18 @@ from typing import Any, Callable, Sequence
 
 from loyaltylens_core.kernel.contracts import (
     ELIGIBILITY_NAMES,
-    NUMERIC_FEATURES,
     RANKING_NAMES,
     Decision,
     DecisionRequest,
     Offer,
     OfferCandidate,
+    feature_values,
 )
 from loyaltylens_core.kernel.expressions import parse
 
 from .counters import CAPPED_FREQUENCY, NOT_REACHED, OK, Ask, CounterStore, Item, StoreDown
 
 STORE_UNAVAILABLE = "counter_store_unavailable"
-_FEATURE_NAMES = tuple(n for n in ELIGIBILITY_NAMES.types if n not in ("propensity", "placement"))
 
 
 def ranking_key(ranking: str, score: float) -> Callable[[OfferCandidate], tuple[Any, ...]]:
@@ -143,10 +142,7 @@ class RulesDecider:
 
     @staticmethod
     def _values(request: DecisionRequest) -> dict[str, Any]:
-        features = request.features
-        values: dict[str, Any] = {name: getattr(features, name) for name in _FEATURE_NAMES}
-        for name in NUMERIC_FEATURES:
-            values[name] = float(values[name])
+        values = feature_values(request.features)
         values["propensity"] = request.propensity.score
         values["placement"] = request.placement.name
         return values
