@@ -87,7 +87,7 @@ class Config:
 
     def campaign(self, name: str) -> Campaign:
         """A configured campaign (the built-in demo one when the file configures none)."""
-        known = self.campaigns or {demo_campaign().name: demo_campaign()}
+        known = self.all_campaigns()
         found = known.get(name)
         if found is None:
             raise UsageError(
@@ -98,6 +98,7 @@ class Config:
         return found
 
     def all_campaigns(self) -> dict[str, Campaign]:
+        """The configured campaigns, or the built-in demo campaign when there are none."""
         return dict(self.campaigns) or {demo_campaign().name: demo_campaign()}
 
     def placement(self, name: str | Placement | None = None) -> Placement:
@@ -326,20 +327,20 @@ def load_config(
             f"setting {field!r} is invalid (from {sources.get(field, 'config')}): {err['msg']}",
             "fix the value",
         ) from None
-    if core.placement != "default" and core.placement not in placements:
-        raise ConfigError(
-            f"setting 'placement' (from {sources.get('placement', 'config')}) names placement {core.placement!r}, "
-            "which is not configured",
-            f"add [placements.{core.placement}] or pick one of: {', '.join(sorted({'default', *placements}))}",
-        )
+    _placement_configured(core.placement, placements,
+                          f"setting 'placement' (from {sources.get('placement', 'config')}) names placement "
+                          f"{core.placement!r}, which is not configured")
     for campaign in campaigns.values():
-        if campaign.placement != "default" and campaign.placement not in placements:
-            raise ConfigError(
-                f"{campaign.source}: [campaigns.{campaign.name}] placement {campaign.placement!r} is not configured",
-                f"add [placements.{campaign.placement}] or pick one of: {', '.join(sorted({'default', *placements}))}",
-            )
+        _placement_configured(campaign.placement, placements, f"{campaign.source}: [campaigns.{campaign.name}] "
+                              f"placement {campaign.placement!r} is not configured")
     return Config(core=core, stages=stages, plugin_tables=tables, sources=sources, path=path, serve=serve,
                   experiments=experiments, placements=placements, campaigns=campaigns)
+
+
+def _placement_configured(name: str, placements: dict[str, Placement], message: str) -> None:
+    """A placement a setting names must exist ("default" always does)."""
+    if name != "default" and name not in placements:
+        raise ConfigError(message, f"add [placements.{name}] or pick one of: {', '.join(sorted({'default', *placements}))}")
 
 
 def parse_placements(raw: Any, source: str) -> dict[str, Placement]:
