@@ -56,9 +56,7 @@ def tags_of(campaign: Campaign, run_id: str, arm: str, features: CustomerFeature
 def record_sent_nothing(pipeline: "Pipeline", campaign: Campaign, run_id: str, arm: str,
                         features: CustomerFeatures) -> None:
     """A customer the live path sent nothing (held out, or treated with nothing left to
-    offer), recorded once per day's run."""
-    import pyarrow as pa
-
-    audience = pa.table({"customer_id": [features.customer_id], "arm": [arm],
-                         "channel": [campaign.channel_for(features.channel_preference)]})
-    record_offerless(pipeline, campaign, run_id, audience, features.as_of)
+    offer), recorded once per day's run, from the features already read."""
+    customer = features.customer_id
+    record_offerless(pipeline, campaign, run_id, [features], {customer: arm},
+                     {customer: campaign.channel_for(features.channel_preference)})

@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     from loyaltylens_core.kernel.pipeline import Pipeline
 
 READ_CHUNK = 10_000
-EXPORT_COLUMNS = ("customer_id", "offer_id", "offer_title", "offer_category", "headline", "body", "cta",
-                  "offer_ids", "channel", "campaign", "run_id", "impression_id")
 CAP_REASONS = ("capped_customer", "capped_total", "out_of_stock", "capped_frequency", "counter_store_down")
 
 
@@ -60,11 +58,14 @@ def run_id_for(pipeline: "Pipeline", campaign: Campaign, day: dt.date, rerun: bo
     """The day's run: its latest attempt, or with ``rerun`` the next one."""
     base = f"{campaign.name}-{day:%Y%m%d}"
     folder = campaign_dir(pipeline.config.core.data_dir, campaign)
-    attempts = [base] + [f"{base}-r{n}" for n in range(2, 1000)]
-    existing = [a for a in attempts if (folder / a / "run.json").is_file()]
-    if not rerun:
-        return existing[-1] if existing else base
-    return attempts[len(existing)] if existing else base
+
+    def attempt(n: int) -> str:
+        return base if n == 1 else f"{base}-r{n}"
+
+    latest = 0  # attempts are numbered without gaps: the first missing one ends them
+    while (folder / attempt(latest + 1) / "run.json").is_file():
+        latest += 1
+    return attempt(max(1, latest + 1 if rerun else latest))
 
 
 def check_day(campaign: Campaign, day: dt.date) -> None:
@@ -197,26 +198,29 @@ def run(
                  "started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "out": exports}
         write_bytes(state_file, json.dumps(state, indent=2).encode())
     exports = str(state.get("out") or exports)
+    import pyarrow.compute as pc
+
     audience = _audience(pipeline, campaign, folder, day)
-    treated = [c for c, arm in zip(audience["customer_id"].to_pylist(), audience["arm"].to_pylist()) if arm == "treated"]
+    customers = audience["customer_id"].to_pylist()
+    treated = [c for c, arm in zip(customers, audience["arm"].to_pylist()) if arm == "treated"]
     decisions = folder / "decisions.parquet"
-    tag = _tagger(campaign, run_id, dict(zip(audience["customer_id"].to_pylist(), audience["channel"].to_pylist())))
     summary = None
     if treated and not decisions.is_file():
         from loyaltylens_core.batch import run_batch
 
+        tag = _tagger(campaign, run_id, dict(zip(customers, audience["channel"].to_pylist())))
         summary = run_batch(pipeline, treated, decisions, chunk_size=chunk_size, progress=pipeline.progress,
                             config_path=config_path, use=use, placement=campaign.placement_key(run_id), as_of=day,
                             batch_id=run_id, tag=tag, source="campaign")
-    elif treated:
-        import pyarrow.parquet as pq
-
-        pipeline.after_batch(pq.read_table(decisions), "campaign")  # a crash after the batch: record again (idempotent)
-    import pyarrow.compute as pc
-
     table = _read_decisions(decisions)
+    if treated and summary is None:
+        pipeline.after_batch(table, "campaign")  # a crash after the batch: record again (idempotent)
     _record_unoffered(pipeline, table)
-    record_offerless(pipeline, campaign, run_id, audience.filter(pc.equal(audience["arm"], "holdout")), day)
+    held = audience.filter(pc.equal(audience["arm"], "holdout"))
+    if held.num_rows and pipeline.config.core.record_impressions:
+        ids = held["customer_id"].to_pylist()
+        record_offerless(pipeline, campaign, run_id, pipeline.read_known(ids, day)[0],
+                         dict.fromkeys(ids, "holdout"), dict(zip(ids, held["channel"].to_pylist())))
     written = write_exports(table, campaign, exports)
     offered = int(table.num_rows - table["top_offer_id"].null_count) if table.num_rows else 0
     state.update({
@@ -277,20 +281,17 @@ def _record_unoffered(pipeline: "Pipeline", table: "pa.Table") -> None:
             from_batch(unoffered, dt.datetime.now(dt.timezone.utc), "campaign", offered_only=False))
 
 
-def record_offerless(pipeline: "Pipeline", campaign: Campaign, run_id: str, held: "pa.Table",
-                      day: dt.date | None) -> None:
-    """Customers sent nothing (``held``: customer_id, arm, channel) as impressions with no
-    offer (ids ``<run>-<customer>``, so a resumed run records them once), scored like the
-    treated ones."""
+def record_offerless(pipeline: "Pipeline", campaign: Campaign, run_id: str, features: Sequence[CustomerFeatures],
+                     arms: dict[str, str], channels: dict[str, str]) -> None:
+    """Customers sent nothing (their features; arm and channel by customer id) as
+    impressions with no offer (ids ``<run>-<customer>``, so a resumed run records them
+    once), scored like the treated ones."""
     import pyarrow as pa
 
     from loyaltylens_core.kernel.feedback import impression_schema
 
-    if held.num_rows == 0 or not pipeline.config.core.record_impressions:
+    if not features or not pipeline.config.core.record_impressions:
         return
-    channels = dict(zip(held["customer_id"].to_pylist(), held["channel"].to_pylist()))
-    arms = dict(zip(held["customer_id"].to_pylist(), held["arm"].to_pylist()))
-    features, _ = pipeline.read_known(held["customer_id"].to_pylist(), day)
     scores = pipeline.predict_many(features)
     now = dt.datetime.now(dt.timezone.utc)
     rows = {
@@ -316,7 +317,7 @@ def _read_decisions(path: Path) -> "pa.Table":
 
 
 def export_table(table: "pa.Table", campaign: Campaign) -> "pa.Table":
-    """Offered customers as a channel tool reads them (EXPORT_COLUMNS): the top offer and its
+    """Offered customers as a channel tool reads them: the top offer and its
     copy, and every offer the placement holds (``offer_ids``, best first, space-separated)."""
     import pyarrow as pa
     import pyarrow.compute as pc
