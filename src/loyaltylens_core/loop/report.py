@@ -194,7 +194,7 @@ def build_report(table: Any, experiments: dict[str, Any] | None = None) -> dict[
 
     everything = table.num_rows
     table = table.filter(pc.is_valid(table["offer_id"]))
-    held_out = everything - table.num_rows
+    offerless = everything - table.num_rows
     n = table.num_rows
     redeemed = table["redeemed"].to_numpy(zero_copy_only=False)
     scores = table["score"].to_numpy(zero_copy_only=False)
@@ -206,8 +206,9 @@ def build_report(table: Any, experiments: dict[str, Any] | None = None) -> dict[
     total = int(redeemed.sum())
     return {
         "impressions": n,
-        # Campaign holdout customers, recorded with no offer: in `report --campaign` only.
-        "holdout_impressions": held_out,
+        # Campaign customers recorded with no offer (held out, or treated with none left):
+        # in `report --campaign` only.
+        "offerless_impressions": offerless,
         "first_shown": pc.min(shown).as_py().isoformat() if n else None,
         "last_shown": pc.max(shown).as_py().isoformat() if n else None,
         "outcomes": {event: int(pc.sum(table[event]).as_py() or 0) for event in EVENTS},
