@@ -19,22 +19,18 @@ def _config() -> Any:
     return load_config(state.config, use=state.use)
 
 
-def _runs(campaign: Any) -> list[dict[str, Any]]:
-    from loyaltylens_core.campaign.runner import runs_of
-
-    return runs_of(_config().core.data_dir, campaign)
-
-
 @campaign_app.command("list")
 def campaign_list(as_json: bool = typer.Option(False, "--json", help="Print the campaigns as JSON.")) -> None:
     """Every configured campaign, whether it runs today, and its last run.
 
     With no [campaigns] table in loyaltylens.toml, the built-in demo campaign."""
+    from loyaltylens_core.campaign.runner import runs_of
+
     config = _config()
     today = dt.datetime.now(dt.timezone.utc).date()
     rows = []
     for name, campaign in sorted(config.all_campaigns().items()):
-        runs = _runs(campaign)
+        runs = runs_of(config.core.data_dir, campaign)
         rows.append({**campaign.describe(), "active_today": campaign.active_on(today),
                      "last_run": runs[-1] if runs else None})
     if as_json:
@@ -54,11 +50,13 @@ def campaign_show(
     as_json: bool = typer.Option(False, "--json", help="Print the campaign as JSON."),
 ) -> None:
     """One campaign as configured, the placement it decides for, and its runs."""
+    from loyaltylens_core.campaign.runner import runs_of
+
     config = _config()
     campaign = config.campaign(name)
     data = {**campaign.describe(),
             "decides_for": config.placement(campaign.placement_key("")).model_dump(mode="json", exclude={"preview"}),
-            "runs": _runs(campaign)}
+            "runs": runs_of(config.core.data_dir, campaign)}
     if as_json:
         print_json(data)
         return
@@ -95,12 +93,12 @@ def campaign_run(
     from loyaltylens_core.campaign import runner as campaigns
 
     day = date_option(as_of, "--as-of")
-    campaign = _config().campaign(name)
     if dry_run and (out or rerun):
         from loyaltylens_core.kernel.errors import UsageError
 
         raise UsageError("--dry-run writes nothing, so --out and --rerun mean nothing with it", "drop them")
     pipeline = pipeline_for(needed=(*RUN_STAGES, "batch_engine", "feedback_store"))
+    campaign = pipeline.config.campaign(name)  # an unknown campaign fails before the slow prepare
     pipeline.prepare()
     if dry_run:
         _print_dry_run(campaigns.dry_run(pipeline, campaign, day), as_json)
