@@ -102,11 +102,16 @@ def _page(title: str, parts: list[str]) -> str:
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def render_html(report: dict[str, Any]) -> str:
+def _headless_plots() -> None:
+    """matplotlib draws to PNG without a display (Agg), whatever backend it would pick."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
 
     matplotlib.use("Agg")
+
+
+def render_html(report: dict[str, Any]) -> str:
+    _headless_plots()
     parts = ["<h1>LoyaltyLens report</h1>"]
     if not report["impressions"]:
         parts.append("<p>No impressions recorded yet.</p>")
@@ -171,10 +176,7 @@ def _arm_table(rows: list[dict[str, Any]], key: str) -> str:
 
 def render_campaign_html(report: dict[str, Any]) -> str:
     """``report --campaign --html``: treated vs holdout with intervals, by channel and offer."""
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
-
-    matplotlib.use("Agg")
+    _headless_plots()
     name = html.escape(report["campaign"])
     parts = [f"<h1>Campaign {name}</h1>"]
     if not report["impressions"]:
