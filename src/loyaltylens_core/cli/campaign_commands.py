@@ -20,7 +20,11 @@ def _config() -> Any:
 
 
 @campaign_app.command("list")
-def campaign_list(as_json: bool = typer.Option(False, "--json", help="Print the campaigns as JSON.")) -> None:
+def campaign_list(
+    as_of: Optional[str] = typer.Option(
+        None, "--as-of", help="Say which campaigns run on this day YYYY-MM-DD (`active`; default today, UTC)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the campaigns as JSON."),
+) -> None:
     """Every configured campaign, whether it runs today, and its last run.
 
     With no [campaigns] table in loyaltylens.toml, the built-in demo campaign."""
@@ -28,18 +32,19 @@ def campaign_list(as_json: bool = typer.Option(False, "--json", help="Print the 
 
     config = _config()
     today = dt.datetime.now(dt.timezone.utc).date()
+    day = date_option(as_of, "--as-of") or today
     rows = []
     for name, campaign in sorted(config.all_campaigns().items()):
         runs = runs_of(config.core.data_dir, campaign)
         rows.append({**campaign.describe(), "active_today": campaign.active_on(today),
-                     "last_run": runs[-1] if runs else None})
+                     "active": campaign.active_on(day), "last_run": runs[-1] if runs else None})
     if as_json:
         print_json(rows)
         return
     for row in rows:
         last = row["last_run"]
         ran = f"last run {last['run_id']} {last['status']}" if last else "never run"
-        active = "active" if row["active_today"] else "inactive today"
+        active = ("active" if row["active"] else "inactive") + (f" on {day}" if as_of else " today")
         typer.echo(f"{row['name']:24s} {row['audience'] or row['audience_ids'] or 'everyone'}  "
                    f"channels {','.join(row['channels'])}  holdout {row['holdout']:.0%}  {active}  {ran}")
 

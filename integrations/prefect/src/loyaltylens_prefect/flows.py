@@ -34,17 +34,13 @@ def _call(argv: list[str], timeout_s: float | None) -> Any:
     return json.loads(done.stdout)
 
 
-def _active(campaign: dict[str, Any], day: dt.date) -> bool:
-    start, end = campaign.get("start"), campaign.get("end")
-    return (start is None or dt.date.fromisoformat(start) <= day) and (end is None or day <= dt.date.fromisoformat(end))
-
-
 @task(name="due campaigns", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S)
 def due_campaigns(day: dt.date, command: Sequence[str] | None = None, config: str | None = None,
                   only: Sequence[str] | None = None) -> list[str]:
-    """The campaigns whose start/end include ``day`` (all of them, or those in ``only``)."""
-    listed = _call([*_command(command, config), "campaign", "list", "--json"], 300)
-    return [c["name"] for c in listed if _active(c, day) and (not only or c["name"] in only)]
+    """The campaigns whose start/end include ``day`` (all of them, or those in ``only``), as
+    LoyaltyLens says (``campaign list --as-of DAY``)."""
+    listed = _call([*_command(command, config), "campaign", "list", "--as-of", day.isoformat(), "--json"], 300)
+    return [c["name"] for c in listed if c["active"] and (not only or c["name"] in only)]
 
 
 @task(name="run campaign", retries=RETRIES, retry_delay_seconds=RETRY_DELAY_S,
