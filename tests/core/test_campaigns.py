@@ -9,7 +9,7 @@ import pytest
 from loyaltylens_core.kernel.campaigns import Campaign, demo_campaign
 from loyaltylens_core.kernel.config import load_config
 from loyaltylens_core.kernel.errors import ConfigError, UsageError
-from loyaltylens_core.sdk.testing import FAKE_OFFERS, FakeDecider, FakeFeatureStore, FakePlugin, make_features
+from loyaltylens_core.sdk.testing import FakeDecider, FakeFeatureStore, FakePlugin, make_features
 
 
 def config_file(tmp_path, text: str) -> str:
@@ -164,7 +164,6 @@ def test_a_day_outside_the_campaign_is_refused(loyaltylens_pipeline, tmp_path):
 def test_the_demo_campaign_is_gold_with_a_tenth_held_out():
     demo = demo_campaign()
     assert (demo.audience, demo.holdout, demo.frequency) == ('tier == "gold"', 0.1, ("monthly", 28))
-    assert FAKE_OFFERS  # the fakes' catalogue is what the pipeline tests above decide over
 
 
 def test_report_plots_take_rates_of_zero_and_one():

@@ -157,7 +157,7 @@ def _campaign(name: str, table: dict[str, Any], where: str, source: str, base_di
         ids_path = Path(ids) if Path(ids).is_absolute() or base_dir is None else base_dir / ids
     if "channel" in table and "channels" in table:
         raise ConfigError(f"{where} has both channel and channels", "keep one")
-    channels = _strings(table, "channels", where) or (( _text(table, "channel", where) or "email"),)
+    channels = _strings(table, "channels", where) or (_text(table, "channel", where) or "email",)
     for channel in channels:
         if channel not in CHANNELS:
             raise ConfigError(f"{where} channel {channel!r} is not one of {', '.join(CHANNELS)}",
