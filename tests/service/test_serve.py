@@ -139,6 +139,10 @@ def test_metrics_count_requests_stages_and_plugins(server):
     missing = ("loyaltylens_requests_total", (("method", "GET"), ("route", "/v1/offers/{customer_id}"), ("status", "404")))
     assert after[missing] - before.get(missing, 0) == 1
     assert after[("loyaltylens_stage_seconds_count", (("stage", "retriever"),))] >= 3
+    scored = [(dict(labels), value - before.get((name, labels), 0)) for (name, labels), value in after.items()
+              if name == "loyaltylens_propensity_scored_total"]
+    # One model for everybody here: every answer counted under segment "global".
+    assert sum(n for labels, n in scored if labels["segment"] == "global") == 3
     info = [labels for (name, labels), _ in after.items() if name == "loyaltylens_build_info"]
     assert info and dict(info[0])["model_version"].startswith("propensity_v")
 
@@ -150,7 +154,9 @@ def test_audit_log_has_one_line_per_served_offer_and_no_secrets(server, built_cl
     httpx.post(server.url + "/v1/offers", json={"customer_ids": ["C021", "C999999", "C022"]})
     lines = [json.loads(line) for line in audit.read_text().splitlines()[len(before):]]
     assert [line["customer_id"] for line in lines] == ["C020", "C021", "C022"]
-    assert {"time", "key", "offer_id", "model_version", "prompt_version", "fallbacks", "latency_ms", "run_id"} <= set(lines[0])
+    assert {"time", "key", "offer_id", "model_version", "segment", "prompt_version", "fallbacks", "latency_ms",
+            "run_id"} <= set(lines[0])
+    assert lines[0]["segment"] is None  # one model for everybody
 
 
 # --- the gateway part ----------------------------------------------------------------------

@@ -69,6 +69,8 @@ class PropensityScore(Contract):
     score: UnitInterval
     label: Literal[0, 1]
     model_version: str
+    # The segment whose own model scored this customer ("tier=gold"); None: one model for all.
+    segment: str | None = None
 
 
 _BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -626,6 +628,20 @@ class VersionedModels(Protocol):
 
 
 @runtime_checkable
+class SegmentedModels(Protocol):
+    """A model trained per segment beside its global one: ``segment_stores()`` maps each
+    segment ("tier=gold") to the ModelStore of its versions (`loyaltylens models`, and
+    `promote` / `rollback --segment`)."""
+
+    def segment_stores(self) -> dict[str, Any]: ...
+
+    def serving_segment_models(self) -> dict[str, Any]:
+        """The segment models that score customers now ("tier=gold" -> an Exportable),
+        for a multi-model package."""
+        ...
+
+
+@runtime_checkable
 class RecordsImpressionRows(Protocol):
     """A feedback store that also writes impressions given as plain rows (dicts with
     ``impressions.IMPRESSION_COLUMNS``' keys). The recorder uses it for a few rows while
@@ -649,7 +665,7 @@ CAPABILITIES: dict[str, type] = {
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
-        VersionedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
+        VersionedModels, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
         ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
     )
 }

@@ -32,6 +32,11 @@ DROPPED = Counter(
     ["placement", "reason"],
 )
 OFFERS = Counter("loyaltylens_offers_served_total", "Offers handed out (one per customer answered)")
+SCORED = Counter(
+    "loyaltylens_propensity_scored_total",
+    "Customers answered, by the segment whose model scored them (global: one model for all) and its version",
+    ["segment", "model_version"],
+)
 LLM_CALLS = Counter("loyaltylens_llm_calls_total", "Copy generations by an LLM generator")
 LLM_ERRORS = Counter("loyaltylens_llm_errors_total", "LLM generations that fell back (errors, invalid output)")
 LLM_SECONDS = Histogram("loyaltylens_llm_seconds", "LLM generation latency", buckets=LATENCY_BUCKETS)
@@ -70,6 +75,7 @@ def observe_result(result: Any, *, llm: bool) -> None:
         for reason, n in result.decision.dropped.items():
             DROPPED.labels(result.decision.placement, reason).inc(n)
     OFFERS.inc()
+    SCORED.labels(result.propensity.segment or "global", result.propensity.model_version).inc()
     if llm and result.copy_ is not None:
         LLM_CALLS.inc()
         LLM_SECONDS.observe(result.latency_ms.get("generator", 0.0) / 1000)

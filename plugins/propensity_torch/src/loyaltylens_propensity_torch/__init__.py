@@ -7,7 +7,7 @@ stage is built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,18 @@ class TorchPropensitySettings(PluginSettings):
     threshold: float = Field(0.5, ge=0, le=1, description="Score at or above which label is 1")
     score_cache_size: int = Field(
         200_000, ge=0, description="Scores memoised by feature values (0 turns the memo off)"
+    )
+    segment_by: Literal["tier", "channel_preference"] | None = Field(
+        None, description="Train one model per value of this categorical feature beside the global one; "
+                          "each customer is scored by its segment's model"
+    )
+    segment_must_beat_global: bool = Field(
+        True, description="A segment's model scores its customers only if it beats the global model on the "
+                          "segment's held-out rows (higher AUC); false: always"
+    )
+    min_segment_size: int = Field(
+        1000, ge=50, description="Training examples a segment needs for a model of its own; "
+                                 "smaller segments are scored by the global model"
     )
 
 

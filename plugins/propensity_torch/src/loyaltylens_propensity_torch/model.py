@@ -29,6 +29,7 @@ from loyaltylens_core.kernel.errors import StageError
 from loyaltylens_core.sdk.quality import calibrate, plot_reliability
 from loyaltylens_core.sdk.model_versions import ModelStore
 
+from . import segments
 from .features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, categorical, raw_numeric
 from .numpy_network import NumpyTabularTransformer, sigmoid
 
@@ -59,10 +60,15 @@ class TorchPropensityModel:
     # it on its event loop.
     nonblocking = True
 
-    def __init__(self, settings: TorchPropensitySettings, context: StageContext) -> None:
+    def __init__(self, settings: TorchPropensitySettings, context: StageContext,
+                 model_dir: Path | None = None, segment: str | None = None) -> None:
         self.settings = settings
         self.context = context
-        self.model_dir = Path(settings.model_dir or context.data_dir / "models")
+        self.model_dir = Path(model_dir or settings.model_dir or context.data_dir / "models")
+        # A segment's own model ("tier=gold"), or None for the global one. The global model
+        # routes each customer to the model of its segment (``segment_by``) when one serves.
+        self.segment = segment
+        self.segment_models: dict[str, TorchPropensityModel] = {}
         # Versions and the champion (`loyaltylens models / promote / rollback`).
         self.models = ModelStore(self.model_dir, VERSION_PATTERN, "propensity_v")
         self.network: NumpyTabularTransformer | None = None
@@ -83,7 +89,7 @@ class TorchPropensityModel:
     def prepare(self) -> None:
         if self.network is not None:
             return
-        if self.settings.version:
+        if self.settings.version and self.segment is None:
             self.load(self.settings.version)
         elif serving := self.models.serving():  # the champion, else the newest
             self.load(serving)
@@ -94,6 +100,29 @@ class TorchPropensityModel:
             )
         else:
             self.train()
+        if self.segment is None and self.settings.segment_by:
+            self._route_to(segments.load_serving(self))
+
+    def _route_to(self, models: dict[str, TorchPropensityModel]) -> None:
+        self.segment_models = models
+        self._memo = {}  # scores memoised before may be another model's
+
+    def segment_stores(self) -> dict[str, ModelStore]:
+        """Each trained segment's versions ("tier=gold" -> its ModelStore), for `loyaltylens
+        models`, and `promote` / `rollback --segment` (capability SegmentedModels)."""
+        return segments.stores(self)
+
+    def serving_segment_models(self) -> dict[str, TorchPropensityModel]:
+        """The segment models routed to now, by segment ("tier=gold")."""
+        if self.network is None:
+            self.prepare()
+        return {model.segment or "": model for model in self.segment_models.values()}
+
+    @property
+    def served_version(self) -> str:
+        """The version a score names: a segment model's carries its segment
+        ("tier=gold/propensity_v2"), so reports never mix it up with the global v2."""
+        return f"{self.segment}/{self.version}" if self.segment else self.version
 
     def load(self, version: str) -> None:
         directory = self.model_dir / version
@@ -150,7 +179,20 @@ class TorchPropensityModel:
         return store.training_examples(self.settings.horizon_days)
 
     def train(self) -> dict[str, Any]:
-        """Train a new version from the feature store's point-in-time examples."""
+        """Train a new version from the feature store's point-in-time examples; with
+        ``segment_by``, one more per segment large enough (``min_segment_size``)."""
+        data = self._training_set()
+        card = self.fit(data)
+        if self.settings.segment_by:
+            card["segments"] = segments.train_all(self, data, card["model_version"])
+            self._route_to(segments.load_serving(self))
+            for row in card["segments"]:  # what scores each segment from now on
+                scorer = self.segment_models.get(row["segment"].partition("=")[2])
+                row["scored_by"] = scorer.served_version if scorer else "global"
+        return card
+
+    def fit(self, data: TrainingSet, extra_card: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train, evaluate and save one version on ``data`` (all examples, or a segment's)."""
         import torch
 
         from .network import TabularTransformer
@@ -158,7 +200,6 @@ class TorchPropensityModel:
         from loyaltylens_core.sdk import quality
 
         s = self.settings
-        data = self._training_set()
         labels = np.array(data.labels, dtype=np.float32)
         idx = quality.evaluation_rows([f.customer_id for f in data.features], [f.as_of for f in data.features])
         if min(len(idx[name]) for name in ("train", "val", "test")) == 0:
@@ -180,7 +221,8 @@ class TorchPropensityModel:
         best_auc, best_state = -1.0, None
         history = []
         try:
-            with self.context.progress.task("Training propensity model", total=s.epochs) as advance:
+            title = f"Training propensity model ({self.segment})" if self.segment else "Training propensity model"
+            with self.context.progress.task(title, total=s.epochs) as advance:
                 for epoch in range(s.epochs):
                     network.train()
                     order = idx["train"][torch.randperm(len(idx["train"]), generator=generator).numpy()]
@@ -228,6 +270,8 @@ class TorchPropensityModel:
             "weights_format": "safetensors (the torch state dict's tensors)",
             "serving": {"absent_tier": ABSENT_TIER},
             "torch_version": torch.__version__,
+            **({"segment": self.segment} if self.segment else {}),
+            **(extra_card or {}),
         }
         self._save(version, network, card)
         role = self.models.trained(version)  # the first version is the champion; later ones challengers
@@ -260,9 +304,23 @@ class TorchPropensityModel:
     # --- serving --------------------------------------------------------------------
 
     def _scores(self, features: Sequence[CustomerFeatures]) -> np.ndarray:
-        """Always the numpy forward pass, batches included: torch was faster on the
-        network alone (60k vs 40k rows/s) but its OpenMP threads then fought numpy's BLAS
-        threads for the 2 cores and a whole batch ran 20% slower (measured)."""
+        """Scores by the model of each customer's segment (this one when none serves)."""
+        if self.network is None:
+            self.prepare()
+        if not self.segment_models:
+            return self.own_scores(features)
+        return segments.routed_scores(self, features)
+
+    def scorer_of(self, features: CustomerFeatures) -> TorchPropensityModel:
+        """The model that scores this customer: its segment's, else this one."""
+        if not self.segment_models:
+            return self
+        return self.segment_models.get(getattr(features, self.settings.segment_by or ""), self)
+
+    def own_scores(self, features: Sequence[CustomerFeatures]) -> np.ndarray:
+        """This model's scores. Always the numpy forward pass, batches included: torch was
+        faster on the network alone (60k vs 40k rows/s) but its OpenMP threads then fought
+        numpy's BLAS threads for the 2 cores and a whole batch ran 20% slower (measured)."""
         if self.network is None:
             self.prepare()
         assert self.network is not None
@@ -294,11 +352,13 @@ class TorchPropensityModel:
         if score is None:
             score = float(self._scores([features])[0])
             self._remember([key], [score])
+        scorer = self.scorer_of(features)
         return PropensityScore(
             customer_id=features.customer_id,
             score=score,
             label=int(score >= self.settings.threshold),
-            model_version=self.version,
+            model_version=scorer.served_version,
+            segment=scorer.segment,
         )
 
     def predict_many(self, features: Sequence[CustomerFeatures], chunk: int = 8192) -> list[PropensityScore]:
@@ -309,10 +369,18 @@ class TorchPropensityModel:
             scores = self._scores(part).tolist()
             if len(self._memo) < self.settings.score_cache_size:
                 self._remember([self._memo_key(f) for f in part], scores)
+            if not self.segment_models:
+                for f, score in zip(part, scores):
+                    out.append(PropensityScore(
+                        customer_id=f.customer_id, score=score, label=int(score >= threshold),
+                        model_version=self.version,
+                    ))
+                continue
             for f, score in zip(part, scores):
+                scorer = self.scorer_of(f)
                 out.append(PropensityScore(
                     customer_id=f.customer_id, score=score, label=int(score >= threshold),
-                    model_version=self.version,
+                    model_version=scorer.served_version, segment=scorer.segment,
                 ))
         return out
 
@@ -356,7 +424,8 @@ class TorchPropensityModel:
         out_dir.mkdir(parents=True, exist_ok=True)
         scripted.save(str(out_dir / "model.pt"))
         spec = {
-            "model_version": self.version,
+            "model_version": self.served_version,
+            **({"segment": self.segment} if self.segment else {}),
             "numeric_features": list(NUMERIC_FEATURES),
             "categorical_features": {k: list(v) for k, v in CATEGORICAL_FEATURES.items()},
             "threshold": self.settings.threshold,
