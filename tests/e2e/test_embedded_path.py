@@ -117,3 +117,49 @@ def test_train_and_index_on_a_fresh_install_do_the_work_once(cli, tmp_path):
     assert train.stderr.count("Training propensity model") == 1
     index = cli("index", extra_env=env)
     assert index.returncode == 0 and index.stderr.count("Indexing offers") == 1
+
+
+def test_segment_models_train_list_and_promote_per_segment(cli, tmp_path):
+    env = {"LOYALTYLENS_DATA_DIR": str(tmp_path / "segmented"), "LOYALTYLENS_PROPENSITY_TORCH__EPOCHS": "2",
+           "LOYALTYLENS_PROPENSITY_TORCH__SEGMENT_BY": "tier", "LOYALTYLENS_PROPENSITY_TORCH__MIN_SEGMENT_SIZE": "800",
+           "LOYALTYLENS_PROPENSITY_TORCH__SEGMENT_MUST_BEAT_GLOBAL": "false"}
+    first = cli("train", "--json", extra_env=env)
+    assert first.returncode == 0, first.stderr
+    rows = {row["segment"]: row for row in json.loads(first.stdout)["segments"]}
+    assert rows["tier=bronze"]["model_version"] == "propensity_v1" and rows["tier=bronze"]["global_auc"] > 0.5
+    small = [name for name, row in rows.items() if row["model_version"] is None]
+    assert small and all(rows[name]["scored_by"] == "global" for name in small)
+    assert "Training propensity model (tier=bronze)" in first.stderr
+    run = json.loads(cli("run", "C001", "--json", extra_env=env).stdout)
+    result, tier = run["propensity"], run["features"]["tier"]
+    expected = (f"tier={tier}", f"tier={tier}/propensity_v1") if f"tier={tier}" not in small else (None, "propensity_v1")
+    assert (result["segment"], result["model_version"]) == expected
+    assert cli("train", extra_env=env).returncode == 0
+    listed = json.loads(cli("models", "--json", extra_env=env).stdout)
+    bronze = [(m["version"], m["role"]) for m in listed if m["segment"] == "tier=bronze"]
+    assert bronze == [("propensity_v1", "champion"), ("propensity_v2", "challenger")]
+    promoted = cli("promote", "propensity_v2", "--segment", "tier=bronze", "--force", "--json", extra_env=env)
+    assert promoted.returncode == 0 and json.loads(promoted.stdout)["segment"] == "tier=bronze"
+    champions = {(m["segment"], m["version"]) for m in json.loads(cli("models", "--json", extra_env=env).stdout)
+                 if m["role"] == "champion"}
+    assert ("tier=bronze", "propensity_v2") in champions and (None, "propensity_v1") in champions
+    unknown = cli("rollback", "--segment", "tier=diamond", extra_env=env)
+    assert unknown.returncode == 2 and "no models for segment 'tier=diamond'" in unknown.stderr
+    # The serving segment models and the global one as a multi-model endpoint, scoring as `run` does.
+    package = tmp_path / "mme"
+    packaged = cli("deploy", "package", "--multi-model", "--out", str(package), "--json", extra_env=env)
+    assert packaged.returncode == 0, packaged.stderr
+    assert "global" in json.loads(packaged.stdout)["models"] and (package / "tier=bronze.tar.gz").is_file()
+    up = cli("deploy", "up", "--archive", str(package), "--json", extra_env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        for customer in ("C001", "C002", "C003"):
+            served = json.loads(cli("deploy", "invoke", customer, "--json", extra_env=env).stdout)
+            local = json.loads(cli("run", customer, "--json", extra_env=env).stdout)["propensity"]
+            assert served["model_version"] == local["model_version"]
+            assert abs(served["propensity_score"] - local["score"]) < 1e-5
+    finally:
+        cli("deploy", "down", extra_env=env)
+    single = {k: v for k, v in env.items() if "SEGMENT" not in k}
+    refused = cli("deploy", "package", "--multi-model", "--out", str(tmp_path / "no"), extra_env=single)
+    assert refused.returncode == 2 and "no segment models serving" in refused.stderr

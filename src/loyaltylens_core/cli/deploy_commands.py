@@ -25,40 +25,59 @@ def _default_archive(pipeline: "Pipeline") -> Any:
     return pipeline.config.core.data_dir / "deploy" / "model.tar.gz"
 
 
+def _default_package(pipeline: "Pipeline") -> Any:
+    return pipeline.config.core.data_dir / "deploy" / "multi-model"
+
+
+MULTI_MODEL_OPTION = typer.Option(
+    False, "--multi-model",
+    help="One archive per segment model plus the global one, in one directory (a multi-model endpoint's prefix).")
+
+
+def _package(pipeline: "Pipeline", path: Any, multi_model: bool) -> dict[str, Any]:
+    from loyaltylens_core.sdk.archive import build_archive, build_multi_model
+
+    model = pipeline.component("propensity")
+    if multi_model:
+        manifest = build_multi_model(model, path)
+        return {"package": str(path), "models": manifest["models"]}
+    spec = build_archive(model, path)
+    return {"archive": str(path), "model_version": spec.get("model_version"), "bytes": path.stat().st_size}
+
+
 @deploy_app.command("package")
 def deploy_package(
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Archive path (default <data_dir>/deploy/model.tar.gz)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Archive path (default <data_dir>/deploy/model.tar.gz; "
+                                                                "with --multi-model a directory, <data_dir>/deploy/multi-model)."),
+    multi_model: bool = MULTI_MODEL_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Export the trained propensity model (TorchScript + code/inference.py) into model.tar.gz."""
     from pathlib import Path
 
-    from loyaltylens_core.sdk.archive import build_archive
-
     pipeline = pipeline_for(needed=("propensity",))
-    path = Path(out) if out else _default_archive(pipeline)
-    spec = build_archive(pipeline.component("propensity"), path)
-    emit({"archive": str(path), "model_version": spec.get("model_version"), "bytes": path.stat().st_size}, as_json)
+    path = Path(out) if out else _default_package(pipeline) if multi_model else _default_archive(pipeline)
+    emit(_package(pipeline, path, multi_model), as_json)
 
 
 @deploy_app.command("up")
 def deploy_up(
     target: Optional[str] = TARGET_OPTION,
-    archive: Optional[str] = typer.Option(None, "--archive", help="Use this archive instead of packaging now."),
+    archive: Optional[str] = typer.Option(None, "--archive", help="Use this archive (or multi-model package "
+                                                                  "directory) instead of packaging now."),
+    multi_model: bool = MULTI_MODEL_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create (or update) the endpoint from the archive and wait until it serves."""
     from pathlib import Path
-
-    from loyaltylens_core.sdk.archive import build_archive
 
     if archive:
         pipeline = _deploy_pipeline(target, ("deploy_target",))
         path = Path(archive)
     else:
         pipeline = _deploy_pipeline(target, ("propensity", "deploy_target"))
-        path = _default_archive(pipeline)
-        build_archive(pipeline.component("propensity"), path)
+        path = _default_package(pipeline) if multi_model else _default_archive(pipeline)
+        _package(pipeline, path, multi_model)
     emit(pipeline.component("deploy_target").up(path), as_json)
 
 
@@ -66,15 +85,28 @@ def deploy_up(
 def deploy_invoke(
     customer_id: str = typer.Argument(..., help="Customer whose features are sent to the endpoint."),
     target: Optional[str] = TARGET_OPTION,
+    target_model: Optional[str] = typer.Option(
+        None, "--target-model", help="Multi-model endpoint: the archive to score with (default: the customer's "
+                                     "segment's, else global.tar.gz)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score one customer's current features on the deployed endpoint."""
+    import inspect
+
     from loyaltylens_core.kernel.contracts import validate_customer_id
+    from loyaltylens_core.kernel.errors import UsageError
 
     validate_customer_id(customer_id)
     pipeline = _deploy_pipeline(target, ("feature_store", "deploy_target"))
+    deploy_target = pipeline.component("deploy_target")
     features = pipeline.component("feature_store").read_latest(customer_id)
-    reply = dict(pipeline.component("deploy_target").invoke(features))
+    if target_model is None:
+        reply = dict(deploy_target.invoke(features))
+    elif "target_model" in inspect.signature(deploy_target.invoke).parameters:
+        reply = dict(deploy_target.invoke(features, target_model=target_model))
+    else:
+        raise UsageError(f"deploy target {pipeline.config.stages['deploy_target']!r} has no multi-model endpoints",
+                         "leave out --target-model, or use --target local")
     reply["customer_id"] = customer_id
     emit(reply, as_json)
 

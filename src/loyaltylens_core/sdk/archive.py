@@ -9,6 +9,7 @@ destination is refused before anything is written.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -54,6 +55,64 @@ def build_archive(model: Any, out_path: Path) -> dict[str, Any]:
             if tmp.exists():
                 tmp.unlink()
     return spec
+
+
+TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
+MANIFEST = "models.json"
+GLOBAL_MODEL = "global"
+
+
+def build_multi_model(model: Any, out_dir: Path) -> dict[str, Any]:
+    """One archive per model that scores customers (``global.tar.gz`` and one per serving
+    segment model, ``tier=gold.tar.gz``) and ``models.json`` naming them, in ``out_dir``: the
+    layout of a SageMaker multi-model endpoint's S3 prefix. Written beside and renamed into
+    place, so a failed export leaves the previous package whole."""
+    from loyaltylens_core.kernel.contracts import SegmentedModels
+
+    segments = model.serving_segment_models() if isinstance(model, SegmentedModels) else {}
+    if not segments:
+        raise UsageError("the propensity model has no segment models serving, so a multi-model package would hold "
+                         "one model", "set segment_by and run `loyaltylens train`, or package one model without "
+                         "--multi-model")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        manifest: dict[str, Any] = {"format": "loyaltylens-multi-model/1", "models": {}}
+        for name, member in {GLOBAL_MODEL: model, **segments}.items():
+            spec = build_archive(member, staging / f"{name}.tar.gz")
+            manifest["models"][name] = {"target_model": f"{name}.tar.gz", "model_version": spec.get("model_version"),
+                                        "bytes": (staging / f"{name}.tar.gz").stat().st_size}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def read_manifest(package: Path) -> dict[str, Any]:
+    path = Path(package) / MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{path} is missing or not JSON, so the customer's target model is unknown",
+                         "name it with --target-model, or package again with `loyaltylens deploy package --multi-model`") \
+            from None
+    return manifest
+
+
+def target_model_for(manifest: dict[str, Any], features: Any) -> str:
+    """The archive that scores this customer: its segment's ("tier=gold"), else the global one."""
+    models = manifest.get("models", {})
+    for name, entry in models.items():
+        feature, _, value = name.partition("=")
+        if value and getattr(features, feature, None) == value:
+            return str(entry["target_model"])
+    return str(models[GLOBAL_MODEL]["target_model"])
 
 
 def read_spec(archive: Path) -> dict[str, Any]:

@@ -370,10 +370,11 @@ def tiny_score(features: CustomerFeatures) -> float:
     return 1 / (1 + math.exp(-(features.offer_redemption_rate - 0.5 + 0.1 * channel)))
 
 
-def write_tiny_archive(path: Path, *, state_dict: bool = False) -> Path:
+def write_tiny_archive(path: Path, *, state_dict: bool = False, version: str = "tiny_v1") -> Path:
     """A real model.tar.gz in the deploy layout around a tiny TorchScript model, for deploy
     target tests that must not depend on the propensity plugin. ``state_dict=True`` writes a
-    plain state dict as model.pt instead: what a container must refuse to load."""
+    plain state dict as model.pt instead: what a container must refuse to load. ``version``
+    names the model in its spec (several archives of a multi-model endpoint tell apart)."""
     import io
     import json
     import tarfile
@@ -400,7 +401,7 @@ def write_tiny_archive(path: Path, *, state_dict: bool = False) -> Path:
             torch.jit.save(torch.jit.script(Tiny()), buffer)
     files = {
         "model.pt": buffer.getvalue(),
-        "spec.json": json.dumps(TINY_SPEC).encode(),
+        "spec.json": json.dumps({**TINY_SPEC, "model_version": version}).encode(),
         "code/inference.py": inference_script(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,8 @@ class LocalDeploySettings(PluginSettings):
     start_timeout_s: float = Field(60.0, gt=0)
     body_timeout_s: float = Field(10.0, gt=0, le=600, description="A request body not received in this time gets 408")
     header_timeout_s: float = Field(10.0, gt=0, le=600, description="Request headers not received in this time get 408")
+    max_models: int = Field(8, ge=1, le=1000, description="Multi-model endpoint: models kept loaded (least "
+                                                         "recently used unloaded first)")
 
 
 def build(settings: LocalDeploySettings, context: StageContext) -> Any:

@@ -1,4 +1,5 @@
-"""A SageMaker-contract model server: GET /ping, POST /invocations.
+"""A SageMaker-contract model server: GET /ping, POST /invocations (and, given a directory
+of archives, the multi-model contract: ``multi_model.py``).
 
 It extracts the archive safely, imports its code/inference.py and calls model_fn /
 input_fn / predict_fn / output_fn exactly as the SageMaker toolkit does. Bad requests
@@ -24,18 +25,23 @@ from loyaltylens_core.util.asgi import BodyError, Disconnected, read_body, send_
 
 
 class LoadedModel:
-    def __init__(self, archive: Path, workdir: Path) -> None:
-        model_dir = safe_extract(archive, workdir / "model")
+    def __init__(self, model_dir: Path) -> None:
+        """A model directory as SageMaker extracts an archive: ``code/inference.py`` beside
+        the model files."""
         spec = importlib.util.spec_from_file_location(
             f"loyaltylens_inference_{id(self)}", model_dir / "code" / "inference.py"
         )
         if spec is None or spec.loader is None:
-            raise RuntimeError(f"{archive} has no code/inference.py")
+            raise RuntimeError(f"{model_dir} has no code/inference.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         self.module = module
         self.model = module.model_fn(str(model_dir))
         self.bad_request = getattr(module, "BadRequest", ValueError)
+
+    @classmethod
+    def from_archive(cls, archive: Path, workdir: Path) -> LoadedModel:
+        return cls(safe_extract(archive, workdir / "model"))
 
     def invoke(self, body: bytes, content_type: str, accept: str) -> tuple[str, str]:
         data = self.module.input_fn(body, content_type)
@@ -89,9 +95,12 @@ def make_app(model: LoadedModel, max_body: int, body_timeout_s: float) -> Callab
 
 
 def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path | None,
-          workdir: Path | None = None, body_timeout_s: float = 10.0, header_timeout_s: float = 10.0) -> None:
+          workdir: Path | None = None, body_timeout_s: float = 10.0, header_timeout_s: float = 10.0,
+          max_models: int = 0) -> None:
     """Serve on uvicorn: bounded header size, keep-alive and body read time, a listen
-    socket bound before the ready file names its port, graceful stop on SIGTERM."""
+    socket bound before the ready file names its port, graceful stop on SIGTERM.
+    ``archive`` is one model.tar.gz, or a directory of them for a multi-model endpoint
+    (``max_models`` loaded at once)."""
     import socket
 
     import uvicorn
@@ -101,13 +110,21 @@ def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path |
     parent = workdir or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ll-serve-", dir=parent) as work:
-        model = LoadedModel(archive, Path(work))
+        if archive.is_dir():
+            from .multi_model import MultiModelCache, make_multi_model_app
+
+            cache = MultiModelCache(archive, Path(work), max_models or 8, LoadedModel)
+            app = make_multi_model_app(cache, max_body, body_timeout_s,
+                                       lambda model, body, ctype, accept: model.invoke(body, ctype, accept),
+                                       lambda model: model.bad_request)
+        else:
+            app = make_app(LoadedModel.from_archive(archive, Path(work)), max_body, body_timeout_s)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
         config = uvicorn.Config(
-            make_app(model, max_body, body_timeout_s), lifespan="on", log_level="warning", access_log=False,
+            app, lifespan="on", log_level="warning", access_log=False,
             timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024, limit_concurrency=256,
             server_header=False, http=with_header_timeout(header_timeout_s),
         )
@@ -118,7 +135,9 @@ def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path |
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", required=True, type=Path)
+    parser.add_argument("--archive", required=True, type=Path,
+                        help="A model.tar.gz, or a directory of them (a multi-model endpoint)")
+    parser.add_argument("--max-models", type=int, default=8, help="Multi-model: models loaded at once (LRU)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--max-body", type=int, default=1_048_576)
@@ -129,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         serve(args.archive, args.host, args.port, args.max_body, args.ready_file, args.workdir, args.body_timeout,
-              args.header_timeout)
+              args.header_timeout, args.max_models)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # noqa: BLE001 - one line for the parent to show

@@ -19,6 +19,7 @@ from typing import Any, TYPE_CHECKING
 
 from loyaltylens_core.kernel.contracts import CustomerFeatures
 from loyaltylens_core.kernel.errors import StageError, UsageError
+from loyaltylens_core.sdk.archive import TARGET_MODEL_HEADER, read_manifest, target_model_for
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -46,12 +47,13 @@ class LocalDeployTarget:
         state = json.loads(self.state_file.read_text())
         return state if _alive(int(state["pid"])) else None
 
-    def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 10) -> Any:
+    def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 10,
+                 headers: dict[str, str] | None = None) -> Any:
         state = self._state()
         if state is None:
             raise UsageError("no local endpoint is running", "start one with `loyaltylens deploy up`")
         request = urllib.request.Request(
-            state["url"] + path, data=body, method=method, headers={"Content-Type": "application/json"}
+            state["url"] + path, data=body, method=method, headers={"Content-Type": "application/json", **(headers or {})}
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -65,7 +67,11 @@ class LocalDeployTarget:
 
     def up(self, archive: Path) -> dict[str, Any]:
         archive = Path(archive).resolve()
-        if not archive.is_file():
+        multi_model = archive.is_dir()
+        if multi_model and not any(archive.glob("*.tar.gz")):
+            raise UsageError(f"{archive} holds no model archives (*.tar.gz) for a multi-model endpoint",
+                             "run `loyaltylens deploy package --multi-model`")
+        if not multi_model and not archive.is_file():
             raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
         if self._state() is not None:
             self.down()
@@ -78,7 +84,8 @@ class LocalDeployTarget:
                  "--max-body", str(self.settings.max_body_bytes), "--ready-file", str(ready),
                  "--workdir", str(self.state_file.parent / "serving"),
                  "--body-timeout", str(self.settings.body_timeout_s),
-                 "--header-timeout", str(self.settings.header_timeout_s)],
+                 "--header-timeout", str(self.settings.header_timeout_s),
+                 "--max-models", str(self.settings.max_models)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + self.settings.start_timeout_s
@@ -93,16 +100,32 @@ class LocalDeployTarget:
             time.sleep(0.05)
         address = json.loads(ready.read_text())
         ready.unlink()
-        state = {"pid": proc.pid, "url": f"http://{address['host']}:{address['port']}", "archive": str(archive)}
+        state = {"pid": proc.pid, "url": f"http://{address['host']}:{address['port']}", "archive": str(archive),
+                 "multi_model": multi_model}
         self.state_file.write_text(json.dumps(state))
         ping = self._request("GET", "/ping")
         state["model_version"] = ping.get("model_version")
         self.state_file.write_text(json.dumps(state))
-        return {"status": "InService", "url": state["url"], "model_version": state["model_version"], "pid": proc.pid}
+        out = {"status": "InService", "url": state["url"], "model_version": state["model_version"], "pid": proc.pid}
+        if multi_model:
+            out["target_models"] = sorted(p.name for p in archive.glob("*.tar.gz"))
+        return out
 
-    def invoke(self, features: CustomerFeatures) -> dict[str, Any]:
+    def invoke(self, features: CustomerFeatures, target_model: str | None = None) -> dict[str, Any]:
+        """Score on the endpoint. On a multi-model endpoint the archive is ``target_model``,
+        else the one of the customer's segment (the package's models.json), else global."""
         body = features.model_dump_json().encode()
-        return self._request("POST", "/invocations", body)
+        state = self._state() or {}
+        if not state.get("multi_model"):
+            if target_model:
+                raise UsageError("the local endpoint serves one model, so it takes no target model",
+                                 "deploy a multi-model package: `loyaltylens deploy up --multi-model`")
+            return self._request("POST", "/invocations", body)
+        if target_model is None:
+            target_model = target_model_for(read_manifest(Path(state["archive"])), features)
+        reply = dict(self._request("POST", "/invocations", body, headers={TARGET_MODEL_HEADER: target_model}))
+        reply["target_model"] = target_model
+        return reply
 
     def status(self) -> dict[str, Any]:
         state = self._state()
