@@ -77,6 +77,53 @@ def test_full_lifecycle(tmp_path, moto_url, aws_env):
     assert target.down()["status"] == "absent"  # idempotent
 
 
+def multi_model_package(root):
+    """What `deploy package --multi-model` writes: archives and models.json."""
+    manifest = {"format": "loyaltylens-multi-model/1", "models": {}}
+    for name in ("global", "tier=gold"):
+        write_tiny_archive(root / f"{name}.tar.gz", version=f"{name}/tiny_v1")
+        manifest["models"][name] = {"target_model": f"{name}.tar.gz", "model_version": f"{name}/tiny_v1"}
+    (root / "models.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_multi_model_endpoint_lifecycle(tmp_path, moto_url, aws_env):
+    (tmp_path / "mme").mkdir()
+    package = multi_model_package(tmp_path / "mme")
+    target = target_for(tmp_path, moto_url, endpoint_name="ll-mme")
+    up = target.up(package)
+    assert up["target_models"] == ["global.tar.gz", "tier=gold.tar.gz"]
+    # One model in Mode MultiModel over the S3 prefix holding every archive.
+    sm = client("sagemaker", moto_url)
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName="ll-mme")["EndpointConfigName"])
+    container = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])["PrimaryContainer"]
+    assert container["Mode"] == "MultiModel" and container["ModelDataUrl"] == up["model_data"]
+    bucket, prefix = up["model_data"][len("s3://"):].split("/", 1)
+    assert prefix.endswith("/")
+    stored = client("s3", moto_url).get_object(Bucket=bucket, Key=prefix + "tier=gold.tar.gz")["Body"].read()
+    assert stored == (package / "tier=gold.tar.gz").read_bytes()
+
+    # InvokeEndpoint carries TargetModel (the header SageMaker passes on to the container).
+    sent: list[dict] = []
+    target.runtime.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint",
+                                        lambda request, **_: sent.append(dict(request.headers)))
+    queue_invoke_result(moto_url, {"propensity_score": 0.5, "model_version": "tier=gold/tiny_v1"})
+    reply = target.invoke(make_features(tier="gold"))
+    assert reply["target_model"] == "tier=gold.tar.gz"
+    queue_invoke_result(moto_url, {"propensity_score": 0.5, "model_version": "global/tiny_v1"})
+    target.invoke(make_features(tier="platinum"))
+    queue_invoke_result(moto_url, {"propensity_score": 0.5, "model_version": "global/tiny_v1"})
+    target.invoke(make_features(tier="gold"), target_model="global.tar.gz")
+    headers = [h.get("X-Amzn-SageMaker-Target-Model", b"").decode() for h in sent]
+    assert headers == ["tier=gold.tar.gz", "global.tar.gz", "global.tar.gz"]
+    assert len(target.down()["deleted"]) == 3
+
+
+def test_a_directory_that_is_not_a_package_is_refused(tmp_path, moto_url, aws_env):
+    with pytest.raises(UsageError, match="not a multi-model package"):
+        target_for(tmp_path, moto_url).up(tmp_path)
+
+
 def test_second_up_updates_the_endpoint_or_fails_in_one_line(tmp_path, moto_url, aws_env):
     """A second `up` calls UpdateEndpoint. moto 5 does not implement it and answers with an
     HTML 500 page: that must still reach the user as one short line."""

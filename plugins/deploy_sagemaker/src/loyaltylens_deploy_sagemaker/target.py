@@ -18,7 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
-from loyaltylens_core.sdk.archive import read_spec
+from loyaltylens_core.sdk.archive import MANIFEST, read_manifest, read_spec, target_model_for
 from loyaltylens_core.kernel.contracts import CustomerFeatures
 from loyaltylens_core.kernel.errors import ConfigError, StageError, UsageError
 
@@ -117,33 +117,55 @@ class SageMakerTarget:
 
     # --- lifecycle ------------------------------------------------------------------
 
+    def _upload(self, bucket: str, archive: Path, stamp: str) -> tuple[str, str, dict[str, Any] | None]:
+        """The archive (or a multi-model package's archives, under one prefix) in S3:
+        (ModelDataUrl, model version, the package's models.json or None)."""
+        if not archive.is_dir():
+            version = str(read_spec(archive).get("model_version", "unknown"))
+            key = f"{self.settings.prefix.strip('/')}/{version}/{stamp}/model.tar.gz"
+            with archive.open("rb") as body:
+                self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=key, Body=body)
+            return f"s3://{bucket}/{key}", version, None
+        manifest = read_manifest(archive)
+        prefix = f"{self.settings.prefix.strip('/')}/multi-model/{stamp}/"
+        for entry in manifest["models"].values():
+            with (archive / entry["target_model"]).open("rb") as body:
+                self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=prefix + entry["target_model"],
+                           Body=body)
+        # The prefix (ending in /) is the ModelDataUrl of a multi-model container.
+        return f"s3://{bucket}/{prefix}", "multi-model", manifest
+
     def up(self, archive: Path) -> dict[str, Any]:
+        """Deploy one model.tar.gz, or a `deploy package --multi-model` directory as a
+        multi-model endpoint (Mode MultiModel over the S3 prefix of its archives)."""
         archive = Path(archive)
-        if not archive.is_file():
+        if archive.is_dir() and not (archive / MANIFEST).is_file():
+            raise UsageError(f"{archive} is not a multi-model package (no {MANIFEST})",
+                             "run `loyaltylens deploy package --multi-model`")
+        if not archive.exists():
             raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
         role = self._require("role_arn")
         bucket = self._require("bucket")
-        version = str(read_spec(archive).get("model_version", "unknown"))
         # Unique per call, within SageMaker's 63-character limit: the suffix never gets cut.
         stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
         name = self.settings.endpoint_name
-        model_name = f"{name[:30]}-{version.replace('_', '-')[:10]}-{stamp}"
         config_name = f"{name[:36]}-cfg-{stamp}"
-        key = f"{self.settings.prefix.strip('/')}/{version}/{stamp}/model.tar.gz"
 
         self._ensure_bucket(bucket)
-        with archive.open("rb") as body:
-            self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=key, Body=body)
-        model_data = f"s3://{bucket}/{key}"
+        model_data, version, manifest = self._upload(bucket, archive, stamp)
+        model_name = f"{name[:30]}-{version.replace('_', '-').replace('/', '-')[:10]}-{stamp}"
+        container: dict[str, Any] = {
+            "Image": self._image(),
+            "ModelDataUrl": model_data,
+            "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                            "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
+        }
+        if manifest is not None:
+            container["Mode"] = "MultiModel"
         self._call(
             "CreateModel", self.sagemaker.create_model,
             ModelName=model_name, ExecutionRoleArn=role,
-            PrimaryContainer={
-                "Image": self._image(),
-                "ModelDataUrl": model_data,
-                "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
-                                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
-            },
+            PrimaryContainer=container,
             Tags=[{"Key": "loyaltylens:model_version", "Value": version}],
         )
         self._call(
@@ -170,11 +192,14 @@ class SageMakerTarget:
             raise
         self.state_file.write_text(json.dumps({
             "endpoint": name, "config": config_name, "model": model_name, "model_data": model_data,
-            "model_version": version,
+            "model_version": version, **({"manifest": manifest} if manifest else {}),
         }))
         self._wait_in_service()
-        return {"status": "InService", "endpoint": name, "model": model_name, "model_data": model_data,
-                "model_version": version, "region": self.settings.region}
+        out = {"status": "InService", "endpoint": name, "model": model_name, "model_data": model_data,
+               "model_version": version, "region": self.settings.region}
+        if manifest:
+            out["target_models"] = sorted(entry["target_model"] for entry in manifest["models"].values())
+        return out
 
     def _wait_in_service(self) -> None:
         delay = 15
@@ -189,7 +214,19 @@ class SageMakerTarget:
             raise StageError(f"endpoint {self.settings.endpoint_name} did not reach InService: {reason}",
                              "see CloudWatch logs /aws/sagemaker/Endpoints/" + self.settings.endpoint_name) from None
 
-    def invoke(self, features: CustomerFeatures) -> dict[str, Any]:
+    def _manifest(self) -> dict[str, Any] | None:
+        if not self.state_file.is_file():
+            return None
+        manifest: dict[str, Any] | None = json.loads(self.state_file.read_text()).get("manifest")
+        return manifest
+
+    def invoke(self, features: CustomerFeatures, target_model: str | None = None) -> dict[str, Any]:
+        """Score on the endpoint; on a multi-model one, with ``TargetModel`` = the given
+        archive, else the customer's segment's (from the deployed package), else global."""
+        manifest = self._manifest()
+        if target_model is None and manifest is not None:
+            target_model = target_model_for(manifest, features)
+        extra = {"TargetModel": target_model} if target_model else {}
         if not self._seen_endpoint:
             # Checked once: an InvokeEndpoint on a missing endpoint is a vaguer error.
             if self._endpoint() is None:
@@ -201,7 +238,7 @@ class SageMakerTarget:
         reply = self._call(
             "InvokeEndpoint", self.runtime.invoke_endpoint,
             EndpointName=self.settings.endpoint_name, ContentType="application/json",
-            Accept="application/json", Body=features.model_dump_json().encode(),
+            Accept="application/json", Body=features.model_dump_json().encode(), **extra,
         )
         raw = reply["Body"].read()
         try:
@@ -214,7 +251,7 @@ class SageMakerTarget:
         if not isinstance(data, dict) or "propensity_score" not in data:
             raise StageError(f"endpoint {self.settings.endpoint_name} returned no propensity_score",
                              "check the inference script")
-        return data
+        return {**data, **({"target_model": target_model} if target_model else {})}
 
     def status(self) -> dict[str, Any]:
         endpoint = self._endpoint()

@@ -65,6 +65,9 @@ class VertexTarget:
 
     def up(self, archive: Path) -> dict[str, Any]:
         archive = Path(archive)
+        if archive.is_dir():
+            raise UsageError(f"{archive} is a multi-model package; Vertex AI endpoints serve one model each",
+                             "deploy it with --target sagemaker or --target local, or package one model")
         if not archive.is_file():
             raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
         require(self.settings, "bucket")
