@@ -163,3 +163,16 @@ def test_segment_models_train_list_and_promote_per_segment(cli, tmp_path):
     single = {k: v for k, v in env.items() if "SEGMENT" not in k}
     refused = cli("deploy", "package", "--multi-model", "--out", str(tmp_path / "no"), extra_env=single)
     assert refused.returncode == 2 and "no segment models serving" in refused.stderr
+    # Champion and challenger as production variants of one local endpoint.
+    split = cli("deploy", "up", "--variants", "champion=90,challenger=10", "--json", extra_env=single)
+    assert split.returncode == 0, split.stderr
+    assert {k: v["model_version"] for k, v in json.loads(split.stdout)["variants"].items()} == \
+        {"champion": "propensity_v1", "challenger": "propensity_v2"}
+    try:
+        assert cli("deploy", "weights", "champion=0,challenger=100", extra_env=single).returncode == 0
+        served = json.loads(cli("deploy", "invoke", "C001", "--json", extra_env=single).stdout)
+        assert (served["variant"], served["model_version"]) == ("challenger", "propensity_v2")
+    finally:
+        cli("deploy", "down", extra_env=single)
+    bad = cli("deploy", "up", "--variants", "champion=90", extra_env=single)
+    assert bad.returncode == 2 and "at least two variants" in bad.stderr

@@ -120,8 +120,51 @@ def test_multi_model_endpoint_lifecycle(tmp_path, moto_url, aws_env):
 
 
 def test_a_directory_that_is_not_a_package_is_refused(tmp_path, moto_url, aws_env):
-    with pytest.raises(UsageError, match="not a multi-model package"):
+    with pytest.raises(UsageError, match="not a multi-model or variants package"):
         target_for(tmp_path, moto_url).up(tmp_path)
+
+
+def variants_package(root):
+    """What `deploy package --variants champion=90,challenger=10` writes."""
+    root.mkdir()
+    manifest = {"format": "loyaltylens-variants/1", "variants": {}}
+    for name, weight, version in (("champion", 90, "tiny_v1"), ("challenger", 10, "tiny_v2")):
+        write_tiny_archive(root / f"{name}.tar.gz", version=version)
+        manifest["variants"][name] = {"archive": f"{name}.tar.gz", "weight": weight, "model_version": version}
+    (root / "variants.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_production_variants_with_weights_and_a_weight_update(tmp_path, moto_url, aws_env):
+    target = target_for(tmp_path, moto_url, endpoint_name="ll-variants")
+    up = target.up(variants_package(tmp_path / "variants"))
+    assert {k: v["weight"] for k, v in up["variants"].items()} == {"champion": 90.0, "challenger": 10.0}
+    sm = client("sagemaker", moto_url)
+    config = sm.describe_endpoint_config(EndpointConfigName=sm.describe_endpoint(EndpointName="ll-variants")["EndpointConfigName"])
+    variants = {v["VariantName"]: v for v in config["ProductionVariants"]}
+    assert {k: v["InitialVariantWeight"] for k, v in variants.items()} == {"champion": 90.0, "challenger": 10.0}
+    for name, version in (("champion", "tiny_v1"), ("challenger", "tiny_v2")):
+        model = sm.describe_model(ModelName=variants[name]["ModelName"])
+        assert {"Key": "loyaltylens:model_version", "Value": version} in \
+            sm.list_tags(ResourceArn=model["ModelArn"])["Tags"]
+    queue = {"results": [{"Body": json.dumps({"propensity_score": 0.3, "model_version": "tiny_v2"}),
+                          "ContentType": "application/json", "InvokedProductionVariant": "challenger",
+                          "CustomAttributes": ""}]}
+    request = urllib.request.Request(moto_url + "/moto-api/static/sagemaker/endpoint-results",
+                                     data=json.dumps(queue).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+    assert target.invoke(make_features())["variant"] == "challenger"
+
+    sent: list[dict] = []
+    target.sagemaker.meta.events.register(
+        "provide-client-params.sagemaker.UpdateEndpointWeightsAndCapacities", lambda params, **_: sent.append(params))
+    assert target.update_weights({"champion": 50, "challenger": 50})["weights"] == {"champion": 50, "challenger": 50}
+    assert sent[0]["DesiredWeightsAndCapacities"] == [{"VariantName": "champion", "DesiredWeight": 50},
+                                                      {"VariantName": "challenger", "DesiredWeight": 50}]
+    with pytest.raises(UsageError, match="no variant 'nope'"):
+        target.update_weights({"nope": 1})
+    assert len(target.down()["deleted"]) == 4  # endpoint, config, two models
 
 
 def test_second_up_updates_the_endpoint_or_fails_in_one_line(tmp_path, moto_url, aws_env):

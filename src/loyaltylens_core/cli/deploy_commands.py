@@ -34,10 +34,29 @@ MULTI_MODEL_OPTION = typer.Option(
     help="One archive per segment model plus the global one, in one directory (a multi-model endpoint's prefix).")
 
 
-def _package(pipeline: "Pipeline", path: Any, multi_model: bool) -> dict[str, Any]:
+VARIANTS_OPTION = typer.Option(
+    None, "--variants",
+    help="Split traffic between model versions, e.g. champion=90,challenger=10 (or propensity_v1=50,propensity_v3=50).")
+
+
+def _default_path(pipeline: "Pipeline", multi_model: bool, variants: Optional[str]) -> Any:
+    if variants:
+        return pipeline.config.core.data_dir / "deploy" / "variants"
+    return _default_package(pipeline) if multi_model else _default_archive(pipeline)
+
+
+def _package(pipeline: "Pipeline", path: Any, multi_model: bool, variants: Optional[str] = None) -> dict[str, Any]:
+    from loyaltylens_core.kernel.errors import UsageError
     from loyaltylens_core.sdk.archive import build_archive, build_multi_model
 
     model = pipeline.component("propensity")
+    if variants:
+        from loyaltylens_core.sdk.variants import build_variant_package, parse_weights
+
+        if multi_model:
+            raise UsageError("--variants and --multi-model do not combine yet", "choose one")
+        manifest = build_variant_package(model, parse_weights(variants), path)
+        return {"package": str(path), "variants": manifest["variants"]}
     if multi_model:
         manifest = build_multi_model(model, path)
         return {"package": str(path), "models": manifest["models"]}
@@ -50,14 +69,15 @@ def deploy_package(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Archive path (default <data_dir>/deploy/model.tar.gz; "
                                                                 "with --multi-model a directory, <data_dir>/deploy/multi-model)."),
     multi_model: bool = MULTI_MODEL_OPTION,
+    variants: Optional[str] = VARIANTS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Export the trained propensity model (TorchScript + code/inference.py) into model.tar.gz."""
     from pathlib import Path
 
     pipeline = pipeline_for(needed=("propensity",))
-    path = Path(out) if out else _default_package(pipeline) if multi_model else _default_archive(pipeline)
-    emit(_package(pipeline, path, multi_model), as_json)
+    path = Path(out) if out else _default_path(pipeline, multi_model, variants)
+    emit(_package(pipeline, path, multi_model, variants), as_json)
 
 
 @deploy_app.command("up")
@@ -66,6 +86,7 @@ def deploy_up(
     archive: Optional[str] = typer.Option(None, "--archive", help="Use this archive (or multi-model package "
                                                                   "directory) instead of packaging now."),
     multi_model: bool = MULTI_MODEL_OPTION,
+    variants: Optional[str] = VARIANTS_OPTION,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create (or update) the endpoint from the archive and wait until it serves."""
@@ -76,9 +97,28 @@ def deploy_up(
         path = Path(archive)
     else:
         pipeline = _deploy_pipeline(target, ("propensity", "deploy_target"))
-        path = _default_package(pipeline) if multi_model else _default_archive(pipeline)
-        _package(pipeline, path, multi_model)
+        path = _default_path(pipeline, multi_model, variants)
+        _package(pipeline, path, multi_model, variants)
     emit(pipeline.component("deploy_target").up(path), as_json)
+
+
+@deploy_app.command("weights")
+def deploy_weights(
+    weights: str = typer.Argument(..., help="New weights by variant, e.g. champion=50,challenger=50."),
+    target: Optional[str] = TARGET_OPTION,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Change the traffic split of a running endpoint's variants, without replacing it."""
+    from loyaltylens_core.kernel.errors import UsageError
+    from loyaltylens_core.sdk.variants import parse_weights
+
+    parsed = parse_weights(weights, at_least=1)
+    pipeline = _deploy_pipeline(target, ("deploy_target",))
+    deploy_target = pipeline.component("deploy_target")
+    if not hasattr(deploy_target, "update_weights"):
+        raise UsageError(f"deploy target {pipeline.config.stages['deploy_target']!r} has no production variants",
+                         "use --target local or --target sagemaker")
+    emit(deploy_target.update_weights(parsed), as_json)
 
 
 @deploy_app.command("invoke")

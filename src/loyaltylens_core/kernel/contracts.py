@@ -628,6 +628,14 @@ class VersionedModels(Protocol):
 
 
 @runtime_checkable
+class LoadsVersions(Protocol):
+    """A versioned model that can load a chosen version in place (`deploy up --variants`
+    exports several versions in turn)."""
+
+    def load(self, version: str) -> None: ...
+
+
+@runtime_checkable
 class SegmentedModels(Protocol):
     """A model trained per segment beside its global one: ``segment_stores()`` maps each
     segment ("tier=gold") to the ModelStore of its versions (`loyaltylens models`, and
@@ -665,7 +673,7 @@ CAPABILITIES: dict[str, type] = {
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
-        VersionedModels, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
+        VersionedModels, LoadsVersions, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
         ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
     )
 }

@@ -35,7 +35,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
           "reads a customer's point-in-time features"),
     Stage("propensity", "register_propensity_models", "PropensityModel", "torch", True,
           (*_COMMON, "BatchPropensityModel", "Trainable", "Exportable", "VersionedModels",
-           "SegmentedModels"),
+           "LoadsVersions", "SegmentedModels"),
           "scores how likely a customer is to redeem an offer"),
     Stage("embedder", "register_embedders", "Embedder", "sentence-transformers", False,
           ("Preparable", "Closeable"),

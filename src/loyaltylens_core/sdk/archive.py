@@ -84,14 +84,20 @@ def build_multi_model(model: Any, out_dir: Path) -> dict[str, Any]:
             manifest["models"][name] = {"target_model": f"{name}.tar.gz", "model_version": spec.get("model_version"),
                                         "bytes": (staging / f"{name}.tar.gz").stat().st_size}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_directory(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def publish_directory(staging: Path, out_dir: Path) -> None:
+    """Put a fully written package directory in place of ``out_dir``: the old one is moved
+    aside first and removed after, so a reader never sees half of either."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(package: Path) -> dict[str, Any]:

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from loyaltylens_core.sdk.archive import safe_extract
-from loyaltylens_core.util.asgi import BodyError, Disconnected, read_body, send_json
+from loyaltylens_core.util.asgi import send_json
+
+from .exchange import Scorer, headers_of, not_http, predict, read_or_answer
 
 TARGET_HEADER = "x-amzn-sagemaker-target-model"
 PAGE_SIZE = 100
@@ -46,16 +48,16 @@ class ModelNotFound(LookupError):
 class MultiModelCache:
     """Loaded models by name, least recently used first."""
 
-    def __init__(self, model_root: Path, workdir: Path, max_models: int, load: Callable[[Path], Any]) -> None:
+    def __init__(self, model_root: Path, workdir: Path, max_models: int, load: Callable[[Path], Scorer]) -> None:
         self.model_root = model_root.resolve()
         self.workdir = workdir
         self.max_models = max_models
         self._load = load
-        self.models: collections.OrderedDict[str, tuple[str, Any]] = collections.OrderedDict()
+        self.models: collections.OrderedDict[str, tuple[str, Scorer]] = collections.OrderedDict()
         self.evicted = 0
         self.loads = 0
 
-    def load_url(self, name: str, url: str) -> Any:
+    def load_url(self, name: str, url: str) -> Scorer:
         """The container's Load Model API: a model directory already extracted."""
         if name in self.models:
             raise FileExistsError(name)
@@ -64,7 +66,7 @@ class MultiModelCache:
             raise ModelNotFound(f"no model at {url} (it needs code/inference.py)")
         return self._add(name, url, self._load(directory))
 
-    def _add(self, name: str, url: str, model: Any) -> Any:
+    def _add(self, name: str, url: str, model: Scorer) -> Scorer:
         while len(self.models) >= self.max_models:
             self.models.popitem(last=False)
             self.evicted += 1
@@ -72,7 +74,7 @@ class MultiModelCache:
         self.loads += 1
         return model
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str) -> Scorer:
         if name not in self.models:
             raise ModelNotFound(f"model {name!r} is not loaded")
         self.models.move_to_end(name)
@@ -82,7 +84,7 @@ class MultiModelCache:
         if self.models.pop(name, None) is None:
             raise ModelNotFound(f"model {name!r} is not loaded")
 
-    def for_target(self, target: str) -> Any:
+    def for_target(self, target: str) -> Scorer:
         """SageMaker's part: the archive ``target`` under the model root, loaded on first use."""
         name = model_name_of(target)
         if name in self.models:
@@ -113,22 +115,14 @@ def model_name_of(target: str) -> str:
     return _UNSAFE.sub("_", stem) or "_"
 
 
-def make_multi_model_app(cache: MultiModelCache, max_body: int, body_timeout_s: float,
-                         invoke: Callable[[Any, bytes, str, str], tuple[Any, str]],
-                         bad_request: Callable[[Any], type[Exception]]) -> Callable[..., Awaitable[None]]:
-    """The contract as a plain ASGI app. ``invoke(model, body, content_type, accept)`` runs
-    one model's handler; ``bad_request(model)`` is the exception type it raises for a 400."""
+def make_multi_model_app(cache: MultiModelCache, max_body: int, body_timeout_s: float) -> Callable[..., Awaitable[None]]:
+    """The contract as a plain ASGI app."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
         method, path = scope["method"], scope["path"]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        headers = headers_of(scope)
         if path == "/ping" and method == "GET":
             await send_json(send, 200, {"status": "healthy", "multi_model": True, "loaded": len(cache.models)})
             return
@@ -138,15 +132,7 @@ def make_multi_model_app(cache: MultiModelCache, max_body: int, body_timeout_s: 
             await send_json(send, 200, cache.listing((query.get("next_page_token") or [None])[0]))
             return
         if len(parts) == 2 and parts[0] == "models" and method in ("GET", "DELETE"):
-            name = parts[1]
-            if name not in cache.models:
-                await send_json(send, 404, {"error": f"model {name!r} is not loaded"})
-                return
-            if method == "DELETE":
-                cache.unload(name)
-                await send_json(send, 200, {"status": "unloaded", "modelName": name})
-            else:
-                await send_json(send, 200, {"modelName": name, "modelUrl": cache.models[name][0]})
+            await _describe_or_unload(send, cache, parts[1], method)
             return
         loading = parts == ["models"] and method == "POST"
         invoking = (len(parts) == 3 and parts[0] == "models" and parts[2] == "invoke" and method == "POST") \
@@ -154,51 +140,45 @@ def make_multi_model_app(cache: MultiModelCache, max_body: int, body_timeout_s: 
         if not (loading or invoking):
             await send_json(send, 404, {"error": f"no route {method} {path}"})
             return
-        try:
-            body = await read_body(scope, receive, max_body, body_timeout_s)
-        except Disconnected:
-            return
-        except BodyError as exc:
-            await send_json(send, exc.status, {"error": exc.message}, exc.headers)
+        body = await read_or_answer(scope, receive, send, max_body, body_timeout_s)
+        if body is None:
             return
         if loading:
             await _load(send, cache, body)
             return
-        content_type = headers.get("content-type", "")
-        if content_type.split(";")[0].strip() != "application/json":
-            await send_json(send, 415, {"error": "content type must be application/json"})
-            return
         target = headers.get(TARGET_HEADER)
+        if path == "/invocations" and not target:
+            await send_json(send, 400, {"error": "a multi-model endpoint needs a target model",
+                                        "hint": f"send the {TARGET_HEADER} header (InvokeEndpoint TargetModel)"})
+            return
         try:
+            started = time.perf_counter()
             if path == "/invocations":
-                if not target:
-                    await send_json(send, 400, {"error": "a multi-model endpoint needs a target model",
-                                                "hint": f"send the {TARGET_HEADER} header (InvokeEndpoint TargetModel)"})
-                    return
-                started = time.perf_counter()
+                assert target is not None
                 loaded_before = model_name_of(target) in cache.models
                 model = cache.for_target(target)
-                load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
             else:
-                model, load_ms = cache.get(parts[1]), 0.0
+                loaded_before, model = True, cache.get(parts[1])
         except ModelNotFound as exc:
             await send_json(send, 404, {"error": str(exc)})
             return
         except Exception as exc:  # noqa: BLE001 - an archive that fails to load is this request's error
             await send_json(send, 500, {"error": f"loading {target!r} failed: {type(exc).__name__}: {exc}"})
             return
-        try:
-            payload, _ = invoke(model, body, content_type, headers.get("accept", "application/json"))
-        except bad_request(model) as exc:
-            await send_json(send, 400, {"error": str(exc)})
-            return
-        except Exception as exc:  # noqa: BLE001 - a failed prediction must not kill the server
-            await send_json(send, 500, {"error": f"{type(exc).__name__}: {exc}"})
-            return
-        extra = {"X-LoyaltyLens-Model-Load-Ms": f"{load_ms:.1f}"} if load_ms else None
-        await send_json(send, 200, payload.encode() if isinstance(payload, str) else payload, extra)
+        load_ms = 0.0 if loaded_before else (time.perf_counter() - started) * 1000
+        await predict(send, model, body, headers, {"X-LoyaltyLens-Model-Load-Ms": f"{load_ms:.1f}"} if load_ms else None)
 
     return app
+
+
+async def _describe_or_unload(send: Any, cache: MultiModelCache, name: str, method: str) -> None:
+    if name not in cache.models:
+        await send_json(send, 404, {"error": f"model {name!r} is not loaded"})
+    elif method == "DELETE":
+        cache.unload(name)
+        await send_json(send, 200, {"status": "unloaded", "modelName": name})
+    else:
+        await send_json(send, 200, {"modelName": name, "modelUrl": cache.models[name][0]})
 
 
 async def _load(send: Any, cache: MultiModelCache, body: bytes) -> None:

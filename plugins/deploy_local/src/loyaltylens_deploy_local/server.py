@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from loyaltylens_core.sdk.archive import safe_extract
-from loyaltylens_core.util.asgi import BodyError, Disconnected, read_body, send_json
+from loyaltylens_core.sdk.variants import read_variants
+from loyaltylens_core.util.asgi import send_json
+
+from .exchange import headers_of, not_http, predict, read_or_answer
 
 
 class LoadedModel:
@@ -54,12 +57,7 @@ def make_app(model: LoadedModel, max_body: int, body_timeout_s: float) -> Callab
     version = model.model["spec"]["model_version"]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
+        if await not_http(scope, receive, send):
             return
         method, path = scope["method"], scope["path"]
         if path == "/ping" and method == "GET":
@@ -68,28 +66,9 @@ def make_app(model: LoadedModel, max_body: int, body_timeout_s: float) -> Callab
         if path != "/invocations" or method != "POST":
             await send_json(send, 404, {"error": f"no route {method} {path}"})
             return
-        try:
-            body = await read_body(scope, receive, max_body, body_timeout_s)
-        except Disconnected:
-            return
-        except BodyError as exc:
-            await send_json(send, exc.status, {"error": exc.message}, exc.headers)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
-        content_type = headers.get("content-type", "")
-        if content_type.split(";")[0].strip() != "application/json":
-            await send_json(send, 415, {"error": "content type must be application/json"})
-            return
-        try:
-            # A tiny TorchScript model scores in well under a millisecond: inline.
-            payload, _ = model.invoke(body, content_type, headers.get("accept", "application/json"))
-        except model.bad_request as exc:
-            await send_json(send, 400, {"error": str(exc)})
-            return
-        except Exception as exc:  # noqa: BLE001 - a failed prediction must not kill the server
-            await send_json(send, 500, {"error": f"{type(exc).__name__}: {exc}"})
-            return
-        await send_json(send, 200, payload.encode() if isinstance(payload, str) else payload)
+        body = await read_or_answer(scope, receive, send, max_body, body_timeout_s)
+        if body is not None:
+            await predict(send, model, body, headers_of(scope))
 
     return app
 
@@ -110,13 +89,17 @@ def serve(archive: Path, host: str, port: int, max_body: int, ready_file: Path |
     parent = workdir or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ll-serve-", dir=parent) as work:
-        if archive.is_dir():
+        manifest = read_variants(archive) if archive.is_dir() else None
+        if manifest is not None:
+            from .variants import Variants, make_variants_app
+
+            app = make_variants_app(Variants(manifest, archive, Path(work), LoadedModel.from_archive),
+                                    max_body, body_timeout_s)
+        elif archive.is_dir():
             from .multi_model import MultiModelCache, make_multi_model_app
 
             cache = MultiModelCache(archive, Path(work), max_models or 8, LoadedModel)
-            app = make_multi_model_app(cache, max_body, body_timeout_s,
-                                       lambda model, body, ctype, accept: model.invoke(body, ctype, accept),
-                                       lambda model: model.bad_request)
+            app = make_multi_model_app(cache, max_body, body_timeout_s)
         else:
             app = make_app(LoadedModel.from_archive(archive, Path(work)), max_body, body_timeout_s)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

@@ -20,6 +20,7 @@ from typing import Any, TYPE_CHECKING
 from loyaltylens_core.kernel.contracts import CustomerFeatures
 from loyaltylens_core.kernel.errors import StageError, UsageError
 from loyaltylens_core.sdk.archive import TARGET_MODEL_HEADER, read_manifest, target_model_for
+from loyaltylens_core.sdk.variants import VARIANT_HEADER, check_weights, read_variants
 
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
@@ -49,6 +50,11 @@ class LocalDeployTarget:
 
     def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 10,
                  headers: dict[str, str] | None = None) -> Any:
+        return self._exchange(method, path, body, timeout, headers)[0]
+
+    def _exchange(self, method: str, path: str, body: bytes | None = None, timeout: float = 10,
+                  headers: dict[str, str] | None = None) -> tuple[Any, Any]:
+        """The reply's JSON and its headers."""
         state = self._state()
         if state is None:
             raise UsageError("no local endpoint is running", "start one with `loyaltylens deploy up`")
@@ -57,7 +63,7 @@ class LocalDeployTarget:
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
+                return json.loads(response.read()), response.headers
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:200]
             raise StageError(f"local endpoint answered {exc.code}: {detail}", "check the request") from None
@@ -67,11 +73,12 @@ class LocalDeployTarget:
 
     def up(self, archive: Path) -> dict[str, Any]:
         archive = Path(archive).resolve()
-        multi_model = archive.is_dir()
+        variants = read_variants(archive) if archive.is_dir() else None
+        multi_model = archive.is_dir() and variants is None
         if multi_model and not any(archive.glob("*.tar.gz")):
             raise UsageError(f"{archive} holds no model archives (*.tar.gz) for a multi-model endpoint",
                              "run `loyaltylens deploy package --multi-model`")
-        if not multi_model and not archive.is_file():
+        if not archive.is_dir() and not archive.is_file():
             raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
         if self._state() is not None:
             self.down()
@@ -109,7 +116,19 @@ class LocalDeployTarget:
         out = {"status": "InService", "url": state["url"], "model_version": state["model_version"], "pid": proc.pid}
         if multi_model:
             out["target_models"] = sorted(p.name for p in archive.glob("*.tar.gz"))
+        if variants is not None:
+            out["variants"] = ping["variants"]
         return out
+
+    def update_weights(self, weights: dict[str, float]) -> dict[str, Any]:
+        """A new traffic split on the running endpoint (no restart, nothing reloaded)."""
+        state = self._state()
+        variants = read_variants(Path(state["archive"])) if state and Path(state["archive"]).is_dir() else None
+        if variants is None:
+            raise UsageError("the local endpoint has no production variants",
+                             "start one with `loyaltylens deploy up --variants champion=90,challenger=10`")
+        named = check_weights(weights, list(variants["variants"]))
+        return dict(self._request("POST", "/variants/weights", json.dumps(named).encode()))
 
     def invoke(self, features: CustomerFeatures, target_model: str | None = None) -> dict[str, Any]:
         """Score on the endpoint. On a multi-model endpoint the archive is ``target_model``,
@@ -120,7 +139,9 @@ class LocalDeployTarget:
             if target_model:
                 raise UsageError("the local endpoint serves one model, so it takes no target model",
                                  "deploy a multi-model package: `loyaltylens deploy up --multi-model`")
-            return self._request("POST", "/invocations", body)
+            reply, headers = self._exchange("POST", "/invocations", body)
+            variant = headers.get(VARIANT_HEADER)
+            return {**reply, "variant": variant} if variant else dict(reply)
         if target_model is None:
             target_model = target_model_for(read_manifest(Path(state["archive"])), features)
         reply = dict(self._request("POST", "/invocations", body, headers={TARGET_MODEL_HEADER: target_model}))

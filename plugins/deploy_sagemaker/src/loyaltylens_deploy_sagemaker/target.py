@@ -19,6 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
 from loyaltylens_core.sdk.archive import MANIFEST, read_manifest, read_spec, target_model_for
+from loyaltylens_core.sdk.variants import VARIANTS_MANIFEST, check_weights, read_variants
 from loyaltylens_core.kernel.contracts import CustomerFeatures
 from loyaltylens_core.kernel.errors import ConfigError, StageError, UsageError
 
@@ -135,13 +136,33 @@ class SageMakerTarget:
         # The prefix (ending in /) is the ModelDataUrl of a multi-model container.
         return f"s3://{bucket}/{prefix}", "multi-model", manifest
 
+    def _members(self, bucket: str, archive: Path, stamp: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The production variants to create, each with its model's S3 data: one
+        ``AllTraffic`` variant for an archive or a multi-model package, or one per variant of
+        a `--variants` package with its weight. Also the multi-model manifest, if any."""
+        variants = read_variants(archive) if archive.is_dir() else None
+        if variants is None:
+            model_data, version, manifest = self._upload(bucket, archive, stamp)
+            return [{"variant": "AllTraffic", "model_data": model_data, "version": version, "weight": 1.0,
+                     "multi_model": manifest is not None}], manifest
+        members = []
+        prefix = f"{self.settings.prefix.strip('/')}/variants/{stamp}/"
+        for variant, entry in variants["variants"].items():
+            with (archive / entry["archive"]).open("rb") as body:
+                self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=prefix + entry["archive"], Body=body)
+            members.append({"variant": variant, "model_data": f"s3://{bucket}/{prefix}{entry['archive']}",
+                            "version": str(entry.get("model_version") or "unknown"), "weight": float(entry["weight"]),
+                            "multi_model": False})
+        return members, None
+
     def up(self, archive: Path) -> dict[str, Any]:
-        """Deploy one model.tar.gz, or a `deploy package --multi-model` directory as a
-        multi-model endpoint (Mode MultiModel over the S3 prefix of its archives)."""
+        """Deploy one model.tar.gz; a `deploy package --multi-model` directory as a
+        multi-model endpoint (Mode MultiModel over the S3 prefix of its archives); or a
+        `--variants` package as production variants with their initial weights."""
         archive = Path(archive)
-        if archive.is_dir() and not (archive / MANIFEST).is_file():
-            raise UsageError(f"{archive} is not a multi-model package (no {MANIFEST})",
-                             "run `loyaltylens deploy package --multi-model`")
+        if archive.is_dir() and not (archive / MANIFEST).is_file() and not (archive / VARIANTS_MANIFEST).is_file():
+            raise UsageError(f"{archive} is not a multi-model or variants package (no {MANIFEST} or {VARIANTS_MANIFEST})",
+                             "run `loyaltylens deploy package --multi-model` or `--variants ...`")
         if not archive.exists():
             raise UsageError(f"model archive {archive} does not exist", "run `loyaltylens deploy package`")
         role = self._require("role_arn")
@@ -152,31 +173,39 @@ class SageMakerTarget:
         config_name = f"{name[:36]}-cfg-{stamp}"
 
         self._ensure_bucket(bucket)
-        model_data, version, manifest = self._upload(bucket, archive, stamp)
-        model_name = f"{name[:30]}-{version.replace('_', '-').replace('/', '-')[:10]}-{stamp}"
-        container: dict[str, Any] = {
-            "Image": self._image(),
-            "ModelDataUrl": model_data,
-            "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
-                            "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
-        }
-        if manifest is not None:
-            container["Mode"] = "MultiModel"
-        self._call(
-            "CreateModel", self.sagemaker.create_model,
-            ModelName=model_name, ExecutionRoleArn=role,
-            PrimaryContainer=container,
-            Tags=[{"Key": "loyaltylens:model_version", "Value": version}],
-        )
-        self._call(
-            "CreateEndpointConfig", self.sagemaker.create_endpoint_config,
-            EndpointConfigName=config_name,
-            ProductionVariants=[{
-                "VariantName": "AllTraffic", "ModelName": model_name,
-                "InstanceType": self.settings.instance_type,
-                "InitialInstanceCount": self.settings.instance_count,
-            }],
-        )
+        members, manifest = self._members(bucket, archive, stamp)
+        created: list[str] = []
+        try:
+            for i, member in enumerate(members):
+                label = member["version"].replace("_", "-").replace("/", "-").replace("=", "-")[:10]
+                model_name = f"{name[:27]}-{label}-{i}-{stamp}"
+                container: dict[str, Any] = {
+                    "Image": self._image(),
+                    "ModelDataUrl": member["model_data"],
+                    "Environment": {"SAGEMAKER_PROGRAM": "inference.py",
+                                    "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
+                }
+                if member["multi_model"]:
+                    container["Mode"] = "MultiModel"
+                self._call("CreateModel", self.sagemaker.create_model,
+                           ModelName=model_name, ExecutionRoleArn=role, PrimaryContainer=container,
+                           Tags=[{"Key": "loyaltylens:model_version", "Value": member["version"]}])
+                created.append(model_name)
+                member["model"] = model_name
+            self._call(
+                "CreateEndpointConfig", self.sagemaker.create_endpoint_config,
+                EndpointConfigName=config_name,
+                ProductionVariants=[{
+                    "VariantName": member["variant"], "ModelName": member["model"],
+                    "InstanceType": self.settings.instance_type,
+                    "InitialInstanceCount": self.settings.instance_count,
+                    "InitialVariantWeight": member["weight"],
+                } for member in members],
+            )
+        except StageError:
+            for model_name in created:
+                self._delete_if_present("DeleteModel", self.sagemaker.delete_model, ModelName=model_name)
+            raise
         try:
             if self._endpoint() is None:
                 self._call("CreateEndpoint", self.sagemaker.create_endpoint,
@@ -185,21 +214,44 @@ class SageMakerTarget:
                 self._call("UpdateEndpoint", self.sagemaker.update_endpoint,
                            EndpointName=name, EndpointConfigName=config_name)
         except StageError:
-            # Leave nothing half-made behind: the new config and model serve nothing.
+            # Leave nothing half-made behind: the new config and models serve nothing.
             self._delete_if_present("DeleteEndpointConfig", self.sagemaker.delete_endpoint_config,
                                     EndpointConfigName=config_name)
-            self._delete_if_present("DeleteModel", self.sagemaker.delete_model, ModelName=model_name)
+            for model_name in created:
+                self._delete_if_present("DeleteModel", self.sagemaker.delete_model, ModelName=model_name)
             raise
+        first = members[0]
+        version = first["version"] if len(members) == 1 else "variants"
         self.state_file.write_text(json.dumps({
-            "endpoint": name, "config": config_name, "model": model_name, "model_data": model_data,
-            "model_version": version, **({"manifest": manifest} if manifest else {}),
+            "endpoint": name, "config": config_name, "model": first["model"], "models": created,
+            "model_data": first["model_data"], "model_version": version,
+            **({"manifest": manifest} if manifest else {}),
         }))
         self._wait_in_service()
-        out = {"status": "InService", "endpoint": name, "model": model_name, "model_data": model_data,
-               "model_version": version, "region": self.settings.region}
+        out: dict[str, Any] = {"status": "InService", "endpoint": name, "model": first["model"],
+                               "model_data": first["model_data"], "model_version": version,
+                               "region": self.settings.region}
         if manifest:
             out["target_models"] = sorted(entry["target_model"] for entry in manifest["models"].values())
+        if len(members) > 1:
+            out["variants"] = {m["variant"]: {"weight": m["weight"], "model_version": m["version"], "model": m["model"]}
+                               for m in members}
         return out
+
+    def update_weights(self, weights: dict[str, float]) -> dict[str, Any]:
+        """New variant weights on the running endpoint (UpdateEndpointWeightsAndCapacities:
+        no new config, no model replaced, traffic keeps flowing)."""
+        endpoint = self._endpoint()
+        if endpoint is None:
+            raise UsageError(f"no SageMaker endpoint {self.settings.endpoint_name!r} in {self.settings.region}",
+                             "create it with `loyaltylens deploy up --target sagemaker --variants ...`")
+        known = [v["VariantName"] for v in endpoint.get("ProductionVariants", [])]
+        named = check_weights(weights, known)
+        self._call("UpdateEndpointWeightsAndCapacities", self.sagemaker.update_endpoint_weights_and_capacities,
+                   EndpointName=self.settings.endpoint_name,
+                   DesiredWeightsAndCapacities=[{"VariantName": n, "DesiredWeight": w} for n, w in named.items()])
+        self._wait_in_service()
+        return {"status": "InService", "endpoint": self.settings.endpoint_name, "weights": named}
 
     def _wait_in_service(self) -> None:
         delay = 15
@@ -241,6 +293,7 @@ class SageMakerTarget:
             Accept="application/json", Body=features.model_dump_json().encode(), **extra,
         )
         raw = reply["Body"].read()
+        variant = reply.get("InvokedProductionVariant")
         try:
             data = json.loads(raw)
         except ValueError:
@@ -251,7 +304,8 @@ class SageMakerTarget:
         if not isinstance(data, dict) or "propensity_score" not in data:
             raise StageError(f"endpoint {self.settings.endpoint_name} returned no propensity_score",
                              "check the inference script")
-        return {**data, **({"target_model": target_model} if target_model else {})}
+        return {**data, **({"target_model": target_model} if target_model else {}),
+                **({"variant": variant} if variant and variant != "AllTraffic" else {})}
 
     def status(self) -> dict[str, Any]:
         endpoint = self._endpoint()
@@ -277,7 +331,7 @@ class SageMakerTarget:
             deleted.append(f"endpoint {self.settings.endpoint_name}")
         elif self.state_file.is_file():
             state = json.loads(self.state_file.read_text())
-            config_name, model_names = state.get("config"), [state.get("model")]
+            config_name, model_names = state.get("config"), state.get("models") or [state.get("model")]
         if config_name:
             self._delete_if_present("DeleteEndpointConfig", self.sagemaker.delete_endpoint_config,
                                     EndpointConfigName=config_name)
