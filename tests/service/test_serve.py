@@ -154,8 +154,8 @@ def test_audit_log_has_one_line_per_served_offer_and_no_secrets(server, built_cl
     httpx.post(server.url + "/v1/offers", json={"customer_ids": ["C021", "C999999", "C022"]})
     lines = [json.loads(line) for line in audit.read_text().splitlines()[len(before):]]
     assert [line["customer_id"] for line in lines] == ["C020", "C021", "C022"]
-    assert {"time", "key", "offer_id", "model_version", "segment", "prompt_version", "fallbacks", "latency_ms",
-            "run_id"} <= set(lines[0])
+    assert {"time", "key", "offer_id", "model_version", "segment", "experiments", "prompt_version", "fallbacks",
+            "latency_ms", "run_id"} <= set(lines[0])
     assert lines[0]["segment"] is None  # one model for everybody
 
 

@@ -269,6 +269,7 @@ def _routes(app: FastAPI, state: State) -> None:
                 "time": now, "key": key, "customer_id": r.customer_id,
                 "offer_id": r.top_offer.offer_id if r.top_offer else None,
                 "model_version": r.propensity.model_version, "segment": r.propensity.segment,
+                "experiments": dict(r.experiments),
                 "prompt_version": r.copy_.prompt_version if r.copy_ else None,
                 "fallbacks": list(r.fallbacks), "latency_ms": round(r.latency_ms.get("total", 0.0), 3),
                 "run_id": r.run_id,
