@@ -8,6 +8,7 @@ destination is refused before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from loyaltylens_core.kernel.errors import StageError, UsageError
 
@@ -74,30 +75,32 @@ def build_multi_model(model: Any, out_dir: Path) -> dict[str, Any]:
         raise UsageError("the propensity model has no segment models serving, so a multi-model package would hold "
                          "one model", "set segment_by and run `loyaltylens train`, or package one model without "
                          "--multi-model")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        manifest: dict[str, Any] = {"format": "loyaltylens-multi-model/1", "models": {}}
+    manifest: dict[str, Any] = {"format": "loyaltylens-multi-model/1", "models": {}}
+    with staged_directory(Path(out_dir)) as staging:
         for name, member in {GLOBAL_MODEL: model, **segments}.items():
             spec = build_archive(member, staging / f"{name}.tar.gz")
             manifest["models"][name] = {"target_model": f"{name}.tar.gz", "model_version": spec.get("model_version"),
                                         "bytes": (staging / f"{name}.tar.gz").stat().st_size}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        publish_directory(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 
-def publish_directory(staging: Path, out_dir: Path) -> None:
-    """Put a fully written package directory in place of ``out_dir``: the old one is moved
-    aside first and removed after, so a reader never sees half of either."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+@contextlib.contextmanager
+def staged_directory(out_dir: Path) -> Iterator[Path]:
+    """A directory to write a package into, put in place of ``out_dir`` only when the block
+    finishes: the old one is moved aside first and removed after, so a reader never sees
+    half of either, and a failure leaves the old one whole."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield staging
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_manifest(package: Path) -> dict[str, Any]:
@@ -123,7 +126,6 @@ def target_model_for(manifest: dict[str, Any], features: Any) -> str:
 
 def read_spec(archive: Path) -> dict[str, Any]:
     """The spec.json of a model archive (model version, features), without extracting it."""
-    import json
 
     try:
         with tarfile.open(archive, "r:gz") as tar:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -91,28 +89,24 @@ def build_variant_package(model: Any, weights: dict[str, float], out_dir: Path) 
     ``model`` is the propensity component (VersionedModels, LoadsVersions, Exportable): each
     version is loaded and exported in turn, then the one it served is loaded again."""
     from loyaltylens_core.kernel.contracts import Exportable, LoadsVersions, VersionedModels
-    from loyaltylens_core.sdk.archive import build_archive, publish_directory
+    from loyaltylens_core.sdk.archive import build_archive, staged_directory
 
     if not (isinstance(model, VersionedModels) and isinstance(model, LoadsVersions) and isinstance(model, Exportable)):
         raise UsageError("the selected propensity plugin cannot export chosen versions, so it cannot split traffic",
                          "use --use propensity=torch (or lightgbm)")
     versions = resolve_versions(model.models, list(weights))
     serving = getattr(model, "version", None)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    manifest: dict[str, Any] = {"format": "loyaltylens-variants/1", "variants": {}}
     try:
-        manifest: dict[str, Any] = {"format": "loyaltylens-variants/1", "variants": {}}
-        for key, weight in weights.items():
-            name = variant_name(key)
-            model.load(versions[key])
-            spec = build_archive(model, staging / f"{name}.tar.gz")
-            manifest["variants"][name] = {"archive": f"{name}.tar.gz", "weight": weight,
-                                          "model_version": spec.get("model_version")}
-        (staging / VARIANTS_MANIFEST).write_text(json.dumps(manifest, indent=2))
-        publish_directory(staging, out_dir)
+        with staged_directory(Path(out_dir)) as staging:
+            for key, weight in weights.items():
+                name = variant_name(key)
+                model.load(versions[key])
+                spec = build_archive(model, staging / f"{name}.tar.gz")
+                manifest["variants"][name] = {"archive": f"{name}.tar.gz", "weight": weight,
+                                              "model_version": spec.get("model_version")}
+            (staging / VARIANTS_MANIFEST).write_text(json.dumps(manifest, indent=2))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if serving:
             model.load(serving)
     return manifest

@@ -129,12 +129,15 @@ class SageMakerTarget:
             return f"s3://{bucket}/{key}", version, None
         manifest = read_manifest(archive)
         prefix = f"{self.settings.prefix.strip('/')}/multi-model/{stamp}/"
-        for entry in manifest["models"].values():
-            with (archive / entry["target_model"]).open("rb") as body:
-                self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=prefix + entry["target_model"],
-                           Body=body)
+        self._put_archives(bucket, prefix, archive, [entry["target_model"] for entry in manifest["models"].values()])
         # The prefix (ending in /) is the ModelDataUrl of a multi-model container.
         return f"s3://{bucket}/{prefix}", "multi-model", manifest
+
+    def _put_archives(self, bucket: str, prefix: str, package: Path, names: list[str]) -> None:
+        """A package's archives, by file name, under one S3 prefix."""
+        for name in names:
+            with (package / name).open("rb") as body:
+                self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=prefix + name, Body=body)
 
     def _members(self, bucket: str, archive: Path, stamp: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """The production variants to create, each with its model's S3 data: one
@@ -147,9 +150,8 @@ class SageMakerTarget:
                      "multi_model": manifest is not None}], manifest
         members = []
         prefix = f"{self.settings.prefix.strip('/')}/variants/{stamp}/"
+        self._put_archives(bucket, prefix, archive, [entry["archive"] for entry in variants["variants"].values()])
         for variant, entry in variants["variants"].items():
-            with (archive / entry["archive"]).open("rb") as body:
-                self._call("PutObject", self.s3.put_object, Bucket=bucket, Key=prefix + entry["archive"], Body=body)
             members.append({"variant": variant, "model_data": f"s3://{bucket}/{prefix}{entry['archive']}",
                             "version": str(entry.get("model_version") or "unknown"), "weight": float(entry["weight"]),
                             "multi_model": False})
