@@ -40,7 +40,8 @@ plugin_app = typer.Typer(help="Write your own stage plugins.", no_args_is_help=T
 
 app.add_typer(plugin_app, name="plugin")
 
-features_app = typer.Typer(help="Copy feature snapshots to an online store (e.g. Redis).", no_args_is_help=True)
+features_app = typer.Typer(help="Copy feature snapshots to an online store (Redis) or out as tables (Delta Lake).",
+                            no_args_is_help=True)
 
 app.add_typer(features_app, name="features")
 

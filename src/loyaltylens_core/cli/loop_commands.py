@@ -46,6 +46,46 @@ def features_materialize(
                f"{did}; {now} it ({summary['seconds']:.1f} s)")
 
 
+@features_app.command("export")
+def features_export(
+    to: str = typer.Option(..., "--to", help="Feature store whose tables to write, e.g. delta."),
+    path: Optional[str] = typer.Argument(
+        None, help="Table location (local path or s3://...); default: the store's configured path."),
+    source: str = typer.Option("duckdb", "--from", help="Offline store to read every snapshot from."),
+    horizon_days: int = typer.Option(
+        30, "--horizon-days", min=1, max=365, help="Label horizon of the training-label table written beside."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Write even if the tables already hold these snapshots."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write every feature snapshot of the embedded store (and its training labels) as
+    another store's tables, e.g. a Delta Lake feature table for Databricks.
+
+    Idempotent: the same snapshots again write nothing. Each table is one commit, so
+    readers see the old table or the new one."""
+    from loyaltylens_core.kernel.errors import UsageError
+
+    if to == source:
+        raise UsageError(f"--to {to} and --from {source} name the same store", "export to another, e.g. --to delta")
+    state.use = [*state.use, f"feature_store={to}"]
+    pipeline = pipeline_for(needed=("feature_store",))
+    if "WritesFeatureTables" not in pipeline.capabilities("feature_store"):
+        raise UsageError(f"feature store {to!r} cannot have its tables written by LoyaltyLens", "e.g. --to delta")
+    target = pipeline.component("feature_store", prepare=False)
+    offline = pipeline.components.named_component("feature_store", source)
+    summary = {"feature_store": to, **target.export_from(offline, path, horizon_days=horizon_days, rebuild=rebuild)}
+    if as_json:
+        print_json(summary)
+        return
+    snapshots = summary["snapshots"]
+    if summary["written"]:
+        typer.echo(f"{to}: wrote {summary['rows']:,} feature rows ({len(snapshots)} snapshots, {snapshots[0]} to "
+                   f"{snapshots[-1]}) to {summary['path']} (version {summary['version']}) and {summary['labels']:,} "
+                   f"labels to {summary['labels_path']} ({summary['seconds']:.1f} s)")
+    else:
+        typer.echo(f"{to}: {summary['path']} already holds these {len(snapshots)} snapshots (version "
+                   f"{summary['version']}); nothing written")
+
+
 @app.command()
 def monitor(
     reference: Optional[str] = typer.Option(

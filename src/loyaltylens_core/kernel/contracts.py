@@ -620,6 +620,18 @@ class LoadsSnapshots(Protocol):
 
 
 @runtime_checkable
+class WritesFeatureTables(Protocol):
+    """A feature store whose tables LoyaltyLens can write from an offline store's snapshots
+    (`loyaltylens features export --to delta PATH`): every snapshot, and the training labels
+    of a ``horizon_days`` horizon. ``destination`` overrides the configured location.
+    Returns a summary dict (path, rows, written, version, seconds)."""
+
+    def export_from(
+        self, source: Any, destination: str | None = None, horizon_days: int = 30, rebuild: bool = False
+    ) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class VersionedModels(Protocol):
     """A model with numbered versions and a champion: ``models`` is a
     ``loyaltylens_core.sdk.model_versions.ModelStore`` (`loyaltylens models`, `promote`, `rollback`)."""
@@ -672,7 +684,7 @@ CAPABILITIES: dict[str, type] = {
     protocol.__name__: protocol
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
-        Materializable, ExportsSnapshots, LoadsSnapshots, BatchPropensityModel, Trainable, Exportable,
+        Materializable, ExportsSnapshots, LoadsSnapshots, WritesFeatureTables, BatchPropensityModel, Trainable, Exportable,
         VersionedModels, LoadsVersions, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
         ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
     )

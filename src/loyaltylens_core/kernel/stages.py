@@ -31,7 +31,7 @@ _COMMON = ("Preparable", "Closeable", "NonBlocking")
 STAGE_TABLE: tuple[Stage, ...] = (
     Stage("feature_store", "register_feature_stores", "FeatureStore", "duckdb", True,
           (*_COMMON, "BatchFeatureStore", "ListsCustomers", "ProvidesTrainingExamples", "Materializable",
-           "ExportsSnapshots", "LoadsSnapshots", "ReportsFallback"),
+           "ExportsSnapshots", "LoadsSnapshots", "WritesFeatureTables", "ReportsFallback"),
           "reads a customer's point-in-time features"),
     Stage("propensity", "register_propensity_models", "PropensityModel", "torch", True,
           (*_COMMON, "BatchPropensityModel", "Trainable", "Exportable", "VersionedModels",
