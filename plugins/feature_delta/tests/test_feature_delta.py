@@ -49,7 +49,7 @@ def exported(data_dir, tmp_path_factory) -> Path:
     table = tmp_path_factory.mktemp("lake") / "customer_features"
     proc = cli("-q", "features", "export", "--to", "delta", str(table))
     assert proc.returncode == 0, proc.stderr
-    assert "wrote 1,600 feature rows (4 snapshots" in proc.stdout
+    assert "wrote 1,600 feature rows (4 snapshots" in proc.stdout and "(version 0) and 1,200 labels" in proc.stdout
     return table
 
 
@@ -108,7 +108,7 @@ def test_training_set_is_the_point_in_time_join_and_matches_duckdb(exported):
 def test_exporting_the_same_snapshots_again_writes_nothing(exported):
     before = DeltaTable(str(exported)).version()
     again = cli("-q", "features", "export", "--to", "delta", str(exported))
-    assert again.returncode == 0 and "already holds these 4 snapshots" in again.stdout
+    assert again.returncode == 0 and "already holds these 4 snapshots; nothing written" in again.stdout
     assert DeltaTable(str(exported)).version() == before
     rebuilt = cli("-q", "features", "export", "--to", "delta", str(exported), "--rebuild", "--json")
     assert rebuilt.returncode == 0 and '"written": true' in rebuilt.stdout

@@ -76,14 +76,16 @@ def features_export(
     if as_json:
         print_json(summary)
         return
-    snapshots = summary["snapshots"]
-    if summary["written"]:
-        typer.echo(f"{to}: wrote {summary['rows']:,} feature rows ({len(snapshots)} snapshots, {snapshots[0]} to "
-                   f"{snapshots[-1]}) to {summary['path']} (version {summary['version']}) and {summary['labels']:,} "
-                   f"labels to {summary['labels_path']} ({summary['seconds']:.1f} s)")
-    else:
-        typer.echo(f"{to}: {summary['path']} already holds these {len(snapshots)} snapshots (version "
-                   f"{summary['version']}); nothing written")
+    snapshots, version = summary["snapshots"], summary.get("version")
+    at = f"{summary['path']}" + (f" (version {version})" if version is not None else "")
+    if not summary["written"]:
+        typer.echo(f"{to}: {at} already holds these {len(snapshots)} snapshots; nothing written")
+        return
+    labels = f" and {summary['labels']:,} labels" + (f" to {summary['labels_path']}" if summary.get("labels_path") else "")
+    typer.echo(f"{to}: wrote {summary['rows']:,} feature rows ({len(snapshots)} snapshots, {snapshots[0]} to "
+               f"{snapshots[-1]}) to {at}{labels} ({summary['seconds']:.1f} s)")
+    if summary.get("next"):
+        typer.echo(f"next: {summary['next']}")
 
 
 @app.command()

@@ -6,12 +6,10 @@ carries the source's fingerprint: exporting the same snapshots again writes noth
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 from typing import TYPE_CHECKING, Any, Iterator
 
-from loyaltylens_core.kernel.contracts import CustomerFeatures, SnapshotInfo
-from loyaltylens_core.kernel.errors import ConfigError, StageError
+from loyaltylens_core.kernel.contracts import SnapshotInfo
+from loyaltylens_core.sdk.snapshots import all_snapshots, export_fingerprint, snapshot_rows
 
 from .tables import delta_errors, last_commit, open_table
 
@@ -44,34 +42,13 @@ def label_schema() -> pa.Schema:
                       ("horizon_days", pa.int32()), ("label", pa.int8())])
 
 
-def source_snapshots(source: Any) -> list[SnapshotInfo]:
-    """Every snapshot of ``source``, oldest first: the latest, then the latest before it..."""
-    if not all(hasattr(source, name) for name in ("snapshot_info", "snapshot_batches", "training_examples")):
-        raise ConfigError(f"feature store {type(source).__name__} cannot hand out its snapshots and labels",
-                          "export from one that can (the default: --from duckdb)")
-    found: list[SnapshotInfo] = []
-    before: dt.date | None = None
-    while True:
-        try:
-            info = SnapshotInfo.model_validate(source.snapshot_info(before))
-        except StageError:
-            break  # no snapshot on or before `before`: all found
-        found.append(info)
-        before = info.as_of - dt.timedelta(days=1)
-    if not found:
-        raise StageError("the source feature store has no snapshot", "run `loyaltylens seed` first")
-    return found[::-1]
-
-
 def _feature_batches(source: Any, snapshots: list[SnapshotInfo], advance: Any) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
 
     schema = feature_schema()
-    for info in snapshots:
-        for batch in source.snapshot_batches(info.as_of):
-            rows = [CustomerFeatures.model_validate(row).model_dump() for row in batch]
-            yield pa.RecordBatch.from_pylist(rows, schema=schema)
-            advance(len(rows))
+    for rows in snapshot_rows(source, snapshots):
+        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+        advance(len(rows))
 
 
 def _already_written(uri: str, options: dict[str, str], fingerprint: str) -> bool:
@@ -98,9 +75,8 @@ def write_tables(source: Any, uri: str, labels_uri: str, options: dict[str, str]
                  rebuild: bool, progress: Progress) -> dict[str, Any]:
     import pyarrow as pa
 
-    snapshots = source_snapshots(source)
-    fingerprint = hashlib.sha256(
-        ":".join([info.fingerprint for info in snapshots] + [str(horizon_days)]).encode()).hexdigest()[:16]
+    snapshots = all_snapshots(source)
+    fingerprint = export_fingerprint(snapshots, horizon_days)
     rows = sum(info.customers for info in snapshots)
     summary: dict[str, Any] = {
         "path": uri, "labels_path": labels_uri, "snapshots": [str(info.as_of) for info in snapshots],
