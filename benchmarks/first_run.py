@@ -1,18 +1,25 @@
 """First run on a fresh install: demo data, features, training, index, then the offer.
 
-Target (DESIGN §8): under 60 s on 2 cores. Runs `loyaltylens run C001` on an empty data
-dir (the venv already installed) and prints the wall time, then a second, warm CLI run.
+Targets (DESIGN §8, issue 33): the first data dir on a machine under 60 s on 2 cores; a
+second data dir (the per-user cache holding the query vocabulary's vectors and the ONNX
+export) under 20 s. Each round runs `loyaltylens run C001` on an empty data dir with an
+empty per-user cache ("first"), then on another empty data dir with the cache the first
+left ("second": what the cache saves; before it, every data dir paid "first"), then a warm
+CLI run. Rounds interleave, so machine noise hits both cases alike.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-TARGET_S = 60.0
+FIRST_TARGET_S = 60.0
+SECOND_TARGET_S = 20.0
+ROUNDS = int(os.environ.get("BENCH_FIRST_RUN_ROUNDS", "2"))
 
 
 def timed(env: dict[str, str]) -> float:
@@ -23,14 +30,21 @@ def timed(env: dict[str, str]) -> float:
 
 
 def main() -> int:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
-    env["LOYALTYLENS_DATA_DIR"] = tempfile.mkdtemp(prefix="ll-first-run-")
-    first = timed(env)
-    warm = timed(env)
-    print(f"first run on an empty data dir: {first:.1f} s  target {TARGET_S:.0f} s  ratio {first / TARGET_S:.2f}  "
-          f"{'OK' if first < TARGET_S else 'MISSED'}")
-    print(f"second CLI run (process start, model load, one offer): {warm:.1f} s")
-    return 0 if first < TARGET_S else 1
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")}
+    first, second, warm = [], [], []
+    for _ in range(ROUNDS):
+        cache = tempfile.mkdtemp(prefix="ll-cache-")
+        env = {**base, "LOYALTYLENS_CACHE_DIR": cache, "LOYALTYLENS_DATA_DIR": tempfile.mkdtemp(prefix="ll-first-")}
+        first.append(timed(env))
+        warm.append(timed(env))
+        second.append(timed({**env, "LOYALTYLENS_DATA_DIR": tempfile.mkdtemp(prefix="ll-second-")}))
+    one, two = statistics.median(first), statistics.median(second)
+    print(f"first data dir, empty per-user cache: {one:.1f} s median of {ROUNDS} ({', '.join(f'{t:.1f}' for t in first)})"
+          f"  target {FIRST_TARGET_S:.0f} s  {'OK' if one < FIRST_TARGET_S else 'MISSED'}")
+    print(f"second data dir, warm per-user cache: {two:.1f} s median ({', '.join(f'{t:.1f}' for t in second)})"
+          f"  target {SECOND_TARGET_S:.0f} s  {'OK' if two < SECOND_TARGET_S else 'MISSED'}  ratio {two / one:.2f} of first")
+    print(f"warm CLI run (process start, one offer): {statistics.median(warm):.1f} s median")
+    return 0 if one < FIRST_TARGET_S and two < SECOND_TARGET_S else 1
 
 
 if __name__ == "__main__":

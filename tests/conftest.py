@@ -42,6 +42,7 @@ def cli(tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LOYALTYLENS_", "AWS_")) and k != "DEPLOY_TARGET"}
     env["LOYALTYLENS_DATA_DIR"] = str(data_dir)
+    env["LOYALTYLENS_CACHE_DIR"] = os.environ["LOYALTYLENS_CACHE_DIR"]  # the session's (conftest.py)
     env["LOYALTYLENS_DEMO_CUSTOMERS"] = "1000"
     # One embedding cache for every data dir the suite builds: the query vocabulary
     # (5,184 texts, ~40 s of MiniLM on 2 cores) is encoded once per session, not per dir.

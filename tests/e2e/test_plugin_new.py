@@ -61,7 +61,7 @@ def test_generated_plugin_installs_and_its_tests_pass(stage, generated, layered_
 
 
 def test_installed_plugins_are_listed_and_selectable(generated, layered_venv, tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_")},
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") or k == "LOYALTYLENS_CACHE_DIR"},
            "LOYALTYLENS_DATA_DIR": str(tmp_path / "data")}
     listed = subprocess.run([layered_venv, "-m", "loyaltylens_core.cli", "plugins", "--json"],
                             capture_output=True, text=True, env=env)

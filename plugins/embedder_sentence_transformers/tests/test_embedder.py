@@ -181,3 +181,27 @@ def test_a_bulk_encode_leaves_the_onnx_export_for_the_next_process(tmp_path, mon
     bulk.embed(["one", "two", "three", "four"])
     assert bulk._bulk is not None and bulk._model is None  # encoded in bf16, ONNX never loaded
     assert list((tmp_path / "onnx").glob("*.onnx"))
+
+
+def test_a_second_data_dir_reuses_the_first_ones_vectors(tmp_path):
+    """The disk cache is per user: a new data dir on the same machine does not pay for
+    the texts another data dir already embedded."""
+    from loyaltylens_core.sdk.testing import make_context
+
+    first = build(SentenceTransformerSettings(), make_context(tmp_path / "a", "embedder", "sentence-transformers"))
+    vector = first.embed(["shared by every data dir"])
+    second = build(SentenceTransformerSettings(), make_context(tmp_path / "b", "embedder", "sentence-transformers"))
+    assert np.array_equal(second.embed(["shared by every data dir"]), vector)
+    assert second.model_loads == 0
+
+
+def test_two_models_in_folders_of_one_name_do_not_share_cached_vectors(tmp_path):
+    from loyaltylens_embedder_sentence_transformers.embedder import weights_identity
+
+    for variant, weights in (("one", b"\x01" * 100_000), ("two", b"\x01" * 99_999 + b"\x02")):
+        model = tmp_path / variant / "model"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text('{"hidden_size": 384}')
+        (model / "model.safetensors").write_bytes(weights)
+    assert weights_identity(tmp_path / "one" / "model") != weights_identity(tmp_path / "two" / "model")
+    assert weights_identity(tmp_path / "one" / "model") == weights_identity(tmp_path / "one" / "model")

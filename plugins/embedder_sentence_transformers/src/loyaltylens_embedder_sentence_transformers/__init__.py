@@ -35,22 +35,27 @@ class SentenceTransformerSettings(PluginSettings):
         "on CPUs with native bf16 (AVX512_BF16, AMX) at a cosine >= 0.9999 to float32; auto: bfloat16 where native",
     )
     persistent_cache: bool = Field(
-        True, description="Keep embeddings of texts seen before in <data_dir>/embedder-*/embeddings.sqlite"
+        True, description="Keep embeddings of texts seen before on disk, shared by every data dir of this user "
+                          "($LOYALTYLENS_CACHE_DIR, else ~/.cache/loyaltylens/embeddings.sqlite)"
     )
     cache_path: Path | None = Field(
-        None, description="Another sqlite file for that cache, e.g. one shared by several data dirs"
+        None, description="Another sqlite file for that cache, e.g. one per data dir"
     )
 
 
 def build(settings: SentenceTransformerSettings, context: StageContext) -> Any:
+    """The embedder, with its disk cache and ONNX export in the per-user cache: the model and
+    the query vocabulary are the same for every data dir on a machine, so a second data dir
+    reuses the first one's vectors (most of a first build) and export."""
+    from loyaltylens_core.sdk.cache import user_cache_dir
+
     from .embedder import SentenceTransformerEmbedder
 
-    plugin_dir = context.plugin_dir() if context else None
     cache_file = None
-    if settings.persistent_cache and (settings.cache_path or plugin_dir):
-        cache_file = Path(settings.cache_path) if settings.cache_path else plugin_dir / "embeddings.sqlite"
+    if settings.persistent_cache:
+        cache_file = Path(settings.cache_path) if settings.cache_path else user_cache_dir("embeddings.sqlite")
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-    return SentenceTransformerEmbedder(settings, cache_file, onnx_dir=plugin_dir / "onnx" if plugin_dir else None)
+    return SentenceTransformerEmbedder(settings, cache_file, onnx_dir=user_cache_dir("onnx"))
 
 
 @hookimpl

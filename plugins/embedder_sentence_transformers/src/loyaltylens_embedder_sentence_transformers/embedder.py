@@ -17,6 +17,7 @@ from typing import Any, Sequence, TYPE_CHECKING
 import numpy as np
 
 from loyaltylens_core.kernel.errors import ConfigError
+from loyaltylens_core.sdk.cache import user_cache_dir
 
 if TYPE_CHECKING:
     from loyaltylens_embedder_sentence_transformers import SentenceTransformerSettings
@@ -41,6 +42,27 @@ def model_dimension(path: Path) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def weights_identity(path: Path) -> str:
+    """A short digest of a model directory's config and weights: the per-user vector cache
+    is shared by every data dir, so two fine-tunes that both live in a folder named
+    ``model`` must not read each other's vectors. Reads ~130 KiB per weights file (its
+    size, head and tail), not the whole file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("config.json", "modules.json", "model.safetensors", "pytorch_model.bin"):
+        file = path / name
+        if not file.is_file():
+            continue
+        size = file.stat().st_size
+        digest.update(f"{name}:{size}:".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(65536))
+            handle.seek(max(0, size - 65536))
+            digest.update(handle.read(65536))
+    return digest.hexdigest()[:16]
 
 
 def choose_backend(wanted: str, path: Path) -> str:
@@ -86,8 +108,10 @@ class SentenceTransformerEmbedder:
             )
         self.settings = settings
         self.backend = choose_backend(settings.backend, self.path)
-        self.onnx_dir = onnx_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loyaltylens" / "onnx"
+        self.onnx_dir = onnx_dir or user_cache_dir("onnx")
         self.name = f"sentence-transformers:{self.path.name if settings.model_path else 'all-MiniLM-L6-v2'}"
+        # The key of this model's rows in the shared disk cache.
+        self._cache_model = f"{self.name}@{weights_identity(self.path)}" if settings.model_path else self.name
         self._model: Any = None
         self._dimension = model_dimension(self.path)
         self.batch_size = settings.batch_size
@@ -172,7 +196,7 @@ class SentenceTransformerEmbedder:
         ).astype(np.float32)
 
     def _from_disk(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Vectors stored by an earlier process: embedding a text is paid once per data dir."""
+        """Vectors stored by an earlier process: embedding a text is paid once per user."""
         if self._db is None or not texts:
             return {}
         found: dict[str, np.ndarray] = {}
@@ -180,7 +204,7 @@ class SentenceTransformerEmbedder:
             part = texts[start : start + 500]
             rows = self._db.execute(
                 f"SELECT text, vector FROM embeddings WHERE model = ? AND text IN ({','.join('?' * len(part))})",
-                [self.name, *part],
+                [self._cache_model, *part],
             ).fetchall()
             for text, blob in rows:
                 vector = np.frombuffer(blob, dtype=np.float32)
@@ -194,7 +218,7 @@ class SentenceTransformerEmbedder:
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
-                [(self.name, t, v.astype(np.float32).tobytes()) for t, v in zip(texts, vectors)],
+                [(self._cache_model, t, v.astype(np.float32).tobytes()) for t, v in zip(texts, vectors)],
             )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
