@@ -14,15 +14,19 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from loyaltylens_core.kernel.campaigns import PLACEMENT_PREFIX, Campaign, demo_campaign, parse_campaigns
-from loyaltylens_core.kernel.contracts import Placement
 from loyaltylens_core.kernel.errors import ConfigError, UsageError
 from loyaltylens_core.kernel.stages import DEFAULT_STAGES, STAGES
 from loyaltylens_core.kernel.registry import Implementation, Registry, normalise_name, suggest
+
+if TYPE_CHECKING:
+    # Imported where used: the data contracts and the campaign parser are ~35 ms of
+    # pydantic model building that `loyaltylens plugins` and `--help` never need.
+    from loyaltylens_core.kernel.campaigns import Campaign
+    from loyaltylens_core.kernel.contracts import Placement
 
 ENV_PREFIX = "LOYALTYLENS_"
 CONFIG_FILE_NAME = "loyaltylens.toml"
@@ -100,11 +104,16 @@ class Config:
 
     def all_campaigns(self) -> dict[str, Campaign]:
         """The configured campaigns, or the built-in demo campaign when there are none."""
+        from loyaltylens_core.kernel.campaigns import demo_campaign
+
         return dict(self.campaigns) or {demo_campaign().name: demo_campaign()}
 
     def placement(self, name: str | Placement | None = None) -> Placement:
         """The placement a request asks for (``None``: ``core.placement``; a Placement is
         itself; ``campaign:NAME@RUN`` is that campaign's, counted under run RUN)."""
+        from loyaltylens_core.kernel.campaigns import PLACEMENT_PREFIX
+        from loyaltylens_core.kernel.contracts import Placement
+
         if isinstance(name, Placement):
             return name
         if name and name.startswith(PLACEMENT_PREFIX):
@@ -312,6 +321,8 @@ def load_config(
         if "placements" in data:
             placements = parse_placements(data.pop("placements"), f"file:{path}")
         if "campaigns" in data:
+            from loyaltylens_core.kernel.campaigns import parse_campaigns
+
             campaigns = parse_campaigns(data.pop("campaigns"), f"file:{path}", path.parent)
         _merge_file(data, f"file:{path}", stages, core_raw, tables, sources)
     _merge_env(env, stages, core_raw, tables, sources)
@@ -347,6 +358,8 @@ def _placement_configured(name: str, placements: dict[str, Placement], message: 
 def parse_placements(raw: Any, source: str) -> dict[str, Placement]:
     """``[placements.NAME]`` tables, each checked now: a bad ranking formula or an unknown
     key fails when the config loads, naming the table."""
+    from loyaltylens_core.kernel.contracts import Placement
+
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise ConfigError(f"{source}: 'placements' must hold one table per placement",
                           "write e.g. [placements.app-banner] with k = 1")

@@ -28,7 +28,10 @@ class PluginSettings(BaseModel):
     the environment, is an error with a "did you mean" (a typo never falls back to a default).
     Use ``SecretStr`` for secrets: ``config show``, ``/v1/config`` and errors mask them."""
 
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: pydantic builds a model's validator when it first validates, not when
+    # the plugin module is imported. `loyaltylens plugins` imports every plugin and
+    # validates none: building ~20 validators up front was ~80 ms of its start.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class NoSettings(PluginSettings):

@@ -6,8 +6,12 @@ memory); a cluster engine such as ``ray`` runs the same batched stage methods on
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from loyaltylens_core import NoSettings, Register, StageContext, hookimpl
-from loyaltylens_core.kernel.contracts import BatchJob
+
+if TYPE_CHECKING:  # the contracts are not needed to list plugins (`loyaltylens plugins`)
+    from loyaltylens_core.kernel.contracts import BatchJob
 
 
 class LocalBatchEngine:
