@@ -321,3 +321,32 @@ def test_trace_plugins_prints_each_hook_call(loyaltylens_pipeline, monkeypatch, 
     loyaltylens_pipeline(extra_plugins=[Listener()]).run("C001")
     err = capsys.readouterr().err
     assert "loyaltylens: hook loyaltylens_after_run" in err and " ms" in err
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_arun_answers_what_run_does_on_the_loop_or_in_a_thread(loyaltylens_pipeline, inline):
+    """``arun(inline=True)`` (the service's LLM path when every earlier stage is
+    non-blocking) runs the stages before the generator on the loop's own thread, and
+    answers exactly what ``run`` and a threaded ``arun`` do."""
+    import asyncio
+    import threading
+
+    pipeline = loyaltylens_pipeline()
+    store = pipeline.component("feature_store")
+    threads: list[int] = []
+    read = store.read_latest
+
+    def recording_read(customer_id, as_of=None):
+        threads.append(threading.get_ident())
+        return read(customer_id, as_of)
+
+    store.read_latest = recording_read
+    expected = pipeline.run("C001")
+
+    async def on_the_loop() -> tuple[object, int]:
+        return await pipeline.arun("C001", inline=inline), threading.get_ident()
+
+    result, loop_thread = asyncio.run(on_the_loop())
+    assert (threads[-1] == loop_thread) is inline
+    assert result.top_offer == expected.top_offer and result.copy_ == expected.copy_
+    assert [c.offer.offer_id for c in result.candidates] == [c.offer.offer_id for c in expected.candidates]

@@ -56,6 +56,7 @@ class State:
         self.keys: dict[str, str] = {}
         self.llm = False
         self.inline = False
+        self.inline_until_generator = False  # the stages before an async (LLM) generator
         self.threads = anyio.CapacityLimiter(settings.threads)
         workers = max(1, settings.workers)
         self.buckets = TokenBuckets(settings.llm_rate_per_s / workers, settings.llm_burst / workers)
@@ -192,6 +193,14 @@ def _build_and_warm(state: State) -> None:
         "NonBlocking" in pipeline.capabilities(stage) and pipeline.component(stage).nonblocking is True
         for stage in RUN_STAGES
     )
+    # An LLM generator is awaited on the loop; when every stage before it is non-blocking too,
+    # those run on the loop as well (no thread hop, no queue for the pool).
+    state.inline_until_generator = (
+        "AsyncGenerator" in pipeline.capabilities("generator") and not variants_change and all(
+            "NonBlocking" in pipeline.capabilities(stage) and pipeline.component(stage).nonblocking is True
+            for stage in RUN_STAGES if stage != "generator"
+        )
+    )
     # Warm-up runs call no LLM (they would cost money and count against its limits).
     lists = "ListsCustomers" in pipeline.capabilities("feature_store")
     everyone = pipeline.component("feature_store").customer_ids() if lists and not state.llm else []
@@ -319,7 +328,8 @@ def _routes(app: FastAPI, state: State) -> None:
         if state.inline:  # every stage is in-process and sub-millisecond: a thread hop costs more
             result = pipeline.run(customer_id, as_of=as_of, placement=placement)
         else:
-            result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads, placement=placement)
+            result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads, placement=placement,
+                                         inline=state.inline_until_generator)
         metrics.observe_result(result, llm=state.llm)
         audit(request, [result])
         return Response(result.model_dump_json(by_alias=True), media_type="application/json")
@@ -366,6 +376,7 @@ def _routes(app: FastAPI, state: State) -> None:
             return Response(status_code=204, headers=headers)
         tags = live.tags_of(campaign, run_id, arm, features)
         result = await pipeline.arun(customer_id, threads=state.threads, placement=campaign.placement_key(run_id),
+                                     inline=state.inline_until_generator,
                                      tags=tags)
         metrics.observe_result(result, llm=state.llm)
         audit(request, [result])
