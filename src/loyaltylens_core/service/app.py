@@ -189,17 +189,14 @@ def _build_and_warm(state: State) -> None:
     variants_change = any(e.stages() for e in pipeline.config.experiments.values())
     swaps_generator = any(v.generator for e in pipeline.config.experiments.values() for v in e.variants)
     state.llm = "AsyncGenerator" in pipeline.capabilities("generator") or swaps_generator
-    state.inline = not state.llm and not variants_change and all(
-        "NonBlocking" in pipeline.capabilities(stage) and pipeline.component(stage).nonblocking is True
-        for stage in RUN_STAGES
-    )
+    nonblocking = {stage: "NonBlocking" in pipeline.capabilities(stage)
+                   and pipeline.component(stage).nonblocking is True for stage in RUN_STAGES}
+    state.inline = not state.llm and not variants_change and all(nonblocking.values())
     # An LLM generator is awaited on the loop; when every stage before it is non-blocking too,
     # those run on the loop as well (no thread hop, no queue for the pool).
     state.inline_until_generator = (
-        "AsyncGenerator" in pipeline.capabilities("generator") and not variants_change and all(
-            "NonBlocking" in pipeline.capabilities(stage) and pipeline.component(stage).nonblocking is True
-            for stage in RUN_STAGES if stage != "generator"
-        )
+        "AsyncGenerator" in pipeline.capabilities("generator") and not variants_change
+        and all(ok for stage, ok in nonblocking.items() if stage != "generator")
     )
     # Warm-up runs call no LLM (they would cost money and count against its limits).
     lists = "ListsCustomers" in pipeline.capabilities("feature_store")
