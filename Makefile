@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install --quiet -e '.[serve,report,test]' $(foreach p,$(PLUGINS),-e '$(p:/=)[test]')
+	# pip byte-compiles what it installs, but not editable sources: without this, a shell
+	# with PYTHONDONTWRITEBYTECODE=1 recompiles ~40 modules (~40 ms) on every CLI start.
+	$(PY) -m compileall -q src $(addsuffix src,$(PLUGINS)) >/dev/null
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -41,7 +41,8 @@ RESERVED_ENV = {
     "LOYALTYLENS_API_KEYS",  # `serve`: name:key,name:key
     "LOYALTYLENS_SERVE_OPTIONS",  # `serve` -> its worker processes
     "LOYALTYLENS_COMMAND",  # the command orchestrators (loyaltylens-orchestrator-prefect) run
-    "LOYALTYLENS_CACHE_DIR",  # the per-user cache (sdk.cache): embeddings, ONNX export
+    "LOYALTYLENS_CACHE_DIR",  # the per-user cache (sdk.cache): embeddings, ONNX export, plugin list
+    "LOYALTYLENS_NO_DISCOVERY_CACHE",  # scan entry points on every start (kernel.discovery)
 }
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
@@ -55,7 +56,9 @@ def default_data_dir() -> Path:
 class CoreSettings(BaseModel):
     """Settings of the core itself (top-level keys of ``loyaltylens.toml``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Built on first use, not at import: building a validator makes pydantic scan every
+    # installed distribution for its own plugins, which `plugins` and `--help` never need.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     data_dir: Path = Field(default_factory=default_data_dir)
     seed: int = 42
@@ -331,7 +334,9 @@ def load_config(
         sources[f"stages.{stage}"] = "cli:--use"
 
     try:
-        core = CoreSettings.model_validate(core_raw)
+        # Nothing set: the defaults need no validating, and not building the validator
+        # keeps `plugins` and `config show` from paying for pydantic's own plugin scan.
+        core = CoreSettings.model_validate(core_raw) if core_raw else CoreSettings.model_construct()
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.metadata
 import os
 from typing import Any, Callable, Iterable, Protocol
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from loyaltylens_core.kernel import hookspecs
+from loyaltylens_core.kernel import discovery, hookspecs
 from loyaltylens_core.kernel.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "loyaltylens"
@@ -226,12 +225,10 @@ def load_registry(
     blocked = set(blocked)
 
     if entry_points:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for ep in discovery.entry_points(ENTRY_POINT_GROUP):
             if ep.name in blocked or pm.get_plugin(ep.name) is not None:
                 continue
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else None
-            dist_version = dist.version if dist is not None else None
+            dist_name, dist_version = ep.dist_name, ep.dist_version
             try:
                 module = ep.load()
                 pm.register(module, name=ep.name)
