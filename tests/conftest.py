@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
+
+from loyaltylens_core.sdk.standins import cli_environ
 
 LITTER = ("ll-serve-*", "local-vertex-*", "ll-bench-*")
 
@@ -39,16 +40,10 @@ def cli(tmp_path_factory):
     (the first test to run builds demo data, features, model and index)."""
     data_dir = tmp_path_factory.mktemp("empty-data")
     workdir = tmp_path_factory.mktemp("work")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LOYALTYLENS_", "AWS_")) and k != "DEPLOY_TARGET"}
-    env["LOYALTYLENS_DATA_DIR"] = str(data_dir)
-    env["LOYALTYLENS_CACHE_DIR"] = os.environ["LOYALTYLENS_CACHE_DIR"]  # the session's (conftest.py)
-    env["LOYALTYLENS_DEMO_CUSTOMERS"] = "1000"
-    # One embedding cache for every data dir the suite builds: the query vocabulary
-    # (5,184 texts, ~40 s of MiniLM on 2 cores) is encoded once per session, not per dir.
-    env["LOYALTYLENS_EMBEDDER_SENTENCE_TRANSFORMERS__CACHE_PATH"] = str(
-        tmp_path_factory.getbasetemp() / "shared-embeddings.sqlite"
-    )
+    # The session's per-user cache (root conftest.py) is kept, so every data dir the suite
+    # builds shares one set of query-vocabulary vectors (~40 s of MiniLM on 2 cores, once).
+    env = {k: v for k, v in cli_environ(LOYALTYLENS_DATA_DIR=str(data_dir), LOYALTYLENS_DEMO_CUSTOMERS="1000").items()
+           if not k.startswith("AWS_")}
 
     def run(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from loyaltylens_core.kernel.stages import STAGES
-from loyaltylens_core.sdk.standins import make_distribution
+from loyaltylens_core.sdk.standins import cli_environ, make_distribution
 
 FAKE_MODULE = """
 from loyaltylens_core.sdk.testing import FakePlugin
@@ -28,7 +28,7 @@ def cli(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     make_distribution(site, "loyaltylens-fakes", "llfakes", FAKE_MODULE, "fakes", "plugin")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") or k == "LOYALTYLENS_CACHE_DIR" and k != "DEPLOY_TARGET"}
+    env = cli_environ()
     env["PYTHONPATH"] = str(site)
     env["LOYALTYLENS_DATA_DIR"] = str(tmp_path / "data")
     for stage in STAGES:

@@ -7,7 +7,6 @@ The packages are installed into a throwaway venv layered on this project's envir
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import sysconfig
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from loyaltylens_core.kernel.stages import STAGES
+from loyaltylens_core.sdk.standins import cli_environ
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,7 @@ def test_generated_plugin_installs_and_its_tests_pass(stage, generated, layered_
 
 
 def test_installed_plugins_are_listed_and_selectable(generated, layered_venv, tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") or k == "LOYALTYLENS_CACHE_DIR"},
-           "LOYALTYLENS_DATA_DIR": str(tmp_path / "data")}
+    env = cli_environ(LOYALTYLENS_DATA_DIR=str(tmp_path / "data"))
     listed = subprocess.run([layered_venv, "-m", "loyaltylens_core.cli", "plugins", "--json"],
                             capture_output=True, text=True, env=env)
     assert listed.returncode == 0, listed.stderr

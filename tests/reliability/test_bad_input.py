@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from loyaltylens_core.sdk.standins import make_distribution
+from loyaltylens_core.sdk.standins import cli_environ, make_distribution
 
 from .helpers import assert_one_clear_line, files_under
 
@@ -224,7 +224,7 @@ def test_read_only_data_dir(built, tmp_path, populated):
     before = files_under(data)
     command = (f"mount --bind {data} {data} && mount -o remount,ro,bind {data} && "
                f"exec {sys.executable} -m loyaltylens_core.cli run C001")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") or k == "LOYALTYLENS_CACHE_DIR"}
+    env = cli_environ()
     env["LOYALTYLENS_DATA_DIR"] = str(data)
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, env=env,
                           timeout=300)
@@ -251,7 +251,7 @@ def test_second_process_holding_the_duckdb_write_lock(built):
 def test_kill_9_during_first_build_leaves_nothing_half_written(cli, tmp_path):
     """Killed mid-training, the next run starts clean: no partial model version loads."""
     data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") or k == "LOYALTYLENS_CACHE_DIR"}
+    env = cli_environ()
     env.update({"LOYALTYLENS_DATA_DIR": str(data), "LOYALTYLENS_DEMO_CUSTOMERS": "1000",
                 "LOYALTYLENS_PROPENSITY_TORCH__EPOCHS": "200"})
     proc = subprocess.Popen([sys.executable, "-m", "loyaltylens_core.cli", "run", "C001"], env=env,

@@ -47,6 +47,19 @@ def start_local_process(argv: Sequence[str], port: int, what: str, env: dict[str
     raise RuntimeError(f"{what} did not start within {timeout:g} s")
 
 
+def cli_environ(**settings: str) -> dict[str, str]:
+    """``os.environ`` for a ``loyaltylens`` subprocess in a test: without the developer's own
+    ``LOYALTYLENS_*`` settings (nor ``DEPLOY_TARGET``, the seed project's name for one), so
+    what the test passes in ``settings`` is all that is set. ``LOYALTYLENS_CACHE_DIR`` is kept:
+    the subprocess shares the test session's per-user cache, never the developer's."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTYLENS_") and k != "DEPLOY_TARGET"}
+    if "LOYALTYLENS_CACHE_DIR" in os.environ:
+        env["LOYALTYLENS_CACHE_DIR"] = os.environ["LOYALTYLENS_CACHE_DIR"]
+    return {**env, **settings}
+
+
 def make_distribution(site: Path, dist: str, module: str, source: str, entry: str, obj: str = "") -> None:
     """Install a one-module plugin as its own distribution: ``module.py`` plus a dist-info
     directory with a ``loyaltylens`` entry point, in ``site`` (put it on PYTHONPATH).
