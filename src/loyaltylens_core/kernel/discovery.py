@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import os
 import sys
+from typing import Any
 
 from loyaltylens_core.sdk.cache import user_cache_dir
 
@@ -102,7 +103,7 @@ def _read(path: os.PathLike[str] | str, key: str) -> list[FoundEntryPoint] | Non
         return None  # from another version of this module: scan
 
 
-def _load(path: os.PathLike[str] | str) -> dict[str, list[dict[str, str | None]]]:
+def _load(path: os.PathLike[str] | str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
