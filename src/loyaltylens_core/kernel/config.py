@@ -41,7 +41,7 @@ RESERVED_ENV = {
     "LOYALTYLENS_API_KEYS",  # `serve`: name:key,name:key
     "LOYALTYLENS_SERVE_OPTIONS",  # `serve` -> its worker processes
     "LOYALTYLENS_COMMAND",  # the command orchestrators (loyaltylens-orchestrator-prefect) run
-    "LOYALTYLENS_CACHE_DIR",  # the per-user cache (sdk.cache): embeddings, ONNX export, plugin list
+    "LOYALTYLENS_CACHE_DIR",  # the per-user cache (util.cache): embeddings, ONNX export, plugin list
     "LOYALTYLENS_NO_DISCOVERY_CACHE",  # scan entry points on every start (kernel.discovery)
 }
 

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from loyaltylens_core.sdk.cache import user_cache_dir
+from loyaltylens_core.util.cache import user_cache_dir
 
 _FORMAT = 1
 _KEEP = 8  # answers kept, one per distinct sys.path

@@ -47,7 +47,7 @@ def build(settings: SentenceTransformerSettings, context: StageContext) -> Any:
     """The embedder, with its disk cache and ONNX export in the per-user cache: the model and
     the query vocabulary are the same for every data dir on a machine, so a second data dir
     reuses the first one's vectors (most of a first build) and export."""
-    from loyaltylens_core.sdk.cache import user_cache_dir
+    from loyaltylens_core.util.cache import user_cache_dir
 
     from .embedder import SentenceTransformerEmbedder
 

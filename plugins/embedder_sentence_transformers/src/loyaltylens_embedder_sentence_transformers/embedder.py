@@ -17,7 +17,7 @@ from typing import Any, Sequence, TYPE_CHECKING
 import numpy as np
 
 from loyaltylens_core.kernel.errors import ConfigError
-from loyaltylens_core.sdk.cache import user_cache_dir
+from loyaltylens_core.util.cache import user_cache_dir
 
 if TYPE_CHECKING:
     from loyaltylens_embedder_sentence_transformers import SentenceTransformerSettings
