@@ -39,11 +39,15 @@ class FoundEntryPoint:
     dist_version: str | None
 
     @property
+    def entry_point(self) -> importlib.metadata.EntryPoint:
+        return importlib.metadata.EntryPoint(self.name, self.value, self.group)
+
+    @property
     def module(self) -> str:
-        return self.value.split(":", 1)[0].strip()
+        return self.entry_point.module
 
     def load(self) -> object:
-        return importlib.metadata.EntryPoint(self.name, self.value, self.group).load()
+        return self.entry_point.load()
 
 
 def entry_points(group: str) -> list[FoundEntryPoint]:
@@ -53,11 +57,12 @@ def entry_points(group: str) -> list[FoundEntryPoint]:
         return scan(group)
     key = fingerprint(group)
     path = user_cache_dir(f"entry-points-{hashlib.sha256(sys.executable.encode()).hexdigest()[:12]}.json")
-    cached = _read(path, key)
+    answers = _load(path)
+    cached = _rows(answers.get(key))
     if cached is not None:
         return cached
     found = scan(group)
-    _write(path, key, found)
+    _write(path, answers, key, found)
     return found
 
 
@@ -95,11 +100,10 @@ def fingerprint(group: str) -> str:
     return digest.hexdigest()
 
 
-def _read(path: os.PathLike[str] | str, key: str) -> list[FoundEntryPoint] | None:
+def _rows(rows: Any) -> list[FoundEntryPoint] | None:
     try:
-        rows = _load(path).get(key)
         return None if rows is None else [FoundEntryPoint(**row) for row in rows]
-    except (TypeError, KeyError):
+    except TypeError:
         return None  # from another version of this module: scan
 
 
@@ -112,11 +116,11 @@ def _load(path: os.PathLike[str] | str) -> dict[str, Any]:
         return {}
 
 
-def _write(path: os.PathLike[str] | str, key: str, found: list[FoundEntryPoint]) -> None:
+def _write(path: os.PathLike[str] | str, answers: dict[str, Any], key: str, found: list[FoundEntryPoint]) -> None:
     """Atomically, and never an error: a read-only home only costs the next start a scan."""
     # A few answers side by side: the console script and `python -m` see different
     # sys.path[0]s, and must not evict each other's answer on every start.
-    data = {k: v for k, v in _load(path).items() if k != key}
+    data = {k: v for k, v in answers.items() if k != key}
     data = dict(list(data.items())[-(_KEEP - 1):])
     data[key] = [dataclasses.asdict(f) for f in found]
     import tempfile  # only when the answer changed
