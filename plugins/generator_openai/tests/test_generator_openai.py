@@ -64,6 +64,16 @@ def test_invalid_twice_falls_back_to_the_template_copy(tmp_path, stub, first, se
     assert len(stub.requests) == 2
 
 
+@pytest.mark.parametrize("behaviour", ["no_choices", "not_a_completion"])
+def test_a_reply_that_is_not_a_completion_is_repaired_then_falls_back(tmp_path, stub, behaviour):
+    stub.script(behaviour, "ok", behaviour, behaviour)
+    gen = generator(tmp_path, stub)
+    assert gen.generate(variables()).fallback is None
+    assert "the reply was empty" in stub.requests[1]["body"]["messages"][-1]["content"]
+    assert gen.generate(variables()).fallback == "llm_invalid_output"
+    assert len(stub.requests) == 4
+
+
 def test_length_limit_problem_is_explained_in_the_repair(tmp_path, stub):
     stub.script("too_long", "ok")
     generator(tmp_path, stub).generate(variables())

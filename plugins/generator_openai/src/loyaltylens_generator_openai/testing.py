@@ -5,7 +5,8 @@ It speaks the real wire format of ``POST /v1/chat/completions`` so the unmodifie
 ``script(...)``; once the queue is empty every request gets ``default``.
 
 Behaviours: ``ok`` (valid copy built from the prompt), ``invalid_json``, ``too_long``,
-``empty_field``, ``rate_limit`` (429 with retry-after), ``server_error`` (500), ``hang``
+``empty_field``, ``no_choices`` (a completion without choices), ``not_a_completion`` (a 200 whose
+body is not JSON, as from a misrouted proxy), ``rate_limit`` (429 with retry-after), ``server_error`` (500), ``hang``
 (sleeps past any sane client time-out), ``unauthorized`` (401).
 """
 
@@ -66,8 +67,8 @@ class StubOpenAIServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                body = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> None:
+                body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -108,6 +109,9 @@ class StubOpenAIServer:
                     return
                 if behaviour == "hang":
                     time.sleep(stub.hang_s)
+                if behaviour == "not_a_completion":
+                    self._send(200, b"<html>upstream proxy error</html>")
+                    return
                 user = next((m["content"] for m in request.get("messages", []) if m["role"] == "user"), "")
                 title = next((line[len("Offer: "):] for line in user.splitlines() if line.startswith("Offer: ")), "an offer")
                 copy = {"headline": f"Just for you: {title}"[:80], "body": f"{title}. Enjoy it soon.", "cta": "Claim now"}
@@ -119,8 +123,8 @@ class StubOpenAIServer:
                 self._send(200, {
                     "id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()),
                     "model": request.get("model", "stub"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
+                    "choices": [] if behaviour == "no_choices" else [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
                 })
 
