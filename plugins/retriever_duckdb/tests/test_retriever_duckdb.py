@@ -217,3 +217,48 @@ def test_index_rebuild_re_embeds_everything(tmp_path, catalogue):
     r.embedder = embedder = RecordingEmbedder()
     r.index(rebuild=True)
     assert len(embedder.texts) == 3 + 5184
+
+
+def counted_searches(r, monkeypatch):
+    """How many questions reached the search itself (not the remembered answers)."""
+    searched = []
+    search = r._retrieve_distinct
+
+    def counting(queries):
+        searched.extend(q.text for q in queries)
+        return search(queries)
+
+    monkeypatch.setattr(r, "_retrieve_distinct", counting)
+    return searched
+
+
+def test_a_question_asked_again_is_remembered_until_the_index_changes(tmp_path, catalogue, monkeypatch):
+    r = retriever_for(tmp_path, catalogue)
+    searched = counted_searches(r, monkeypatch)
+    query = RetrievalQuery(customer_id="C1", text="free birthday coffee", k=3)
+    first = r.retrieve(query)
+    again = r.retrieve(query.model_copy(update={"customer_id": "C2"}))
+    assert again == first and again is not first and searched == ["free birthday coffee"]
+    again.clear()
+    assert r.retrieve(query) == first  # a caller's list is its own
+    assert len(r.retrieve(query.model_copy(update={"k": 1}))) == 1  # another k is another question
+    assert r.retrieve(query.model_copy(update={"max_threshold": 0.5})) != first  # B (0.6) is not admitted
+    assert len(searched) == 3
+    catalogue.write_text(json.dumps(OFFERS[1:]))
+    r.index()
+    assert "A" not in [c.offer.offer_id for c in r.retrieve(query)]
+
+
+def test_remembered_answers_are_bounded_and_can_be_switched_off(tmp_path, catalogue, monkeypatch):
+    context = make_context(tmp_path, "retriever", "duckdb", components={"embedder": CountingEmbedder()})
+    r = build(DuckDBRetrieverSettings(catalogue=catalogue, answer_cache=2), context)
+    r.prepare()
+    searched = counted_searches(r, monkeypatch)
+    ask = lambda text: r.retrieve(RetrievalQuery(customer_id="C1", text=text, k=2))
+    for text in ("coffee", "points", "gold", "points", "coffee"):
+        ask(text)
+    assert searched == ["coffee", "points", "gold", "coffee"] and len(r._answers) == 2
+    r.settings = r.settings.model_copy(update={"answer_cache": 0})
+    r._answers.clear()
+    ask("gold"), ask("gold")
+    assert searched[-2:] == ["gold", "gold"] and not r._answers

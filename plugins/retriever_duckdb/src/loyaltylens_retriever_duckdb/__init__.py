@@ -27,6 +27,11 @@ class DuckDBRetrieverSettings(PluginSettings):
     prefilter: int = Field(
         2048, ge=16, description="Most similar offers per query text considered when building candidate lists"
     )
+    answer_cache: int = Field(
+        4096, ge=0,
+        description="Answers kept per (query text, tier, k, threshold step): a question asked again (a returning "
+                    "customer, or capped offers' wider second look) is a lookup; 0: off",
+    )
     exact_block_bytes: int = Field(
         256 * 2**20, ge=2**20, description="Similarity matrix bytes per block of queries searched exactly (batch)"
     )

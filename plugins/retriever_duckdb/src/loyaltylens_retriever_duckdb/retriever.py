@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from pathlib import Path
 from typing import Any, Sequence, TYPE_CHECKING
 
@@ -121,6 +122,10 @@ class DuckDBRetriever:
         self.lists_complete = False
         self.sidecar_root = self.path.parent / f"{self.path.stem}-{self.table}"
         self.last_index: dict[str, Any] = {}
+        # Answers by (text, tier, k, threshold step), oldest first; emptied when another
+        # index version is used. Candidates are frozen, so answers can be shared.
+        self._answers: dict[tuple[Any, ...], tuple[OfferCandidate, ...]] = {}
+        self._answers_lock = threading.Lock()
 
     @property
     def nonblocking(self) -> bool:
@@ -491,6 +496,8 @@ class DuckDBRetriever:
         self.lists = arrays.get("lists")
         self.list_sims = arrays.get("list_sims")
         self.lists_complete = bool(meta.get("exhaustive", False))
+        with self._answers_lock:
+            self._answers = {}
 
     def _query_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for query texts: from the precomputed vocabulary where possible, the
@@ -556,25 +563,44 @@ class DuckDBRetriever:
         return self.retrieve_many([query])[0]
 
     def retrieve_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
-        """Each distinct question once: customers of a batch who share a query text, tier
-        and k, with thresholds that admit the same offers, get the same answer (texts come
-        from a finite vocabulary: 5,000 demo customers ask 2,835 distinct questions)."""
-        if len(queries) < 2:
-            return self._retrieve_distinct(queries)
-        first: dict[tuple[Any, ...], int] = {}
-        distinct: list[RetrievalQuery] = []
-        slots = []
-        for query, step in zip(queries, self._threshold_steps(queries)):
-            key = (query.text, query.tier, query.k, step)
-            slot = first.get(key)
-            if slot is None:
-                slot = first[key] = len(distinct)
-                distinct.append(query)
-            slots.append(slot)
-        if len(distinct) == len(queries):
-            return self._retrieve_distinct(queries)
-        answers = self._retrieve_distinct(distinct)
-        return [list(answers[slot]) for slot in slots]
+        """Each distinct question once: customers who share a query text, tier and k, with
+        thresholds that admit the same offers, get the same answer (texts come from a finite
+        vocabulary: 5,000 demo customers ask 2,835 distinct questions), and a question asked
+        before is answered from the last ``answer_cache`` answers."""
+        if not queries:
+            return []
+        keys = [(q.text, q.tier, q.k, step) for q, step in zip(queries, self._threshold_steps(queries))]
+        answers = self._answers
+        known: dict[tuple[Any, ...], tuple[OfferCandidate, ...]] = {}
+        asked: dict[tuple[Any, ...], RetrievalQuery] = {}
+        for key, query in zip(keys, queries):
+            if key in known or key in asked:
+                continue
+            hit = answers.get(key)
+            if hit is None:
+                asked[key] = query
+            else:
+                known[key] = hit
+        if asked:
+            found = {key: tuple(answer) for key, answer in zip(asked, self._retrieve_distinct(list(asked.values())))}
+            known.update(found)
+            self._remember(answers, found)
+        return [list(known[key]) for key in keys]
+
+    def _remember(self, answers: dict[tuple[Any, ...], tuple[OfferCandidate, ...]],
+                  found: dict[tuple[Any, ...], tuple[OfferCandidate, ...]]) -> None:
+        """Keep new answers, the oldest leaving first; not into a table that another index
+        version has replaced meanwhile."""
+        size = self.settings.answer_cache
+        if not size:
+            return
+        with self._answers_lock:
+            if answers is not self._answers:
+                return
+            for key, answer in list(found.items())[-size:]:
+                answers[key] = answer
+            while len(answers) > size:
+                del answers[next(iter(answers))]
 
     def _threshold_steps(self, queries: Sequence[RetrievalQuery]) -> list[int]:
         """How many of the catalogue's distinct thresholds each query's filter admits (-1:
