@@ -8,6 +8,7 @@ everything about one stage at a time.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Iterator, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +22,10 @@ from loyaltylens_core.util.progress import QUIET, Progress
 from loyaltylens_core.kernel.stages import RUN_STAGES
 
 M = TypeVar("M", bound=BaseModel)
+
+# Checked copies kept of shared plugin objects (a retriever's remembered candidates):
+# at most this many, the oldest leaving first (~15 MB of candidates).
+SHARED_KEPT = 65_536
 
 
 class Components:
@@ -44,6 +49,9 @@ class Components:
         self._building: set[str] = set()
         self._prepared: set[str] = set()
         self._plugin_refs: dict[str, PluginRef] | None = None
+        # id(plugin's object) -> (that object, its checked copy); see expect_list.
+        self._shared: dict[int, tuple[Any, BaseModel]] = {}
+        self._shared_lock = threading.Lock()
 
     def close(self) -> None:
         """Close every component that holds a resource (files, connections, clients):
@@ -204,10 +212,12 @@ class Components:
         except ValidationError as exc:
             raise self.violation(stage, model, exc) from None
 
-    def expect_list(self, stage: str, values: Any, model: type[M], seen: dict[int, M] | None = None) -> list[M]:
-        """``seen`` (object id -> validated copy), shared across the lists of one call whose
-        objects are all alive, validates an object that several lists hold once: a batch
-        retriever gives every customer asking the same question the same candidates."""
+    def expect_list(self, stage: str, values: Any, model: type[M], shared: bool = False) -> list[M]:
+        """Validate a plugin's list of outputs. ``shared``: the plugin hands the same
+        objects out again (a retriever's remembered answers; every customer of a batch who
+        asks the same question), so each is checked once: its checked copy is kept while
+        the object is (held here, so its id cannot be reused), and a contract is frozen, so
+        it cannot change after the check."""
         if not isinstance(values, (list, tuple)):
             impl = self.implementation(stage)
             raise ContractViolation(
@@ -215,13 +225,20 @@ class Components:
                 f"expected a list of {model.__name__}",
                 "fix the plugin",
             )
-        if seen is None:
+        if not shared or not model.model_config.get("frozen"):
             return [self.expect(stage, v, model) for v in values]
+        kept = self._shared
         out = []
         for value in values:
-            checked = seen.get(id(value))
-            if checked is None:
-                checked = seen[id(value)] = self.expect(stage, value, model)
+            hit = kept.get(id(value))
+            if hit is not None and hit[0] is value and type(hit[1]) is model:
+                out.append(hit[1])  # type: ignore[arg-type]
+                continue
+            checked = self.expect(stage, value, model)
+            with self._shared_lock:
+                kept[id(value)] = (value, checked)
+                if len(kept) > SHARED_KEPT:
+                    del kept[next(iter(kept))]
             out.append(checked)
         return out
 
