@@ -232,7 +232,7 @@ class Components:
         for value in values:
             hit = kept.get(id(value))
             if hit is not None and hit[0] is value and type(hit[1]) is model:
-                out.append(hit[1])  # type: ignore[arg-type]
+                out.append(hit[1])
                 continue
             checked = self.expect(stage, value, model)
             with self._shared_lock:
