@@ -88,7 +88,7 @@ def walk(ask: Ask, verdict: Any) -> list[str]:
 class SQLiteCounters:
     """Counts in one SQLite file (WAL): exact across every process on this host."""
 
-    # Handouts older than any window are deleted as they are passed over.
+    # Hand-outs older than their offer's window are deleted when the pair gets a new one.
     SCHEMA = (
         "CREATE TABLE IF NOT EXISTS handouts (offer_id TEXT NOT NULL, customer_id TEXT NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS handouts_by_pair ON handouts (offer_id, customer_id, at)",
@@ -182,12 +182,13 @@ class SQLiteCounters:
 
     @staticmethod
     def _take(db: sqlite3.Connection, ask: Ask, item: Item) -> str:
+        cutoff = ask.now - item.per_window_s
         if item.per_count:
-            cutoff = ask.now - item.per_window_s
-            db.execute("DELETE FROM handouts WHERE offer_id = ? AND customer_id = ? AND at <= ?",
-                       (item.offer_id, ask.customer_id, cutoff))
-            (held,) = db.execute("SELECT COUNT(*) FROM handouts WHERE offer_id = ? AND customer_id = ?",
-                                 (item.offer_id, ask.customer_id)).fetchone()
+            # Only hand-outs inside the window count: a capped offer is passed over with this
+            # one statement instead of a delete and a count (customers whose favourites are
+            # capped pass over the same offers on every request).
+            (held,) = db.execute("SELECT COUNT(*) FROM handouts WHERE offer_id = ? AND customer_id = ? AND at > ?",
+                                 (item.offer_id, ask.customer_id, cutoff)).fetchone()
             if held >= item.per_count:
                 return "capped_customer"
         counts_total = item.cap_total > 0 or item.stock >= 0
@@ -201,6 +202,10 @@ class SQLiteCounters:
             db.execute("INSERT INTO totals VALUES (?, 1) ON CONFLICT (offer_id) DO UPDATE SET n = n + 1",
                        (item.offer_id,))
         if item.per_count:
+            # Hand-outs that left the window go as the pair gets a new one: a pair keeps at
+            # most per_count rows in its window, plus the ones expired since its last hand-out.
+            db.execute("DELETE FROM handouts WHERE offer_id = ? AND customer_id = ? AND at <= ?",
+                       (item.offer_id, ask.customer_id, cutoff))
             db.execute("INSERT INTO handouts VALUES (?, ?, ?)", (item.offer_id, ask.customer_id, ask.now))
         return OK
 
