@@ -353,3 +353,30 @@ def test_arun_answers_what_run_does_on_the_loop_or_in_a_thread(loyaltylens_pipel
     assert (threads[-1] == loop_thread) is inline
     assert result.top_offer == expected.top_offer and result.copy_ == expected.copy_
     assert [c.offer.offer_id for c in result.candidates] == [c.offer.offer_id for c in expected.candidates]
+
+
+def test_what_a_plugin_raises_is_named_with_its_stage(loyaltylens_pipeline):
+    """Components.calling: a plugin's pydantic error is a contract violation naming the
+    field, anything else a PluginFault whose cause is the plugin's own exception; our own
+    errors and interrupts pass through untouched."""
+    from loyaltylens_core.kernel.contracts import OfferCandidate
+    from loyaltylens_core.kernel.errors import PluginFault
+    from loyaltylens_core.sdk.testing import FAKE_OFFERS
+
+    parts = loyaltylens_pipeline().components
+    with pytest.raises(ContractViolation, match="'rank'") as violation:
+        with parts.calling("retriever"):
+            OfferCandidate(offer=FAKE_OFFERS[0], similarity=0.5, rank=0)
+    assert violation.value.__suppress_context__ and violation.value.__cause__ is None
+    boom = RuntimeError("index file vanished\nsecond line")
+    with pytest.raises(PluginFault, match=r"retriever plugin 'fake'.*failed: RuntimeError: index file vanished\. rerun") as fault:
+        with parts.calling("retriever"):
+            raise boom
+    assert fault.value.__cause__ is boom
+    for passed in (CustomerNotFound("C9", "check the id"), KeyboardInterrupt()):
+        with pytest.raises(type(passed)) as raised:
+            with parts.calling("retriever"):
+                raise passed
+        assert raised.value is passed
+    with parts.calling("retriever"):
+        pass
