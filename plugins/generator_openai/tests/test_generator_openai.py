@@ -37,6 +37,8 @@ def test_structured_output_request_and_valid_copy(tmp_path, stub):
     assert copy.cta == "Claim now" and copy.fallback is None
     assert copy.prompt_version == "openai-v1"
     body = stub.requests[0]["body"]
+    assert stub.requests[0]["content_type"] == "application/json"
+    assert set(body) == {"model", "messages", "temperature", "response_format"}
     assert body["model"] == "my-local-model"
     schema = body["response_format"]["json_schema"]["schema"]
     assert body["response_format"]["type"] == "json_schema" and schema["required"] == ["headline", "body", "cta"]

@@ -86,7 +86,8 @@ class StubOpenAIServer:
                 behaviour = stub._next()
                 with stub.lock:
                     stub.requests.append({"behaviour": behaviour, "body": request,
-                                          "authorization": self.headers.get("Authorization", "")})
+                                          "authorization": self.headers.get("Authorization", ""),
+                                          "content_type": self.headers.get("Content-Type", "")})
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                 try:
