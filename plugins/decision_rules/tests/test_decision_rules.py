@@ -121,6 +121,18 @@ def test_a_per_customer_cap_counts_in_its_window(decider):
     assert chosen(decider.decide(ask([capped, spare], now=later))) == ["CAP"]  # the first two left the window
 
 
+def test_each_offer_counts_a_customers_hand_outs_in_its_own_window(decider):
+    """One read of the customer's hand-outs serves every offer of the walk: each still
+    applies its own window, and an offer listed twice is not handed out twice."""
+    week = offer("WEEK", cap_per_customer={"count": 1, "days": 7})
+    month = offer("MONTH", cap_per_customer={"count": 1, "days": 30})
+    assert chosen(decider.decide(ask([week, month], k=2))) == ["WEEK", "MONTH"]
+    eight_days = decider.decide(ask([week, month], k=2, now=NOW + dt.timedelta(days=8)))
+    assert chosen(eight_days) == ["WEEK"] and eight_days.dropped == {"capped_customer": 1}
+    twice = decider.decide(ask([offer("ONCE", cap_per_customer={"count": 1, "days": 7})] * 2, k=2))
+    assert chosen(twice) == ["ONCE"] and twice.dropped == {"capped_customer": 1}
+
+
 def test_total_caps_and_stock_count_across_customers(decider):
     total = offer("TOTAL", cap_total=2)
     stock = offer("STOCK", stock=1)

@@ -92,6 +92,7 @@ class SQLiteCounters:
     SCHEMA = (
         "CREATE TABLE IF NOT EXISTS handouts (offer_id TEXT NOT NULL, customer_id TEXT NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS handouts_by_pair ON handouts (offer_id, customer_id, at)",
+        "CREATE INDEX IF NOT EXISTS handouts_by_customer ON handouts (customer_id, offer_id, at)",
         "CREATE TABLE IF NOT EXISTS totals (offer_id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS frequency (grp TEXT NOT NULL, customer_id TEXT NOT NULL, run TEXT NOT NULL, "
         "at REAL NOT NULL, PRIMARY KEY (grp, customer_id, run))",
@@ -169,7 +170,15 @@ class SQLiteCounters:
         """One customer's walk, inside the caller's transaction, with its frequency rule."""
         if ask.frequency is not None and (ask.frequency[0], ask.customer_id) in held:
             return [CAPPED_FREQUENCY] * len(ask.items)
-        return walk(ask, lambda item: self._take(db, ask, item))
+        if not any(item.per_count for item in ask.items):
+            return walk(ask, lambda item: self._take(db, ask, item, {}))
+        # The customer's hand-outs in one read, not a count per capped offer: a customer
+        # whose favourites are capped passes over the same dozens of offers on every request.
+        # Read inside the transaction; the walk adds its own hand-outs as it takes them.
+        handouts: dict[str, list[float]] = {}
+        for offer_id, at in db.execute("SELECT offer_id, at FROM handouts WHERE customer_id = ?", (ask.customer_id,)):
+            handouts.setdefault(offer_id, []).append(at)
+        return walk(ask, lambda item: self._take(db, ask, item, handouts))
 
     @staticmethod
     def _count_frequency(db: sqlite3.Connection, asks: Sequence[Ask], verdicts: Sequence[list[str]]) -> None:
@@ -181,14 +190,12 @@ class SQLiteCounters:
                            "DO UPDATE SET at = excluded.at", rows)
 
     @staticmethod
-    def _take(db: sqlite3.Connection, ask: Ask, item: Item) -> str:
+    def _take(db: sqlite3.Connection, ask: Ask, item: Item, handouts: dict[str, list[float]]) -> str:
+        """``handouts``: the customer's hand-out times by offer; only those inside the
+        offer's window count."""
         cutoff = ask.now - item.per_window_s
         if item.per_count:
-            # Only hand-outs inside the window count: a capped offer is passed over with this
-            # one statement instead of a delete and a count (customers whose favourites are
-            # capped pass over the same offers on every request).
-            (held,) = db.execute("SELECT COUNT(*) FROM handouts WHERE offer_id = ? AND customer_id = ? AND at > ?",
-                                 (item.offer_id, ask.customer_id, cutoff)).fetchone()
+            held = sum(at > cutoff for at in handouts.get(item.offer_id, ()))
             if held >= item.per_count:
                 return "capped_customer"
         counts_total = item.cap_total > 0 or item.stock >= 0
@@ -207,6 +214,7 @@ class SQLiteCounters:
             db.execute("DELETE FROM handouts WHERE offer_id = ? AND customer_id = ? AND at <= ?",
                        (item.offer_id, ask.customer_id, cutoff))
             db.execute("INSERT INTO handouts VALUES (?, ?, ?)", (item.offer_id, ask.customer_id, ask.now))
+            handouts.setdefault(item.offer_id, []).append(ask.now)
         return OK
 
     def counts(self, offer_id: str) -> dict[str, int]:
