@@ -7,6 +7,7 @@ everything about one stage at a time.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from typing import Any, Iterator, Sequence, TypeVar
@@ -23,9 +24,10 @@ from loyaltylens_core.kernel.stages import RUN_STAGES
 
 M = TypeVar("M", bound=BaseModel)
 
-# Checked copies kept of shared plugin objects (a retriever's remembered candidates):
-# at most this many, the oldest leaving first (~15 MB of candidates).
-SHARED_KEPT = 65_536
+# Shared plugin objects (a retriever's remembered candidates) known to be checked: at most
+# this many, the oldest leaving first. A retriever that remembers answers holds them anyway;
+# one that does not would have them kept alive here, so the bound stays small.
+SHARED_KEPT = 16_384
 
 
 class Components:
@@ -49,8 +51,8 @@ class Components:
         self._building: set[str] = set()
         self._prepared: set[str] = set()
         self._plugin_refs: dict[str, PluginRef] | None = None
-        # id(plugin's object) -> (that object, its checked copy); see expect_list.
-        self._shared: dict[int, tuple[Any, BaseModel]] = {}
+        # id(plugin's object) -> that object, checked; see expect_list.
+        self._shared: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._shared_lock = threading.Lock()
 
     def close(self) -> None:
@@ -215,9 +217,10 @@ class Components:
     def expect_list(self, stage: str, values: Any, model: type[M], shared: bool = False) -> list[M]:
         """Validate a plugin's list of outputs. ``shared``: the plugin hands the same
         objects out again (a retriever's remembered answers; every customer of a batch who
-        asks the same question), so each is checked once: its checked copy is kept while
-        the object is (held here, so its id cannot be reused), and a contract is frozen, so
-        it cannot change after the check."""
+        asks the same question), so each is checked once and then passed on as it is: a
+        contract is frozen, so it cannot change after the check, and the object is held
+        here, so its id cannot be reused. No copies are kept: long-lived objects make every
+        full garbage collection of a service worker longer."""
         if not isinstance(values, (list, tuple)):
             impl = self.implementation(stage)
             raise ContractViolation(
@@ -228,17 +231,19 @@ class Components:
         if not shared or not model.model_config.get("frozen"):
             return [self.expect(stage, v, model) for v in values]
         kept = self._shared
-        out = []
+        out: list[M] = []
         for value in values:
-            hit = kept.get(id(value))
-            if hit is not None and hit[0] is value and type(hit[1]) is model:
-                out.append(hit[1])
+            hit: Any = kept.get(id(value))  # one lookup: another thread may evict meanwhile
+            if hit is value:
+                out.append(hit)
                 continue
             checked = self.expect(stage, value, model)
-            with self._shared_lock:
-                kept[id(value)] = (value, checked)
-                if len(kept) > SHARED_KEPT:
-                    del kept[next(iter(kept))]
+            if type(value) is model:
+                with self._shared_lock:
+                    kept[id(value)] = value
+                    if len(kept) > SHARED_KEPT:
+                        kept.popitem(last=False)
+                checked = value
             out.append(checked)
         return out
 

@@ -15,6 +15,7 @@ the index in milliseconds instead of loading it).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import threading
@@ -124,7 +125,7 @@ class DuckDBRetriever:
         self.last_index: dict[str, Any] = {}
         # Answers by (text, tier, k, threshold step), oldest first; emptied when another
         # index version is used. Candidates are frozen, so answers can be shared.
-        self._answers: dict[tuple[Any, ...], tuple[OfferCandidate, ...]] = {}
+        self._answers: collections.OrderedDict[tuple[Any, ...], tuple[OfferCandidate, ...]] = collections.OrderedDict()
         self._answers_lock = threading.Lock()
 
     @property
@@ -497,7 +498,7 @@ class DuckDBRetriever:
         self.list_sims = arrays.get("list_sims")
         self.lists_complete = bool(meta.get("exhaustive", False))
         with self._answers_lock:
-            self._answers = {}
+            self._answers = collections.OrderedDict()
 
     def _query_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for query texts: from the precomputed vocabulary where possible, the
@@ -587,7 +588,7 @@ class DuckDBRetriever:
             self._remember(answers, found)
         return [list(known[key]) for key in keys]
 
-    def _remember(self, answers: dict[tuple[Any, ...], tuple[OfferCandidate, ...]],
+    def _remember(self, answers: collections.OrderedDict[tuple[Any, ...], tuple[OfferCandidate, ...]],
                   found: dict[tuple[Any, ...], tuple[OfferCandidate, ...]]) -> None:
         """Keep new answers, the oldest leaving first; not into a table that another index
         version has replaced meanwhile."""
@@ -600,7 +601,7 @@ class DuckDBRetriever:
             for key, answer in list(found.items())[-size:]:
                 answers[key] = answer
             while len(answers) > size:
-                del answers[next(iter(answers))]
+                answers.popitem(last=False)
 
     def _threshold_steps(self, queries: Sequence[RetrievalQuery]) -> list[int]:
         """How many of the catalogue's distinct thresholds each query's filter admits (-1:
