@@ -88,7 +88,8 @@ def call_many(
 
 def retrieve_many(parts: Components, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
     out = call_many(parts, "retriever", "BatchRetriever", "retrieve_many", "retrieve", queries, "results", "queries")
-    return [parts.expect_list("retriever", cands, OfferCandidate, shared=True) for cands in out]
+    seen: dict[int, OfferCandidate] = {}  # contracts are frozen: one checked copy may be shared
+    return [parts.expect_list("retriever", cands, OfferCandidate, seen) for cands in out]
 
 
 def checked_copy(parts: Components, produced: object, fallbacks: list[str]) -> GeneratedCopy:

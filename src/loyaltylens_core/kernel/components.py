@@ -7,9 +7,7 @@ everything about one stage at a time.
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import threading
 from typing import Any, Iterator, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -23,11 +21,6 @@ from loyaltylens_core.util.progress import QUIET, Progress
 from loyaltylens_core.kernel.stages import RUN_STAGES
 
 M = TypeVar("M", bound=BaseModel)
-
-# Shared plugin objects (a retriever's remembered candidates) known to be checked: at most
-# this many, the oldest leaving first. A retriever that remembers answers holds them anyway;
-# one that does not would have them kept alive here, so the bound stays small.
-SHARED_KEPT = 16_384
 
 
 class Components:
@@ -51,9 +44,6 @@ class Components:
         self._building: set[str] = set()
         self._prepared: set[str] = set()
         self._plugin_refs: dict[str, PluginRef] | None = None
-        # id(plugin's object) -> that object, checked; see expect_list.
-        self._shared: collections.OrderedDict[int, Any] = collections.OrderedDict()
-        self._shared_lock = threading.Lock()
 
     def close(self) -> None:
         """Close every component that holds a resource (files, connections, clients):
@@ -214,13 +204,10 @@ class Components:
         except ValidationError as exc:
             raise self.violation(stage, model, exc) from None
 
-    def expect_list(self, stage: str, values: Any, model: type[M], shared: bool = False) -> list[M]:
-        """Validate a plugin's list of outputs. ``shared``: the plugin hands the same
-        objects out again (a retriever's remembered answers; every customer of a batch who
-        asks the same question), so each is checked once and then passed on as it is: a
-        contract is frozen, so it cannot change after the check, and the object is held
-        here, so its id cannot be reused. No copies are kept: long-lived objects make every
-        full garbage collection of a service worker longer."""
+    def expect_list(self, stage: str, values: Any, model: type[M], seen: dict[int, M] | None = None) -> list[M]:
+        """``seen`` (object id -> validated copy), shared across the lists of one call whose
+        objects are all alive, validates an object that several lists hold once: a batch
+        retriever gives every customer asking the same question the same candidates."""
         if not isinstance(values, (list, tuple)):
             impl = self.implementation(stage)
             raise ContractViolation(
@@ -228,22 +215,13 @@ class Components:
                 f"expected a list of {model.__name__}",
                 "fix the plugin",
             )
-        if not shared or not model.model_config.get("frozen"):
+        if seen is None:
             return [self.expect(stage, v, model) for v in values]
-        kept = self._shared
-        out: list[M] = []
+        out = []
         for value in values:
-            hit: Any = kept.get(id(value))  # one lookup: another thread may evict meanwhile
-            if hit is value:
-                out.append(hit)
-                continue
-            checked = self.expect(stage, value, model)
-            if type(value) is model:
-                with self._shared_lock:
-                    kept[id(value)] = value
-                    if len(kept) > SHARED_KEPT:
-                        kept.popitem(last=False)
-                checked = value
+            checked = seen.get(id(value))
+            if checked is None:
+                checked = seen[id(value)] = self.expect(stage, value, model)
             out.append(checked)
         return out
 

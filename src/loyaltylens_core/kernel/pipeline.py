@@ -296,7 +296,7 @@ class Pipeline:
         def wider(_: list[int], k: int) -> list[list[OfferCandidate]]:
             with parts.calling("retriever"):
                 found = retriever.retrieve(query.model_copy(update={"k": k}))
-                return [parts.expect_list("retriever", found, OfferCandidate, shared=True)]
+                return [parts.expect_list("retriever", found, OfferCandidate)]
 
         (draft.decision,) = deciding.decide(parts, [asked], wider, [draft.fallbacks])
         draft.candidates = list(draft.decision.chosen)
@@ -342,14 +342,14 @@ class Pipeline:
         parts = self.components
         retriever = parts.component("retriever")
         query = adapters.retrieval_query(features, propensity, slot.pool_size)
-        candidates = parts.expect_list("retriever", retriever.retrieve(query), OfferCandidate, shared=True)
+        candidates = parts.expect_list("retriever", retriever.retrieve(query), OfferCandidate)
         self._note_component_fallbacks(("retriever",), fallbacks)
         if not candidates:
             # Every offer needs more propensity than this customer has: keep the
             # reference behaviour (offer the best match anyway) and say so.
             fallbacks.append(FALLBACK_THRESHOLD)
             unfiltered = query.model_copy(update={"max_threshold": None})
-            candidates = parts.expect_list("retriever", retriever.retrieve(unfiltered), OfferCandidate, shared=True)
+            candidates = parts.expect_list("retriever", retriever.retrieve(unfiltered), OfferCandidate)
             return candidates, unfiltered
         return candidates, query
 

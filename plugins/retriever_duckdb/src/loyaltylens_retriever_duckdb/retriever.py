@@ -53,6 +53,13 @@ SCAN_BELOW = 2048
 # Similarities closer than this may be the same number computed in another order.
 TIE = 1e-5
 
+# One query's answer: offer rows best first and their similarities. Remembered answers are
+# kept in this form, not as candidates: arrays are invisible to the garbage collector, while
+# 4,096 answers as pydantic objects were ~250,000 tracked objects and made a service worker's
+# full collections 70-130 ms long.
+Answer = tuple[np.ndarray, np.ndarray]
+NO_ANSWER: Answer = (np.zeros(0, dtype=np.int64), np.zeros(0))
+
 if TYPE_CHECKING:
     from loyaltylens_core import StageContext
 
@@ -124,8 +131,8 @@ class DuckDBRetriever:
         self.sidecar_root = self.path.parent / f"{self.path.stem}-{self.table}"
         self.last_index: dict[str, Any] = {}
         # Answers by (text, tier, k, threshold step), oldest first; emptied when another
-        # index version is used. Candidates are frozen, so answers can be shared.
-        self._answers: collections.OrderedDict[tuple[Any, ...], tuple[OfferCandidate, ...]] = collections.OrderedDict()
+        # index version is used.
+        self._answers: collections.OrderedDict[tuple[Any, ...], Answer] = collections.OrderedDict()
         self._answers_lock = threading.Lock()
 
     @property
@@ -530,19 +537,23 @@ class DuckDBRetriever:
         picked = pick_many(np.asarray(self.lists[at]), self.thresholds, limits, ks, self.lists_complete, sims)
         return [rows_ if ok else None for rows_, ok in zip(picked, usable.tolist())]
 
-    def _ranked(self, rows: np.ndarray, vector: np.ndarray, take: int | None = None) -> list[OfferCandidate]:
-        """The best ``take`` of the chosen offer rows, similarities computed here for every
-        path (lists or scan, one query or a batch), equal similarities (offers with the same
-        text) by offer row: a customer gets the same candidates, to the last bit, from `run`,
-        `GET /v1/offers` and a batch."""
+    def _ranked(self, rows: np.ndarray, vector: np.ndarray, take: int | None = None) -> Answer:
+        """The best ``take`` of the chosen offer rows with their similarities, computed here
+        for every path (lists or scan, one query or a batch), equal similarities (offers with
+        the same text) by offer row: a customer gets the same candidates, to the last bit,
+        from `run`, `GET /v1/offers` and a batch."""
         # einsum sums each row the same way however many rows there are (a BLAS product
         # does not: its kernels change with the row count, and so does the last bit).
         similarity = np.einsum("ij,j->i", self.vectors[rows], vector)
         order = np.lexsort((rows, -similarity))[:take]
+        return rows[order], similarity[order]
+
+    def _candidates(self, answer: Answer) -> list[OfferCandidate]:
         # Plain construction: pydantic's validating __init__ is faster than model_construct
         # (30,000 candidates: 64 vs 90 ms), whose field bookkeeping runs in Python.
+        rows, similarity = answer
         return [OfferCandidate(offer=self.offers[i], similarity=float(s), rank=r)
-                for r, (i, s) in enumerate(zip(rows[order].tolist(), similarity[order].tolist()), start=1)]
+                for r, (i, s) in enumerate(zip(rows.tolist(), similarity.tolist()), start=1)]
 
     def offers_by_id(self, offer_ids: Sequence[str]) -> dict[str, Offer]:
         """Catalogue offers by id (a placement's fallback offer): rows are in offer-id
@@ -572,7 +583,7 @@ class DuckDBRetriever:
             return []
         keys = [(q.text, q.tier, q.k, step) for q, step in zip(queries, self._threshold_steps(queries))]
         answers = self._answers
-        known: dict[tuple[Any, ...], tuple[OfferCandidate, ...]] = {}
+        known: dict[tuple[Any, ...], Answer] = {}
         asked: dict[tuple[Any, ...], RetrievalQuery] = {}
         for key, query in zip(keys, queries):
             if key in known or key in asked:
@@ -583,13 +594,15 @@ class DuckDBRetriever:
             else:
                 known[key] = hit
         if asked:
-            found = {key: tuple(answer) for key, answer in zip(asked, self._retrieve_distinct(list(asked.values())))}
+            found = dict(zip(asked, self._retrieve_distinct(list(asked.values()))))
             known.update(found)
             self._remember(answers, found)
-        return [list(known[key]) for key in keys]
+        # Candidates are frozen: customers of one call who asked the same question share them.
+        built = {key: self._candidates(answer) for key, answer in known.items()}
+        return [list(built[key]) for key in keys]
 
-    def _remember(self, answers: collections.OrderedDict[tuple[Any, ...], tuple[OfferCandidate, ...]],
-                  found: dict[tuple[Any, ...], tuple[OfferCandidate, ...]]) -> None:
+    def _remember(self, answers: collections.OrderedDict[tuple[Any, ...], Answer],
+                  found: dict[tuple[Any, ...], Answer]) -> None:
         """Keep new answers, the oldest leaving first; not into a table that another index
         version has replaced meanwhile."""
         size = self.settings.answer_cache
@@ -611,12 +624,12 @@ class DuckDBRetriever:
         steps[np.isinf(limits)] = -1
         return steps.tolist()  # type: ignore[no-any-return]
 
-    def _retrieve_distinct(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
+    def _retrieve_distinct(self, queries: Sequence[RetrievalQuery]) -> list[Answer]:
         """From the candidate lists where they answer; the rest by exact search in blocks of
         queries, so memory stays bounded whatever the batch's chunk size."""
         if not queries:
             return []
-        out: list[list[OfferCandidate] | None] = [None] * len(queries)
+        out: list[Answer | None] = [None] * len(queries)
         exact: list[int] = []
         # Small catalogues: one vectorised scan beats a Python step per query. One query takes
         # the same path as many, so `run` and a batch agree on every tie.
@@ -637,9 +650,9 @@ class DuckDBRetriever:
             rows = exact[start : start + block]
             for i, found in zip(rows, self._exact_many([queries[i] for i in rows])):
                 out[i] = found
-        return [found if found is not None else [] for found in out]
+        return [found if found is not None else NO_ANSWER for found in out]
 
-    def _exact_one(self, query: RetrievalQuery) -> list[OfferCandidate]:
+    def _exact_one(self, query: RetrievalQuery) -> Answer:
         """Exact search for one query (`run`, `GET /v1/offers`): _exact_many's answer, in
         vector operations instead of matrix ones."""
         vector = self._query_vectors([query.text])[0]
@@ -648,12 +661,12 @@ class DuckDBRetriever:
             eligible &= self.tier_mask[TIER_ROWS[query.tier]]
         take = min(query.k, int(eligible.sum()))
         if take == 0:
-            return []
+            return NO_ANSWER
         masked = np.where(eligible, self.vectors @ vector, -np.inf)
         kth = np.partition(masked, len(masked) - take)[len(masked) - take] - TIE
         return self._ranked(np.flatnonzero(masked >= kth), vector, take)
 
-    def _exact_many(self, queries: Sequence[RetrievalQuery]) -> list[list[OfferCandidate]]:
+    def _exact_many(self, queries: Sequence[RetrievalQuery]) -> list[Answer]:
         """Exact search for a block of queries: one matmul, one mask, one partial sort."""
         vectors = self._query_vectors([q.text for q in queries])
         similarity = vectors @ self.vectors.T
@@ -671,10 +684,10 @@ class DuckDBRetriever:
         # size (this product's last bits do), so one query and a batch pick the same offers.
         kth = masked[np.arange(len(queries)), best[np.arange(len(queries)), np.maximum(takes, 1) - 1]] - TIE
         reach = (masked >= kth[:, None]).sum(axis=1)
-        out: list[list[OfferCandidate]] = []
+        out: list[Answer] = []
         for i, take in enumerate(takes.tolist()):
             if take == 0:
-                out.append([])
+                out.append(NO_ANSWER)
             elif reach[i] == take:
                 out.append(self._ranked(best[i, :take], vectors[i]))
             else:
