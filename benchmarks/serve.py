@@ -62,9 +62,9 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(60)
 
 
-def wrk(port: int, connections: int, script: Path, duration: str = DURATION) -> dict[str, float]:
+def wrk(port: int, connections: int, script: Path) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+        ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
         capture_output=True, text=True, check=True,
     ).stdout
 
