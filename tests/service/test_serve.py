@@ -53,6 +53,21 @@ def test_as_of_reads_point_in_time_features(server):
     assert bad.status_code == 422 and "as_of" in bad.json()["error"]
 
 
+def test_the_hot_get_and_the_routed_get_answer_alike(server):
+    """GET /v1/offers/{id} without a query is answered before FastAPI's router; with one
+    (here as_of = the latest snapshot, which changes nothing) it takes the FastAPI route."""
+    hot = httpx.get(server.url + "/v1/offers/C004")
+    routed = httpx.get(server.url + "/v1/offers/C004", params={"as_of": hot.json()["features"]["as_of"]})
+    assert hot.status_code == routed.status_code == 200
+    assert hot.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    assert comparable(hot.json()) == comparable(routed.json())
+    for path in ("/v1/offers/C999999", "/v1/offers/C001%0A"):
+        hot, routed = httpx.get(server.url + path), httpx.get(server.url + path, params={"as_of": "2026-06-29"})
+        assert (hot.status_code, hot.json()) == (routed.status_code, routed.json())
+    assert httpx.get(server.url + "/v1/offers/C004/").status_code == 404  # a trailing slash is no id
+    assert httpx.head(server.url + "/v1/offers/C004").status_code == 405
+
+
 def test_unknown_and_malformed_ids_are_404_and_400_with_the_cli_message(server):
     unknown = httpx.get(server.url + "/v1/offers/C999999")
     assert unknown.status_code == 404

@@ -41,6 +41,9 @@ from loyaltylens_core.service.keys import authenticate, load_keys
 from loyaltylens_core.service.ratelimit import TokenBuckets
 from loyaltylens_core.service.settings import OPTIONS_ENV, ServeOptions, ServeSettings  # noqa: F401 - re-exported
 
+OFFER_PREFIX = "/v1/offers/"
+OFFER_ROUTE = "/v1/offers/{customer_id}"
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"})
 
 
@@ -79,14 +82,16 @@ EXAMPLE_RESULT = {
 }
 
 
-def create_app(options: ServeOptions | None = None) -> FastAPI:
-    """One worker's app (uvicorn calls this with no arguments: options from the env)."""
+def create_app(options: ServeOptions | None = None) -> GuardMiddleware:
+    """One worker's app (uvicorn calls this with no arguments: options from the env):
+    FastAPI inside GuardMiddleware, which is outermost so the hot GET it answers itself
+    passes through no other layer."""
     options = options or ServeOptions.from_env()
     settings = ServeSettings.model_validate(options.settings)
     state = State(options, settings)
 
     async def lifespan(app: FastAPI) -> Any:
-        warm = asyncio.create_task(_warm(state, app))
+        warm = asyncio.create_task(_warm(state, guarded))
         try:
             yield
         finally:
@@ -109,8 +114,8 @@ def create_app(options: ServeOptions | None = None) -> FastAPI:
     )
     _routes(app, state)
     errors.install(app)
-    app.add_middleware(GuardMiddleware, state=state)
-    return app
+    guarded = GuardMiddleware(app, state)
+    return guarded
 
 
 async def _warm(state: State, app: Any) -> None:
@@ -249,39 +254,69 @@ def ready_workers() -> int:
     return alive
 
 
+def pipeline_of(state: State) -> Any:
+    """The worker's pipeline, or the error that says why there is none yet."""
+    if state.failure is not None:
+        raise state.failure
+    if not state.ready:
+        raise NotReady()
+    return state.pipeline
+
+
+def take_rate(state: State, key_name: str | None, cost: int) -> None:
+    """Charge an LLM-bound request to its key's token bucket (429 when it is empty)."""
+    if not state.llm:
+        return
+    wait = state.buckets.take(key_name or "anonymous", cost)
+    if wait:
+        metrics.RATE_LIMITED.inc()
+        raise RateLimited(wait)
+
+
+def write_audit(state: State, key_name: str | None, results: list[PipelineResult]) -> None:
+    if state.audit is None or not results:
+        return
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    state.audit.write_many([
+        {
+            "time": now, "key": key_name, "customer_id": r.customer_id,
+            "offer_id": r.top_offer.offer_id if r.top_offer else None,
+            "model_version": r.propensity.model_version, "segment": r.propensity.segment,
+            "experiments": dict(r.experiments),
+            "prompt_version": r.copy_.prompt_version if r.copy_ else None,
+            "fallbacks": list(r.fallbacks), "latency_ms": round(r.latency_ms.get("total", 0.0), 3),
+            "run_id": r.run_id,
+        }
+        for r in results
+    ])
+
+
+async def offer_json(state: State, key_name: str | None, customer_id: str, as_of: dt.date | None = None,
+                     placement: str | None = None) -> bytes:
+    """``GET /v1/offers/{customer_id}``'s body: run, count, audit. Called by the FastAPI
+    route and by the hot path in GuardMiddleware, so both answer alike."""
+    pipeline = pipeline_of(state)
+    take_rate(state, key_name, 1)
+    result: PipelineResult
+    if state.inline:  # every stage is in-process and sub-millisecond: a thread hop costs more
+        result = pipeline.run(customer_id, as_of=as_of, placement=placement)
+    else:
+        result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads, placement=placement,
+                                     inline=state.inline_until_generator)
+    metrics.observe_result(result, llm=state.llm)
+    write_audit(state, key_name, [result])
+    return result.model_dump_json(by_alias=True).encode()
+
+
 def _routes(app: FastAPI, state: State) -> None:
     def pipeline_or_503() -> Any:
-        if state.failure is not None:
-            raise state.failure
-        if not state.ready:
-            raise NotReady()
-        return state.pipeline
+        return pipeline_of(state)
 
     def rate_limit(request: Request, cost: int) -> None:
-        if not state.llm:
-            return
-        wait = state.buckets.take(getattr(request.state, "key_name", None) or "anonymous", cost)
-        if wait:
-            metrics.RATE_LIMITED.inc()
-            raise RateLimited(wait)
+        take_rate(state, getattr(request.state, "key_name", None), cost)
 
     def audit(request: Request, results: list[PipelineResult]) -> None:
-        if state.audit is None or not results:
-            return
-        key = getattr(request.state, "key_name", None)
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
-        state.audit.write_many([
-            {
-                "time": now, "key": key, "customer_id": r.customer_id,
-                "offer_id": r.top_offer.offer_id if r.top_offer else None,
-                "model_version": r.propensity.model_version, "segment": r.propensity.segment,
-                "experiments": dict(r.experiments),
-                "prompt_version": r.copy_.prompt_version if r.copy_ else None,
-                "fallbacks": list(r.fallbacks), "latency_ms": round(r.latency_ms.get("total", 0.0), 3),
-                "run_id": r.run_id,
-            }
-            for r in results
-        ])
+        write_audit(state, getattr(request.state, "key_name", None), results)
 
     @app.get("/healthz", tags=["service"], summary="The process is alive")
     async def healthz() -> dict[str, Any]:
@@ -320,16 +355,8 @@ def _routes(app: FastAPI, state: State) -> None:
         as_of: IsoDate | None = Query(None, description="Point-in-time features as of this date (YYYY-MM-DD)"),
         placement: str | None = Query(None, description="The placement to decide for ([placements.NAME])"),
     ) -> Response:
-        pipeline = pipeline_or_503()
-        rate_limit(request, 1)
-        if state.inline:  # every stage is in-process and sub-millisecond: a thread hop costs more
-            result = pipeline.run(customer_id, as_of=as_of, placement=placement)
-        else:
-            result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads, placement=placement,
-                                         inline=state.inline_until_generator)
-        metrics.observe_result(result, llm=state.llm)
-        audit(request, [result])
-        return Response(result.model_dump_json(by_alias=True), media_type="application/json")
+        body = await offer_json(state, getattr(request.state, "key_name", None), customer_id, as_of, placement)
+        return Response(body, media_type="application/json")
 
     @app.get(
         "/v1/campaigns/{name}/offer/{customer_id}", tags=["offers"],
@@ -492,10 +519,9 @@ class GuardMiddleware:
         finally:
             if scope.get("loyaltylens_warmup"):
                 return  # noqa: B012 - the warm-up's own requests are not traffic
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(label, scope.get("method", ""), str(status_holder["status"])).inc()
-            metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
+            label = scope.get("loyaltylens_route") or getattr(scope.get("route"), "path", None) or "unmatched"
+            metrics.observe_request(label, scope.get("method", ""), str(status_holder["status"]),
+                                    time.perf_counter() - started)
 
     async def _guarded(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         settings = self.state.settings
@@ -509,7 +535,11 @@ class GuardMiddleware:
                                  {"www-authenticate": "Bearer"})
                 return
             scope.setdefault("state", {})["key_name"] = name
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+        method = scope.get("method")
+        if method == "GET" and path.startswith(OFFER_PREFIX) and self._hot(scope, path):
+            await self._offer(scope, receive, send, path[len(OFFER_PREFIX):])
+            return
+        if method not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
         try:
@@ -520,3 +550,24 @@ class GuardMiddleware:
             await send_json(send, exc.status, {"error": exc.message, "hint": exc.hint}, exc.headers)
             return
         await self.app(scope, body_once(body, receive), send)
+
+    def _hot(self, scope: dict[str, Any], path: str) -> bool:
+        """The hot GET answered here, without FastAPI's routing, dependency solving and
+        exception layers: one customer id, no query string, no root path. Anything else
+        (``?as_of=``, ``?placement=``, a trailing slash) takes the FastAPI route, which
+        validates and documents the parameters; both call ``offer_json``."""
+        rest = path[len(OFFER_PREFIX):]
+        return bool(rest) and "/" not in rest and not scope.get("query_string") and not scope.get("root_path")
+
+    async def _offer(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any],
+                     customer_id: str) -> None:
+        scope["loyaltylens_route"] = OFFER_ROUTE
+        key_name = (scope.get("state") or {}).get("key_name")
+        try:
+            body = await offer_json(self.state, key_name, customer_id)
+        except Exception as exc:  # noqa: BLE001 - answered as FastAPI's handlers would
+            await errors.response_for(exc)(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE]})
+        await send({"type": "http.response.body", "body": body})

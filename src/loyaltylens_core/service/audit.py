@@ -37,29 +37,29 @@ class AuditLog:
             return
         data = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records).encode()
         with self._lock:
-            fd = self._locked()
+            fd, size = self._locked()
             try:
-                size = os.fstat(fd).st_size
                 if size and size + len(data) > self.max_bytes:
                     self._rotate()
                     fcntl.flock(fd, fcntl.LOCK_UN)
-                    fd = self._locked()
+                    fd, size = self._locked()
                 os.write(fd, data)
                 self.lines += len(records)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _locked(self) -> int:
-        """The current file's descriptor, locked. The descriptor is kept between writes;
-        if another process rotated the file meanwhile, it points at the rotated one: open
-        the new file instead."""
+    def _locked(self) -> tuple[int, int]:
+        """The current file's descriptor, locked, and the file's size. The descriptor is
+        kept between writes; if another process rotated the file meanwhile, it points at
+        the rotated one: open the new file instead."""
         while True:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                if os.fstat(self._fd).st_ino == os.stat(self.path).st_ino:
-                    return self._fd
+                held = os.fstat(self._fd)
+                if held.st_ino == os.stat(self.path).st_ino:
+                    return self._fd, held.st_size
             except FileNotFoundError:
                 pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -69,7 +69,7 @@ class AuditLog:
     def open(self) -> None:
         """Open the descriptor now (a service warming up), not on the first served offer."""
         with self._lock:
-            fcntl.flock(self._locked(), fcntl.LOCK_UN)
+            fcntl.flock(self._locked()[0], fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:

@@ -55,22 +55,31 @@ _HTTP_HINTS = {
 }
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(LoyaltyLensError)
-    async def loyaltylens_error(request: Request, exc: LoyaltyLensError) -> JSONResponse:
+def response_for(exc: Exception) -> JSONResponse:
+    """The answer to an exception a handler raised: ours by whose fault it is, anything
+    else a one-line 500 (its traceback goes to the server log, never to the client).
+    Shared by FastAPI's exception handlers and the hot GET path, which answers without
+    FastAPI."""
+    if isinstance(exc, LoyaltyLensError):
         if isinstance(exc, PluginFault):
             metrics.PLUGIN_ERRORS.labels(exc.stage, exc.plugin).inc()
             traceback.print_exception(exc, file=sys.stderr)  # the plugin's traceback, for its author
         return error(status_for(exc), exc.message, exc.hint)
-
-    @app.exception_handler(NotReady)
-    async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
+    if isinstance(exc, NotReady):
         return error(503, "warming up", "retry when /readyz answers 200", headers={"Retry-After": "1"})
-
-    @app.exception_handler(RateLimited)
-    async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+    if isinstance(exc, RateLimited):
         return error(429, "rate limit for LLM requests reached for this key", "retry after the Retry-After seconds",
                      headers={"Retry-After": retry_after_header(exc.wait)})
+    traceback.print_exception(exc, file=sys.stderr)
+    return error(500, f"internal error ({type(exc).__name__})", "see the server log")
+
+
+def install(app: FastAPI) -> None:
+    async def ours(request: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
+
+    for kind in (LoyaltyLensError, NotReady, RateLimited, Exception):
+        app.add_exception_handler(kind, ours)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -91,9 +100,3 @@ def install(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {request.url.path[:100]!r}"
         return error(exc.status_code, message, _HTTP_HINTS.get(exc.status_code, "see /docs"),
                      headers=dict(exc.headers or {}))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Logged here with its traceback, never sent: a 500 carries one line.
-        traceback.print_exception(exc, file=sys.stderr)
-        return error(500, f"internal error ({type(exc).__name__})", "see the server log")

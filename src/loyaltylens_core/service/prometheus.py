@@ -57,18 +57,44 @@ def prepare_children() -> None:
     a label set allocates its entry in the worker's metrics file, which the first real
     request would otherwise pay for."""
     for route, method in (("/v1/offers/{customer_id}", "GET"), ("/v1/offers", "POST"), ("/v1/score", "POST")):
-        REQUESTS.labels(route, method, "200")
-        REQUEST_SECONDS.labels(route)
+        _REQUEST_CHILDREN[(route, method, "200")] = (REQUESTS.labels(route, method, "200"),
+                                                     REQUEST_SECONDS.labels(route))
     from loyaltylens_core.kernel.stages import RUN_STAGES
 
     for stage in (*RUN_STAGES, "total"):
-        STAGE_SECONDS.labels(stage)
+        _stage_child(stage)
+
+
+_STAGE_CHILDREN: dict[str, Any] = {}
+_REQUEST_CHILDREN: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_KEPT_METHODS = frozenset({"GET", "POST"})  # a client may send any method name: those are not kept
+
+
+def observe_request(route: str, method: str, status: str, seconds: float) -> None:
+    """One HTTP request in ``REQUESTS`` and ``REQUEST_SECONDS``, through label children
+    kept per (route, method, status) for the methods the routes take."""
+    children = _REQUEST_CHILDREN.get((route, method, status))
+    if children is None:
+        children = (REQUESTS.labels(route, method, status), REQUEST_SECONDS.labels(route))
+        if method in _KEPT_METHODS:
+            _REQUEST_CHILDREN[(route, method, status)] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def _stage_child(stage: str) -> Any:
+    """``STAGE_SECONDS.labels(stage)``, kept: ``labels()`` takes a lock and builds a key on
+    every call, seven times a request."""
+    child = _STAGE_CHILDREN.get(stage)
+    if child is None:
+        child = _STAGE_CHILDREN[stage] = STAGE_SECONDS.labels(stage)
+    return child
 
 
 def observe_result(result: Any, *, llm: bool) -> None:
     """Stage latencies, fallbacks and LLM figures of one PipelineResult."""
     for stage, ms in result.latency_ms.items():
-        STAGE_SECONDS.labels(stage).observe(ms / 1000)
+        _stage_child(stage).observe(ms / 1000)
     for kind in result.fallbacks:
         FALLBACKS.labels(kind).inc()
     if result.decision is not None:
