@@ -3,6 +3,9 @@ from gcp-storage-emulator. The deployed model really serves its model.mar."""
 
 from __future__ import annotations
 
+import collections
+import json
+
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -10,6 +13,7 @@ from google.cloud import storage
 from loyaltylens_core.kernel.errors import ConfigError, StageError, UsageError
 from loyaltylens_core.sdk.testing import FAKE_OFFERS, FakeEmbedder, make_context, make_features, tiny_score, write_tiny_archive
 from loyaltylens_deploy_vertex import VertexSettings, build
+from loyaltylens_deploy_vertex.target import traffic_percentages
 from loyaltylens_deploy_vertex.testing import LocalVertex
 from loyaltylens_deploy_vertex.vector_search import OfferVectorSearch
 
@@ -72,6 +76,66 @@ def test_empty_predictions_are_a_clear_error(tmp_path, vertex, gcs, monkeypatch)
     monkeypatch.setattr(vertex, "route", empty)
     with pytest.raises(StageError, match="returned no predictions"):
         t.invoke(make_features())
+
+
+def variants_package(root, weights=(("champion", 70, "tiny_v1"), ("challenger", 30, "tiny_v2"))):
+    """What `deploy package --variants champion=70,challenger=30` writes."""
+    root.mkdir()
+    manifest = {"format": "loyaltylens-variants/1", "variants": {}}
+    for name, weight, version in weights:
+        write_tiny_archive(root / f"{name}.tar.gz", version=version)
+        manifest["variants"][name] = {"archive": f"{name}.tar.gz", "weight": weight, "model_version": version}
+    (root / "variants.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_variants_split_one_endpoints_traffic_and_the_split_changes_in_place(tmp_path, vertex, gcs):
+    t = target(tmp_path, vertex, gcs, endpoint_name="ll-variants")
+    up = t.up(variants_package(tmp_path / "variants"))
+    assert {k: v["weight"] for k, v in up["variants"].items()} == {"champion": 70, "challenger": 30}
+    endpoint = vertex.resources[up["endpoint"]]
+    ids = {name: v["deployed_model_id"] for name, v in up["variants"].items()}
+    assert endpoint["trafficSplit"] == {ids["champion"]: 70, ids["challenger"]: 30}
+    assert t.status()["traffic_split"] == {"champion": 70, "challenger": 30}
+
+    # Each reply says which variant answered, and that variant's model really scored it.
+    answers = [t.invoke(make_features()) for _ in range(60)]
+    seen = collections.Counter(a["variant"] for a in answers)
+    assert set(seen) == {"champion", "challenger"} and seen["champion"] > seen["challenger"]
+    assert {a["variant"]: a["model_version"] for a in answers} == {"champion": "tiny_v1", "challenger": "tiny_v2"}
+
+    models_before = set(vertex.resources)
+    assert t.update_weights({"challenger": 100, "champion": 0})["weights"] == {"challenger": 100, "champion": 0}
+    assert set(vertex.resources) == models_before  # nothing redeployed
+    assert {t.invoke(make_features())["variant"] for _ in range(10)} == {"challenger"}
+    assert t.update_weights({"champion": 1})["weights"] == {"champion": 1, "challenger": 99}  # the other keeps its weight
+    with pytest.raises(UsageError, match="no variant 'nope'"):
+        t.update_weights({"nope": 1})
+    with pytest.raises(UsageError, match="no variant would get traffic"):
+        t.update_weights({"champion": 0, "challenger": 0})
+    down = t.down()
+    assert len(down["deleted"]) == 3  # the endpoint and both models
+    with pytest.raises(UsageError, match="no Vertex AI endpoint"):
+        t.update_weights({"champion": 50})
+
+
+def test_the_stand_in_refuses_a_split_vertex_would_refuse(tmp_path, vertex, gcs):
+    t = target(tmp_path, vertex, gcs, endpoint_name="ll-refused")
+    up = t.up(variants_package(tmp_path / "variants"))
+    endpoint = t._endpoint()
+    with pytest.raises(Exception, match="add up to 100"):
+        endpoint.update(traffic_split={up["variants"]["champion"]["deployed_model_id"]: 50})
+    t.down()
+
+
+@pytest.mark.parametrize("weights, expected", [
+    ({"a": 90, "b": 10}, {"a": 90, "b": 10}),
+    ({"a": 2, "b": 1}, {"a": 67, "b": 33}),
+    ({"a": 1, "b": 1, "c": 1}, {"a": 34, "b": 33, "c": 33}),
+    ({"a": 0.5, "b": 0}, {"a": 100, "b": 0}),
+])
+def test_weights_become_whole_percentages_that_add_up_to_100(weights, expected):
+    assert traffic_percentages(weights) == expected
 
 
 @pytest.mark.parametrize("field", ["project", "bucket"])

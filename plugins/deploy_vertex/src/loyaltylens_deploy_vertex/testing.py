@@ -2,11 +2,13 @@
 
 ``LocalVertex`` is a small server for the Vertex AI REST API (v1) as the
 google-cloud-aiplatform SDK uses it with ``api_transport="rest"``: models:upload,
-endpoints (create, get, list, deployModel, undeployModel, predict, delete), Vector Search
+endpoints (create, get, list, patch, deployModel, undeployModel, predict, delete), Vector Search
 indexes and index endpoints, and long-running operations (finished at once). Deleted
 resources stay readable, as the SDK may read a resource again after deleting it.
 A deployed model really serves: ``predict`` fetches its model.mar from GCS and runs it
-through TorchServe's own model loader.
+through TorchServe's own model loader. An endpoint's ``trafficSplit`` (set by deployModel or
+a patch; whole percentages adding up to 100, as Vertex checks) picks which deployed model
+answers each predict, at random by weight (seeded, so a test run repeats).
 
 ``start_storage_emulator`` runs gcp-storage-emulator on 127.0.0.1 for GCS.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import re
 import subprocess
 import sys
@@ -60,6 +63,7 @@ class LocalVertex:
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.RLock()
         self.ids = itertools.count(1000)
+        self.random = random.Random(0)
         self.http = LocalHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="local-vertex-"))
@@ -156,12 +160,50 @@ class LocalVertex:
                 found = self.resources.get(name)
                 return (200, found) if found else (404, {"error": {"code": 404, "message": f"{name} not found",
                                                                    "status": "NOT_FOUND"}})
+            if method == "PATCH":
+                return self._patch(name, body or {}, urllib.parse.parse_qs(urllib.parse.urlsplit(raw_path).query))
             if method == "DELETE":
                 if name not in self.resources:
                     return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
                 self.deleted.add(name)  # still readable, like a resource being deleted
                 return 200, self._operation(parent, None, "")
         return 404, {"error": {"code": 404, "message": f"no route {method} {path}", "status": "NOT_FOUND"}}
+
+    def _patch(self, name: str, body: dict[str, Any], query: dict[str, list[str]]) -> tuple[int, Any]:
+        """An update with its field mask (``updateMask=traffic_split``); only an endpoint's
+        traffic split, display name, description and labels may change."""
+        resource = self.resources.get(name)
+        if resource is None or name in self.deleted:
+            return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
+        fields = {f.strip() for f in ",".join(query.get("updateMask") or query.get("update_mask") or []).split(",")
+                  if f.strip()}
+        camel = {"traffic_split": "trafficSplit", "display_name": "displayName", "description": "description",
+                 "labels": "labels"}
+        unknown = sorted(f for f in fields if f not in camel and f not in camel.values())
+        if unknown or not fields:
+            return 400, {"error": {"code": 400, "message": f"update mask {sorted(fields)} is not supported",
+                                   "status": "INVALID_ARGUMENT"}}
+        keys = {camel.get(f, f) for f in fields}
+        if "trafficSplit" in keys:
+            split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()}
+            problem = self._split_problem(split, resource.get("deployedModels", []))
+            if problem:
+                return 400, {"error": {"code": 400, "message": problem, "status": "INVALID_ARGUMENT"}}
+        for key in keys:
+            resource[key] = body.get(key)
+        resource["updateTime"] = _now()
+        return 200, resource
+
+    @staticmethod
+    def _split_problem(split: dict[str, Any], deployed: list[dict[str, Any]]) -> str | None:
+        """Why Vertex would refuse this traffic split, or None."""
+        known = {d["id"] for d in deployed}
+        strangers = sorted(set(split) - known)
+        if strangers:
+            return f"traffic split names deployed model {strangers[0]!r}, which is not deployed to this endpoint"
+        if split and sum(int(v) for v in split.values()) != 100:
+            return f"traffic split percentages must add up to 100, got {sum(int(v) for v in split.values())}"
+        return None
 
     def _list(self, parent: str, collection: str) -> list[dict[str, Any]]:
         prefix = f"{parent}/{collection}/"
@@ -174,8 +216,13 @@ class LocalVertex:
             return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
         if verb == "deployModel":
             deployed = {**body["deployedModel"], "id": str(next(self.ids)), "createTime": _now()}
+            # The key "0" in the request's split is the model being deployed.
+            split = {deployed["id"] if k == "0" else k: v for k, v in (body.get("trafficSplit") or {"0": 100}).items()}
+            problem = self._split_problem(split, [*resource.get("deployedModels", []), deployed])
+            if problem:
+                return 400, {"error": {"code": 400, "message": problem, "status": "INVALID_ARGUMENT"}}
             resource.setdefault("deployedModels", []).append(deployed)
-            resource["trafficSplit"] = {deployed["id"]: 100}
+            resource["trafficSplit"] = split
             return 200, self._operation(parent, {"deployedModel": deployed}, "DeployModelResponse")
         if verb == "undeployModel":
             resource["deployedModels"] = [d for d in resource.get("deployedModels", [])
@@ -187,6 +234,12 @@ class LocalVertex:
             if not deployed:
                 return 400, {"error": {"code": 400, "message": f"endpoint {name} has no deployed model",
                                        "status": "FAILED_PRECONDITION"}}
+            shares = {k: int(v) for k, v in (resource.get("trafficSplit") or {}).items() if int(v) > 0}
+            if not shares:
+                return 400, {"error": {"code": 400, "message": f"endpoint {name} sends no traffic to any model",
+                                       "status": "FAILED_PRECONDITION"}}
+            (chosen,) = self.random.choices(list(shares), weights=list(shares.values()))
+            deployed = [d for d in deployed if d["id"] == chosen]
             model = self.resources[deployed[0]["model"].split("@")[0]]
             try:
                 (reply,) = self._serve(model)([{"instances": body["instances"]}])
