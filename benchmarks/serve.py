@@ -9,7 +9,11 @@ Targets (issue 14, DESIGN §8):
      concurrency 64 at least 30x concurrency 1, in steady state (after one run at 64 that
      fills the worker's caches; that first run is printed too).
 Every request asks for a different customer than the one before (wrk cycles over the
-demo ids). Set LOYALTYLENS_DATA_DIR to a built data dir, or one is built first.
+demo ids). Each phase (in-process, each worker count, the LLM path) starts with no offer
+handed out yet (the decision counters removed): caps wear down as offers are handed out,
+and a worn-down cap state costs the decision more (its wider second look), so phases are
+only comparable from the same state. Set LOYALTYLENS_DATA_DIR to a built data dir, or one
+is built first.
 Needs wrk (Debian package `wrk`; `make bench` installs it).
 """
 
@@ -35,6 +39,12 @@ request = function()
   return wrk.format("GET", "/v1/offers/C" .. string.format("%03d", (counter % {customers}) + 1))
 end
 """
+
+
+def fresh_counters() -> None:
+    """No offer handed out yet: the embedded decision counters (the default store) removed."""
+    for path in (Path(os.environ["LOYALTYLENS_DATA_DIR"]) / "decision-rules").glob("counters.sqlite3*"):
+        path.unlink()
 
 
 def start(port: int, workers: int, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -133,6 +143,7 @@ def llm_ratio(port: int, script: Path) -> tuple[float, float, float]:
            "LOYALTYLENS_GENERATOR_OPENAI__BASE_URL": f"http://127.0.0.1:{stub_port}/v1",
            "OPENAI_API_KEY": "sk-bench", "LOYALTYLENS_CONFIG": str(script.with_name("llm.toml"))}
     script.with_name("llm.toml").write_text("[serve]\nllm_rate_per_s = 100000\nllm_burst = 100000\n")
+    fresh_counters()
     proc = start(port, 1, env)
     try:
         one = wrk(port, 1, script)["rps"]
@@ -160,12 +171,14 @@ def main() -> int:
     script = work / "ids.lua"
     script.write_text(LUA.replace("{customers}", str(len(ids) - 1)))
 
+    fresh_counters()
     warm, cold = in_process_rate(ids)
     print(f"in-process Pipeline.run, one thread: {warm:,.0f}/s (score memo warm, as in a service worker); "
           f"{cold:,.0f}/s with the memo off")
     port = free_port()
     results = {}
     for workers in (1, 2):
+        fresh_counters()
         proc = start(port, workers)
         try:
             for connections in (1, 16, 64):
