@@ -120,6 +120,12 @@ def test_vertex_target_through_the_cli(cli, archive):
             reply = json.loads(cli("deploy", "invoke", "C002", "--json", extra_env=env).stdout)
             assert reply["propensity_score"] == pytest.approx(expected, abs=1e-6)
             assert json.loads(cli("deploy", "status", "--json", extra_env=env).stdout)["status"] == "deployed"
+            # Vertex has no multi-model endpoints (no ServesManyModels); it splits traffic
+            # (SplitsTraffic), but this endpoint was deployed without variants.
+            many = cli("deploy", "invoke", "C002", "--target-model", "global.tar.gz", extra_env=env)
+            assert many.returncode == 2 and "has no multi-model endpoints" in many.stderr
+            weights = cli("deploy", "weights", "champion=50", extra_env=env)
+            assert weights.returncode == 2 and "has no variants" in weights.stderr, weights.stderr
             down = json.loads(cli("deploy", "down", "--json", extra_env=env).stdout)
             assert down["status"] == "deleted"
     finally:

@@ -115,9 +115,9 @@ def deploy_weights(
     parsed = parse_weights(weights, at_least=1)
     pipeline = _deploy_pipeline(target, ("deploy_target",))
     deploy_target = pipeline.component("deploy_target")
-    if not hasattr(deploy_target, "update_weights"):
+    if "SplitsTraffic" not in pipeline.capabilities("deploy_target"):
         raise UsageError(f"deploy target {pipeline.config.stages['deploy_target']!r} has no production variants",
-                         "use --target local or --target sagemaker")
+                         "use --target local, --target sagemaker or --target vertex")
     emit(deploy_target.update_weights(parsed), as_json)
 
 
@@ -131,8 +131,6 @@ def deploy_invoke(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score one customer's current features on the deployed endpoint."""
-    import inspect
-
     from loyaltylens_core.kernel.contracts import validate_customer_id
     from loyaltylens_core.kernel.errors import UsageError
 
@@ -142,8 +140,8 @@ def deploy_invoke(
     features = pipeline.component("feature_store").read_latest(customer_id)
     if target_model is None:
         reply = dict(deploy_target.invoke(features))
-    elif "target_model" in inspect.signature(deploy_target.invoke).parameters:
-        reply = dict(deploy_target.invoke(features, target_model=target_model))
+    elif "ServesManyModels" in pipeline.capabilities("deploy_target"):
+        reply = dict(deploy_target.invoke_model(features, target_model))
     else:
         raise UsageError(f"deploy target {pipeline.config.stages['deploy_target']!r} has no multi-model endpoints",
                          "leave out --target-model, or use --target local")

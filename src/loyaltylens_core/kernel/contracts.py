@@ -439,6 +439,23 @@ class DeployTarget(Protocol):
     def down(self) -> dict[str, Any]: ...
 
 
+@runtime_checkable
+class SplitsTraffic(Protocol):
+    """A deploy target that serves a ``deploy package --variants`` package as one endpoint
+    split by weight, and changes the weights of the running endpoint in place
+    (`loyaltylens deploy weights`). Returns a summary with the weights now in force."""
+
+    def update_weights(self, weights: dict[str, float]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ServesManyModels(Protocol):
+    """A deploy target with multi-model endpoints: ``invoke_model`` scores with the named
+    model archive of the deployed package (`loyaltylens deploy invoke --target-model`)."""
+
+    def invoke_model(self, features: CustomerFeatures, target_model: str) -> dict[str, Any]: ...
+
+
 class BatchJob(Protocol):
     """What a batch engine is handed (``loyaltylens_core.batch.BatchJob`` implements it):
     the chunks of a batch not written yet, and the calls that report them back."""
@@ -686,7 +703,7 @@ CAPABILITIES: dict[str, type] = {
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, WritesFeatureTables, BatchPropensityModel, Trainable, Exportable,
         VersionedModels, LoadsVersions, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
-        ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows,
+        ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows, SplitsTraffic, ServesManyModels,
     )
 }
 

@@ -148,6 +148,10 @@ class LocalDeployTarget:
         reply["target_model"] = target_model
         return reply
 
+    def invoke_model(self, features: CustomerFeatures, target_model: str) -> dict[str, Any]:
+        """``invoke`` with a named archive of the deployed multi-model package (ServesManyModels)."""
+        return self.invoke(features, target_model=target_model)
+
     def status(self) -> dict[str, Any]:
         state = self._state()
         if state is None:

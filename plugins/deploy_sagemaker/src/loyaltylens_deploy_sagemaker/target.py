@@ -309,6 +309,10 @@ class SageMakerTarget:
         return {**data, **({"target_model": target_model} if target_model else {}),
                 **({"variant": variant} if variant and variant != "AllTraffic" else {})}
 
+    def invoke_model(self, features: CustomerFeatures, target_model: str) -> dict[str, Any]:
+        """``invoke`` with a named archive of the deployed multi-model package (ServesManyModels)."""
+        return self.invoke(features, target_model=target_model)
+
     def status(self) -> dict[str, Any]:
         endpoint = self._endpoint()
         if endpoint is None:
