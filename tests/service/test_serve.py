@@ -285,6 +285,35 @@ def test_sigterm_during_load_loses_no_request_and_no_audit_line(start_server, bu
     assert after - before == served
 
 
+def test_a_killed_worker_is_replaced_without_a_503(start_server):
+    """kill -9 of one of two workers: uvicorn starts a replacement, which warms before it
+    accepts connections, so requests meanwhile go to the live worker (none answers 503),
+    and /readyz says 503 only while the service is a worker short."""
+    import os
+    import signal as signals
+
+    running = start_server("--workers", "2")
+    pids = set()
+    while len(pids) < 2:
+        pids.add(httpx.get(running.url + "/healthz", headers={"connection": "close"}).json()["pid"])
+    victim = pids.pop()
+    os.kill(victim, signals.SIGKILL)
+    statuses, ready, seen = [], [], set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            statuses.append(httpx.get(running.url + "/v1/offers/C001", headers={"connection": "close"}).status_code)
+            ready.append(httpx.get(running.url + "/readyz", headers={"connection": "close"}).status_code)
+            seen.add(httpx.get(running.url + "/healthz", headers={"connection": "close"}).json()["pid"])
+        except httpx.TransportError:  # a connection the dead worker had accepted
+            continue
+        if len(seen - {victim}) >= 2 and ready[-1] == 200:
+            break
+    assert len(seen - {victim}) >= 2, "no replacement worker answered within 120 s"
+    assert statuses and set(statuses) == {200}, sorted(set(statuses))
+    assert victim not in seen
+
+
 def test_two_workers_share_the_data_dir_and_metrics_add_up(start_server):
     running = start_server("--workers", "2")
     pids = set()

@@ -3,7 +3,9 @@
 Built by ``create_app()`` in each worker process (uvicorn's ``factory=True``). The worker
 reads its options from ``LOYALTYLENS_SERVE_OPTIONS`` (JSON, set by ``loyaltylens serve``),
 builds the same ``Pipeline`` the CLI runs over the data dir the parent prepared (stores
-opened read-only), warms it in the background, and reports ready only then.
+opened read-only), warms it in the background, and reports ready only then. A worker that
+replaces one that died (uvicorn restarts it) warms before it accepts a connection instead,
+so the live workers keep answering and no client sees its 503.
 
 Concurrency: pipeline work runs on a bounded pool of worker threads (``threads``), never
 on the event loop; a generator that can ``agenerate`` (an LLM) is awaited on the loop, so
@@ -91,11 +93,19 @@ def create_app(options: ServeOptions | None = None) -> GuardMiddleware:
     state = State(options, settings)
 
     async def lifespan(app: FastAPI) -> Any:
-        warm = asyncio.create_task(_warm(state, guarded))
+        warm: asyncio.Task[None] | None = None
+        if ready_workers() > 0:
+            # Another worker of this service is serving: this one replaces a worker that
+            # died. uvicorn accepts connections only after startup, so warming here sends
+            # every request to the live workers meanwhile instead of answering 503.
+            await _warm(state, guarded)
+        else:  # the service is starting: answer /healthz (and 503 on /readyz) while warming
+            warm = asyncio.create_task(_warm(state, guarded))
         try:
             yield
         finally:
-            warm.cancel()
+            if warm is not None:
+                warm.cancel()
             if state.pipeline is not None:
                 await anyio.to_thread.run_sync(state.pipeline.close)
             if state.audit is not None:
