@@ -85,6 +85,49 @@ def test_a_placement_left_short_by_caps_looks_further_down_once(loyaltylens_pipe
     assert result.decision.dropped == {"capped_customer": 12} and result.decision.considered == 48
 
 
+class AwaitedDropsFirst(DropsFirst):
+    """DropsFirst whose answers come from ``adecide_many`` (AsyncDecider), as a decider
+    with its counters in Redis; it is not non-blocking, and says which way it was asked."""
+
+    nonblocking = False
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.awaited = 0
+
+    async def adecide_many(self, requests):
+        self.awaited += 1
+        return [DropsFirst.decide(self, r) for r in requests]
+
+
+def test_an_awaited_decider_is_awaited_on_the_loop_with_the_same_second_look(loyaltylens_pipeline):
+    import asyncio
+
+    decider = AwaitedDropsFirst(12)
+    pipeline = loyaltylens_pipeline(fake=FakePlugin(retriever=FakeRetriever(OFFERS), decision=decider))
+    assert "AsyncDecider" in pipeline.capabilities("decision")
+    result = asyncio.run(pipeline.arun("C001", inline=True))
+    assert decider.awaited == 2  # the first pool, then the second look, both awaited
+    assert [c.offer.offer_id for c in result.candidates] == ["O12", "O13", "O14"]
+    assert result.decision.dropped == {"capped_customer": 12} and result.decision.considered == 48
+    blocking = DropsFirst(12)
+    same = loyaltylens_pipeline(fake=FakePlugin(retriever=FakeRetriever(OFFERS), decision=blocking)).run("C001")
+    assert [c.offer.offer_id for c in same.candidates] == [c.offer.offer_id for c in result.candidates]
+    assert same.decision == result.decision and set(result.latency_ms) == set(same.latency_ms)
+
+
+def test_an_awaited_decider_is_held_to_its_contract(loyaltylens_pipeline):
+    import asyncio
+
+    class AnswersTwice(AwaitedDropsFirst):
+        async def adecide_many(self, requests):
+            return [DropsFirst.decide(self, r) for r in requests] * 2
+
+    pipeline = loyaltylens_pipeline(fake=FakePlugin(retriever=FakeRetriever(OFFERS), decision=AnswersTwice(0)))
+    with pytest.raises(ContractViolation, match="returned 2 decisions for 1 requests"):
+        asyncio.run(pipeline.arun("C001", inline=True))
+
+
 def test_batch_rows_get_the_same_second_look(loyaltylens_pipeline):
     decider = DropsFirst(12)
     pipeline = loyaltylens_pipeline(fake=FakePlugin(retriever=FakeRetriever(OFFERS), decision=decider))

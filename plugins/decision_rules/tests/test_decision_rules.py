@@ -231,6 +231,38 @@ def test_redis_counters_apply_the_same_rules(redis_decider):
     assert [chosen(m) for m in many] == [["CAP"]] * 5
 
 
+def test_awaited_decisions_count_in_the_same_store_as_blocking_ones(redis_decider, tmp_path):
+    """adecide_many (AsyncDecider: serve awaits it on its event loop) walks the same store
+    as decide_many: a cap taken by one is seen by the other, on Redis and on SQLite."""
+    import asyncio
+
+    sqlite = RulesDecider(open_store(RulesDeciderSettings(), tmp_path / "counters.sqlite3"))
+    for d in (redis_decider[0], sqlite):
+        capped = offer("CAP", cap_per_customer={"count": 1, "days": 7})
+        total, spare = offer("TOTAL", cap_total=2), offer("SPARE")
+
+        async def awaited(requests):
+            return await d.adecide_many(requests)
+
+        first = asyncio.run(awaited([ask([capped, total, spare], k=2)]))[0]
+        assert chosen(first) == ["CAP", "TOTAL"]
+        assert chosen(d.decide(ask([capped, total, spare], k=2))) == ["TOTAL", "SPARE"]  # CAP taken above
+        many = asyncio.run(awaited([ask([capped, total, spare], k=1, customer=features(f"A{i}")) for i in range(3)]))
+        assert [chosen(m) for m in many] == [["CAP"]] * 3
+        again = asyncio.run(awaited([ask([total, spare], k=1)]))[0]
+        assert chosen(again) == ["SPARE"] and again.dropped == {"capped_total": 1}
+        sqlite.close()
+
+
+def test_awaited_decisions_fall_back_when_redis_is_down(redis_decider):
+    import asyncio
+
+    d, server = redis_decider
+    server.kill()
+    decision = asyncio.run(d.adecide_many([ask([offer("CAP", cap_total=1), offer("SPARE")])]))[0]
+    assert chosen(decision) == ["SPARE"] and decision.fallback == "counter_store_unavailable"
+
+
 def test_redis_down_fails_closed_without_leaking_the_password(redis_decider, caplog):
     d, server = redis_decider
     server.kill()

@@ -77,6 +77,11 @@ def call_many(
         out = getattr(component, many)(inputs)
     else:
         out = [getattr(component, one)(i) for i in inputs]
+    return one_each(parts, stage, out, inputs, answers, asked)
+
+
+def one_each(parts: Components, stage: str, out: object, inputs: Sequence[Any], answers: str, asked: str) -> list[Any]:
+    """``out`` if it is a list with one answer per input, else a contract violation."""
     if not isinstance(out, list) or len(out) != len(inputs):
         raise ContractViolation(
             f"{stage} plugin {parts.implementation(stage).name!r} returned "

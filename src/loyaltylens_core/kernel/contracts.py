@@ -379,6 +379,15 @@ class BatchDecider(Protocol):
 
 
 @runtime_checkable
+class AsyncDecider(Protocol):
+    """``decide_many`` that can be awaited: a decider whose counters live in a network store
+    (Redis) waits for it without holding a thread, so ``serve`` decides on its event loop
+    (every other stage before the generator being ``NonBlocking``)."""
+
+    async def adecide_many(self, requests: Sequence[DecisionRequest]) -> list[Decision]: ...
+
+
+@runtime_checkable
 class CapsFrequency(Protocol):
     """A decider that keeps a placement's ``frequency`` rule (campaign frequency caps):
     a customer already holding a decision of the group in the window gets nothing, with
@@ -702,7 +711,7 @@ CAPABILITIES: dict[str, type] = {
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, WritesFeatureTables, BatchPropensityModel, Trainable, Exportable,
-        VersionedModels, LoadsVersions, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, CapsFrequency, PreviewsDecisions,
+        VersionedModels, LoadsVersions, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, AsyncDecider, CapsFrequency, PreviewsDecisions,
         ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows, SplitsTraffic, ServesManyModels,
     )
 }

@@ -10,9 +10,9 @@ fallback offer when nothing is left, and the result's ``fallbacks`` notes.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
-from loyaltylens_core.kernel.batched import call_many
+from loyaltylens_core.kernel.batched import call_many, one_each
 from loyaltylens_core.kernel.components import Components
 from loyaltylens_core.kernel.contracts import (
     CustomerFeatures,
@@ -39,6 +39,9 @@ def request(
     )
 
 
+Steps = Generator[list[DecisionRequest], list[object], list[Decision]]
+
+
 def decide(
     parts: Components, asked: Sequence[DecisionRequest],
     wider: Callable[[list[int], int], list[list[OfferCandidate]]], fallbacks: Sequence[list[str]],
@@ -46,28 +49,68 @@ def decide(
     """The whole decision step for many customers (one for ``run``): the decider's answers,
     a second look for placements left short, fallback offers, and the notes in each
     customer's ``fallbacks``."""
+    steps = _steps(parts, asked, wider, fallbacks)
+    try:
+        batch = next(steps)
+        while True:
+            with parts.calling("decision"):
+                out = call_many(parts, "decision", "BatchDecider", "decide_many", "decide", batch, "decisions", "requests")
+            batch = steps.send(out)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def adecide(
+    parts: Components, asked: Sequence[DecisionRequest],
+    wider: Callable[[list[int], int], list[list[OfferCandidate]]], fallbacks: Sequence[list[str]],
+) -> list[Decision]:
+    """``decide`` with the decider's ``adecide_many`` awaited (``AsyncDecider``: counters in
+    a network store, such as Redis), so the service decides on its event loop, without a
+    thread per request. The same steps, checks and answers as ``decide``."""
+    steps = _steps(parts, asked, wider, fallbacks)
+    decider = parts.component("decision")
+    try:
+        batch = next(steps)
+        while True:
+            with parts.calling("decision"):
+                out = one_each(parts, "decision", await decider.adecide_many(batch), batch, "decisions", "requests")
+            batch = steps.send(out)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _steps(
+    parts: Components, asked: Sequence[DecisionRequest],
+    wider: Callable[[list[int], int], list[list[OfferCandidate]]], fallbacks: Sequence[list[str]],
+) -> Steps:
+    """The decision step as a generator: it yields each batch of requests the decider must
+    answer and is sent the answers, so one definition serves a blocking and an awaited
+    decider."""
+    decisions = yield from _decided(parts, asked)
+    decisions = yield from _refilled(parts, asked, decisions, wider)
     out = []
-    for request, decision, notes in zip(asked, refill_many(parts, asked, decide_many(parts, asked), wider), fallbacks):
+    for request, decision, notes in zip(asked, decisions, fallbacks):
         decision = with_fallback_offer(parts, decision, request.placement)
         note(decision, notes)
         out.append(decision)
     return out
 
 
-def decide_many(parts: Components, requests: Sequence[DecisionRequest]) -> list[Decision]:
-    """One decision per request, in order: ``decide_many`` where the decider has it. Offers
-    outside a placement's collection never reach the decider."""
-    if requests and requests[0].placement.frequency is not None:  # a batch shares one placement
+def _decided(parts: Components, requests: Sequence[DecisionRequest]) -> Steps:
+    """Ask the decider once for ``requests`` (yielded) and hold its answers to the contract.
+    Offers outside a placement's collection never reach the decider."""
+    if not requests:
+        return []
+    if requests[0].placement.frequency is not None:  # a batch shares one placement
         _needs_frequency_caps(parts, requests[0].placement.name, requests[0].placement.frequency.group)
-    if requests and requests[0].placement.preview and not _says(parts, "PreviewsDecisions", "previews"):
+    if requests[0].placement.preview and not _says(parts, "PreviewsDecisions", "previews"):
         raise ConfigError(
             f"decision plugin {parts.implementation('decision').name!r} cannot decide without counting, so a dry "
             "run would use up caps", "drop --dry-run, or select a decider that previews (rules)",
         )
     narrowed = [narrow(r) for r in requests]
     asked = [r for r, _ in narrowed]
-    with parts.calling("decision"):
-        out = call_many(parts, "decision", "BatchDecider", "decide_many", "decide", asked, "decisions", "requests")
+    out = yield asked
     decisions = [_checked(parts, r, d) for r, d in zip(asked, out)]
     return [_outside(d, n) if n else d for d, (_, n) in zip(decisions, narrowed)]
 
@@ -151,10 +194,10 @@ def note(decision: Decision, fallbacks: list[str]) -> None:
         fallbacks.append(f"decision:{decision.fallback}")
 
 
-def refill_many(
+def _refilled(
     parts: Components, asked: Sequence[DecisionRequest], decisions: list[Decision],
     wider: Callable[[list[int], int], list[list[OfferCandidate]]],
-) -> list[Decision]:
+) -> Steps:
     """Placements left short although the pool was full (caps and rules took too many of
     the best matches) are decided again once, over the next offers of a pool four times
     larger: a customer whose favourite offers are capped still gets the next best.
@@ -173,7 +216,8 @@ def refill_many(
             placement = asked[i].placement.model_copy(update={"k": asked[i].placement.k - len(decisions[i].chosen)})
             again.append((i, asked[i].model_copy(update={"candidates": fresh, "placement": placement})))
     out = list(decisions)
-    for (i, _), extra in zip(again, decide_many(parts, [r for _, r in again])):
+    extras = yield from _decided(parts, [r for _, r in again])
+    for (i, _), extra in zip(again, extras):
         out[i] = _merged(decisions[i], extra)
     return out
 

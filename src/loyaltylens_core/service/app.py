@@ -61,7 +61,7 @@ class State:
         self.keys: dict[str, str] = {}
         self.llm = False
         self.inline = False
-        self.inline_until_generator = False  # the stages before an async (LLM) generator
+        self.inline_until_generator = False  # arun on the loop: awaiting an async generator or decider
         self.threads = anyio.CapacityLimiter(settings.threads)
         workers = max(1, settings.workers)
         self.buckets = TokenBuckets(settings.llm_rate_per_s / workers, settings.llm_burst / workers)
@@ -207,12 +207,13 @@ def _build_and_warm(state: State) -> None:
     nonblocking = {stage: "NonBlocking" in pipeline.capabilities(stage)
                    and pipeline.component(stage).nonblocking is True for stage in RUN_STAGES}
     state.inline = not state.llm and not variants_change and all(nonblocking.values())
-    # An LLM generator is awaited on the loop; when every stage before it is non-blocking too,
-    # those run on the loop as well (no thread hop, no queue for the pool).
-    state.inline_until_generator = (
-        "AsyncGenerator" in pipeline.capabilities("generator") and not variants_change
-        and all(ok for stage, ok in nonblocking.items() if stage != "generator")
-    )
+    # An LLM generator is awaited on the loop, and so is a decider that waits on a network
+    # counter store (AsyncDecider: Redis); when every other stage is non-blocking, the whole
+    # run stays on the loop (no thread hop, no queue for the pool).
+    awaited = {"generator": "AsyncGenerator" in pipeline.capabilities("generator"),
+               "decision": "AsyncDecider" in pipeline.capabilities("decision")}
+    state.inline_until_generator = not variants_change and all(
+        ok or awaited.get(stage, False) for stage, ok in nonblocking.items())
     # Warm-up runs call no LLM (they would cost money and count against its limits).
     lists = "ListsCustomers" in pipeline.capabilities("feature_store")
     everyone = pipeline.component("feature_store").customer_ids() if lists and not state.llm else []

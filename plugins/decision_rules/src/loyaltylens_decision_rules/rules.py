@@ -54,6 +54,10 @@ def item_of(offer: Offer) -> Item:
                 cap_total=offer.cap_total or 0, stock=-1 if offer.stock is None else offer.stock)
 
 
+# A request, its offers this customer may get here and now (ranked), and what was dropped.
+Screened = tuple[DecisionRequest, list[OfferCandidate], "collections.Counter[str]"]
+
+
 class RulesDecider:
     """``decide``/``decide_many`` over a counter store; see the module docstring."""
 
@@ -79,6 +83,30 @@ class RulesDecider:
         return self.decide_many([request])[0]
 
     def decide_many(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
+        screened, asks = self._plan(requests)
+        verdicts: list[list[str]] | None = []
+        if asks:
+            try:
+                verdicts = self.store.reserve_many([a for _, a in asks], self._commits(requests))
+            except StoreDown:
+                verdicts = None
+        return self._decided(screened, asks, verdicts)
+
+    async def adecide_many(self, requests: Sequence[DecisionRequest]) -> list[Decision]:
+        """``decide_many`` awaiting the counter store (AsyncDecider): a Redis store answers on
+        the service's event loop instead of in a worker thread."""
+        screened, asks = self._plan(requests)
+        verdicts: list[list[str]] | None = []
+        if asks:
+            try:
+                verdicts = await self.store.areserve_many([a for _, a in asks], self._commits(requests))
+            except StoreDown:
+                verdicts = None
+        return self._decided(screened, asks, verdicts)
+
+    def _plan(self, requests: Sequence[DecisionRequest]) -> tuple[list[Screened], list[tuple[int, Ask]]]:
+        """Each request screened and ranked, and the walks the counter store must take
+        (customers whose reachable offers include a capped one, or a frequency rule)."""
         screened = [self._screen(r) for r in requests]
         asks: list[tuple[int, Ask]] = []
         for i, (request, ranked, _) in enumerate(screened):
@@ -88,16 +116,19 @@ class RulesDecider:
                 frequency = (rule.group, rule.days * 86400.0, rule.run) if rule is not None else None
                 asks.append((i, Ask(request.features.customer_id, request.now.timestamp(),
                                     tuple(item_of(c.offer) for c in reach), request.placement.k, frequency)))
-        verdicts: dict[int, list[str]] = {}
-        fallback: str | None = None
-        if asks:
-            commit = not any(r.placement.preview for r in requests)
-            try:
-                verdicts = dict(zip((i for i, _ in asks), self.store.reserve_many([a for _, a in asks], commit)))
-            except StoreDown:
-                fallback = STORE_UNAVAILABLE
+        return screened, asks
+
+    @staticmethod
+    def _commits(requests: Sequence[DecisionRequest]) -> bool:
+        return not any(r.placement.preview for r in requests)
+
+    def _decided(self, screened: list[Screened], asks: list[tuple[int, Ask]],
+                 verdicts: list[list[str]] | None) -> list[Decision]:
+        """The decisions, from the store's verdicts on the walks (None: the store was down)."""
+        by_request = dict(zip((i for i, _ in asks), verdicts)) if verdicts is not None else {}
+        fallback = STORE_UNAVAILABLE if verdicts is None else None
         asked = {i for i, _ in asks}
-        return [self._decision(request, ranked, dropped, verdicts.get(i), fallback if i in asked else None)
+        return [self._decision(request, ranked, dropped, by_request.get(i), fallback if i in asked else None)
                 for i, (request, ranked, dropped) in enumerate(screened)]
 
     @staticmethod
@@ -111,7 +142,7 @@ class RulesDecider:
                     return n
         return len(ranked)
 
-    def _screen(self, request: DecisionRequest) -> tuple[DecisionRequest, list[OfferCandidate], collections.Counter[str]]:
+    def _screen(self, request: DecisionRequest) -> Screened:
         """The offers this customer may get here and now, ranked; what was dropped, by reason."""
         dropped: collections.Counter[str] = collections.Counter()
         placement = request.placement.name
