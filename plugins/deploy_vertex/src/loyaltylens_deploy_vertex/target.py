@@ -159,10 +159,7 @@ class VertexTarget:
         named = check_weights(weights, list(ids))
         current = dict(endpoint.gca_resource.traffic_split)
         merged = {name: named[name] if name in named else float(current.get(ids[name], 0)) for name in ids}
-        if not sum(merged.values()):
-            raise UsageError("every variant would have weight 0, so no variant would get traffic",
-                             "give at least one variant a weight above 0")
-        split = traffic_percentages(merged)
+        split = traffic_percentages(merged)  # refuses a split in which every weight is 0
         try:
             endpoint.update(traffic_split={ids[name]: pct for name, pct in split.items() if pct})
         except google_exceptions.GoogleAPIError as exc:
@@ -197,10 +194,10 @@ class VertexTarget:
         out: dict[str, Any] = {"status": "deployed" if deployed else "empty", "endpoint": endpoint.resource_name,
                                "deployed_models": [d.display_name for d in deployed]}
         variants = self._state().get("variants", {})
-        split = dict(endpoint.gca_resource.traffic_split)
         if variants:
+            split, live = dict(endpoint.gca_resource.traffic_split), {d.id for d in deployed}
             out["traffic_split"] = {name: int(split.get(deployed_id, 0)) for deployed_id, name in variants.items()
-                                    if deployed_id in {d.id for d in deployed}}
+                                    if deployed_id in live}
         return out
 
     def down(self) -> dict[str, Any]:
