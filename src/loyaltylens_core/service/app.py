@@ -320,9 +320,6 @@ async def offer_json(state: State, key_name: str | None, customer_id: str, as_of
 
 
 def _routes(app: FastAPI, state: State) -> None:
-    def pipeline_or_503() -> Any:
-        return pipeline_of(state)
-
     def rate_limit(request: Request, cost: int) -> None:
         take_rate(state, getattr(request.state, "key_name", None), cost)
 
@@ -386,7 +383,7 @@ def _routes(app: FastAPI, state: State) -> None:
         from loyaltylens_core.kernel.errors import UsageError
         from loyaltylens_core.campaign import live, runner
 
-        pipeline = pipeline_or_503()
+        pipeline = pipeline_of(state)
         rate_limit(request, 1)
         validate_customer_id(customer_id)
         try:
@@ -428,7 +425,7 @@ def _routes(app: FastAPI, state: State) -> None:
         responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 429: {"model": ErrorBody}},
     )
     async def offers(request: Request, body: OffersRequest = Body(...)) -> Response:
-        pipeline = pipeline_or_503()
+        pipeline = pipeline_of(state)
         if len(body.customer_ids) > state.settings.batch_limit:
             return error(413, f"{len(body.customer_ids)} customer ids is over the limit of {state.settings.batch_limit}",
                           "split the request, or raise [serve] batch_limit")
@@ -462,7 +459,7 @@ def _routes(app: FastAPI, state: State) -> None:
         openapi_extra=requests.score_openapi(),
     )
     async def score(request: Request) -> Response:
-        pipeline = pipeline_or_503()
+        pipeline = pipeline_of(state)
         body = await request.body()
         reply = await anyio.to_thread.run_sync(
             requests.score, pipeline, body, request.headers.get("content-type", ""), limiter=state.threads
@@ -481,7 +478,7 @@ def _routes(app: FastAPI, state: State) -> None:
         openapi_extra=requests.feedback_openapi(),
     )
     async def feedback(request: Request) -> Response:
-        pipeline = pipeline_or_503()
+        pipeline = pipeline_of(state)
         body = requests.parse_feedback(await request.body())
         if len(body.outcomes) > state.settings.batch_limit:
             return error(413, f"{len(body.outcomes)} outcomes is over the limit of {state.settings.batch_limit}",
@@ -493,12 +490,12 @@ def _routes(app: FastAPI, state: State) -> None:
 
     @app.get("/v1/plugins", tags=["service"], summary="The plugin serving each stage")
     async def plugins() -> dict[str, Any]:
-        pipeline = pipeline_or_503()
+        pipeline = pipeline_of(state)
         return {stage: ref.model_dump() for stage, ref in pipeline.components.run_plugin_refs().items()}
 
     @app.get("/v1/config", tags=["service"], summary="The resolved configuration, secrets masked")
     async def config() -> dict[str, Any]:
-        pipeline = pipeline_or_503()
+        pipeline = pipeline_of(state)
         described: dict[str, Any] = pipeline.config.describe(pipeline.registry)
         return described
 
@@ -547,8 +544,9 @@ class GuardMiddleware:
                 return
             scope.setdefault("state", {})["key_name"] = name
         method = scope.get("method")
-        if method == "GET" and path.startswith(OFFER_PREFIX) and self._hot(scope, path):
-            await self._offer(scope, receive, send, path[len(OFFER_PREFIX):])
+        customer_id = hot_customer(scope, path) if method == "GET" else None
+        if customer_id is not None:
+            await self._offer(scope, receive, send, customer_id)
             return
         if method not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
@@ -562,14 +560,6 @@ class GuardMiddleware:
             return
         await self.app(scope, body_once(body, receive), send)
 
-    def _hot(self, scope: dict[str, Any], path: str) -> bool:
-        """The hot GET answered here, without FastAPI's routing, dependency solving and
-        exception layers: one customer id, no query string, no root path. Anything else
-        (``?as_of=``, ``?placement=``, a trailing slash) takes the FastAPI route, which
-        validates and documents the parameters; both call ``offer_json``."""
-        rest = path[len(OFFER_PREFIX):]
-        return bool(rest) and "/" not in rest and not scope.get("query_string") and not scope.get("root_path")
-
     async def _offer(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any],
                      customer_id: str) -> None:
         scope["loyaltylens_route"] = OFFER_ROUTE
@@ -582,3 +572,15 @@ class GuardMiddleware:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode()), JSON_CONTENT_TYPE]})
         await send({"type": "http.response.body", "body": body})
+
+
+def hot_customer(scope: dict[str, Any], path: str) -> str | None:
+    """The customer id of a hot GET, answered by GuardMiddleware without FastAPI's routing,
+    dependency solving and exception layers: ``/v1/offers/{id}`` with no query string and
+    no root path. Anything else (``?as_of=``, ``?placement=``, a trailing slash) is None and
+    takes the FastAPI route, which validates and documents the parameters; both call
+    ``offer_json``."""
+    if not path.startswith(OFFER_PREFIX) or scope.get("query_string") or scope.get("root_path"):
+        return None
+    rest = path[len(OFFER_PREFIX):]
+    return rest if rest and "/" not in rest else None
