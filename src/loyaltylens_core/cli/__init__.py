@@ -46,8 +46,7 @@ def main() -> None:
             import traceback
 
             # A plugin that failed to import: its own traceback says more than ours.
-            detail = getattr(exc, "detail_traceback", "")
-            print(detail, file=sys.stderr, end="") if detail else traceback.print_exc()
+            print(exc.detail, file=sys.stderr, end="") if exc.detail else traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except Exception as exc:

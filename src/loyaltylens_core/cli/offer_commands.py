@@ -191,7 +191,7 @@ def index(
             "it indexes on its own",
         )
     count = retriever.index(rebuild=rebuild)
-    details = dict(getattr(retriever, "last_index", None) or {})
+    details = dict(retriever.last_index) if "ExplainsIndex" in pipeline.capabilities("retriever") else {}
     if as_json:
         print_json({"retriever": pipeline.config.stages["retriever"], "offers": count, **details})
         return

@@ -569,10 +569,18 @@ class Closeable(Protocol):
 @runtime_checkable
 class Indexable(Protocol):
     """A retriever with an index step. ``rebuild=False`` embeds only what changed since the
-    last index; ``rebuild=True`` re-embeds every offer. Returns the number of offers indexed.
-    May set ``last_index`` to a dict of details (``embedded``, ``kept``, ...)."""
+    last index; ``rebuild=True`` re-embeds every offer. Returns the number of offers indexed."""
 
     def index(self, rebuild: bool = False) -> int: ...
+
+
+@runtime_checkable
+class ExplainsIndex(Protocol):
+    """An Indexable retriever that says what its last ``index()`` did: ``last_index`` is a
+    dict of details (``embedded``, ``kept``, ...) that `loyaltylens index` prints and adds
+    to its ``--json``."""
+
+    last_index: dict[str, Any]
 
 
 @runtime_checkable
@@ -711,7 +719,7 @@ CAPABILITIES: dict[str, type] = {
     for protocol in (
         Preparable, Closeable, NonBlocking, BatchFeatureStore, ListsCustomers, ProvidesTrainingExamples,
         Materializable, ExportsSnapshots, LoadsSnapshots, WritesFeatureTables, BatchPropensityModel, Trainable, Exportable,
-        VersionedModels, LoadsVersions, SegmentedModels, BatchRetriever, Indexable, LooksUpOffers, BatchDecider, AsyncDecider, CapsFrequency, PreviewsDecisions,
+        VersionedModels, LoadsVersions, SegmentedModels, BatchRetriever, Indexable, ExplainsIndex, LooksUpOffers, BatchDecider, AsyncDecider, CapsFrequency, PreviewsDecisions,
         ReportsFallback, BatchGenerator, AsyncGenerator, RecordsImpressionRows, SplitsTraffic, ServesManyModels,
     )
 }

@@ -12,10 +12,13 @@ class LoyaltyLensError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, detail: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # What `--debug` prints instead of our own traceback when it says more (a broken
+        # plugin's import traceback, from where the plugin failed, not where we noticed).
+        self.detail = detail
 
     def __str__(self) -> str:
         return f"{self.message}. {self.hint}" if self.hint else self.message

@@ -133,13 +133,12 @@ class Registry:
         if impl is None:
             broken = next((b for b in self.broken if b.matches(name)), None)
             if broken is not None:
-                error = PluginError(
+                raise PluginError(
                     f"{stage} plugin {name!r} is installed but broken: {broken.error}"
                     + (f" (at {broken.location})" if broken.location else ""),
                     f"fix or reinstall {broken.distribution or broken.plugin}, or select another with --use",
+                    detail=broken.traceback,
                 )
-                error.detail_traceback = broken.traceback  # type: ignore[attr-defined]
-                raise error
             raise ConfigError(
                 f"no {stage} plugin named {name!r} is installed",
                 self._what_is_installed(stage, name),

@@ -41,7 +41,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
           ("Preparable", "Closeable"),
           "turns texts into L2-normalised vectors (used by retrievers)"),
     Stage("retriever", "register_retrievers", "Retriever", "duckdb", True,
-          (*_COMMON, "BatchRetriever", "Indexable", "LooksUpOffers", "ReportsFallback"),
+          (*_COMMON, "BatchRetriever", "Indexable", "ExplainsIndex", "LooksUpOffers", "ReportsFallback"),
           "finds the offers that best fit a query"),
     Stage("decision", "register_deciders", "Decider", "rules", True,
           (*_COMMON, "BatchDecider", "CapsFrequency", "PreviewsDecisions"),
