@@ -121,7 +121,7 @@ def _one_of_64_gets_the_offer(server, customer: str) -> None:
     offers = [offer_of(r.json()) for r in replies]
     assert offers.count("ONCE") == 1 and offers.count(None) == 63
     refused = [r.json()["decision"]["dropped"] for r in replies if offer_of(r.json()) is None]
-    assert all(d.get("capped_customer") == 1 for d in refused)
+    assert all(d.get("capped_customer") == 1 for d in refused), [d for d in refused if d.get("capped_customer") != 1]
     metrics = httpx.get(server.url + "/metrics").text
     assert 'loyaltylens_decision_dropped_total{placement="once",reason="capped_customer"} 63.0' in metrics
 

@@ -128,3 +128,25 @@ def test_the_schema_publishes_the_id_pattern_and_the_score_body(server):
     assert {s["title"] for s in body["oneOf"]} == {"One row", "Instances", "Rows"}
     assert "text/plain" in next(iter(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]))
     assert offer["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_placements_are_the_schema_enum_and_any_other_name_is_a_400(server):
+    """The schema lists the configured placements; an unknown or empty name (which used to
+    mean the default) is a 400 on the single and the batch route alike, never a 200.
+    Found by schemathesis (test_schema.py)."""
+    with server.client() as c:
+        schema = c.get("/openapi.json").json()
+        query = next(p for p in schema["paths"]["/v1/offers/{customer_id}"]["get"]["parameters"]
+                     if p["name"] == "placement")
+        assert query["schema"]["anyOf"][0]["enum"] == ["default"]
+        body = schema["components"]["schemas"]["OffersRequest"]["properties"]
+        assert body["placement"]["anyOf"][0]["enum"] == ["default"]
+        assert body["customer_ids"]["minItems"] == 1
+        for name in ("", "nowhere"):
+            r = c.get("/v1/offers/C001", params={"placement": name})
+            assert_error_shape(r.status_code, r.content, 400)
+            r = c.post("/v1/offers", json={"customer_ids": ["not a valid id!"], "placement": name})
+            assert_error_shape(r.status_code, r.content, 400)
+        r = c.post("/v1/offers", json={"customer_ids": []})  # a body the schema refuses: 422, as for any field
+        assert "customer_ids" in assert_error_shape(r.status_code, r.content, 422)["error"]
+        assert c.get("/v1/offers/C001", params={"placement": "default"}).status_code == 200

@@ -32,6 +32,17 @@ ENV_PREFIX = "LOYALTYLENS_"
 CONFIG_FILE_NAME = "loyaltylens.toml"
 
 
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_key(name: str) -> str:
+    """``name`` as a TOML key: bare when it may be, else a quoted (escaped) string, so a hint
+    that tells a user what to write is valid TOML whatever the name."""
+    import json
+
+    return name if _BARE_KEY.match(name) else json.dumps(name)
+
+
 # Variables the seed project used, kept working: name -> stage it selects.
 LEGACY_STAGE_VARIABLES: dict[str, str] = {"DEPLOY_TARGET": "deploy_target"}
 
@@ -101,7 +112,7 @@ class Config:
             raise UsageError(
                 f"campaign {name!r} is not configured",
                 f"configured campaigns: {', '.join(sorted(known))}{suggest(name, known)}; "
-                f"add [campaigns.{name}] to loyaltylens.toml",
+                f"add [campaigns.{toml_key(name)}] to loyaltylens.toml",
             )
         return found
 
@@ -123,16 +134,20 @@ class Config:
             campaign_name, _, run = name[len(PLACEMENT_PREFIX):].partition("@")
             campaign = self.campaign(campaign_name)
             return campaign.placement_in(self.placement(campaign.placement), run)
-        wanted = name or self.core.placement
+        wanted = self.core.placement if name is None else name  # "" is a name that is not configured
         found = self.placements.get(wanted)
         if found is not None:
             return found
         if wanted == "default":
             return Placement(name="default", k=self.core.top_k)
         known = sorted({"default", *self.placements})
+        if not wanted:
+            raise UsageError("placement name is empty",
+                             f"leave it out for the default ({self.core.placement}), or name one of: {', '.join(known)}")
         raise UsageError(
             f"placement {wanted!r} is not configured",
-            f"configured placements: {', '.join(known)}{suggest(wanted, known)}; add [placements.{wanted}] to loyaltylens.toml",
+            f"configured placements: {', '.join(known)}{suggest(wanted, known)}; add [placements.{toml_key(wanted)}] "
+            "to loyaltylens.toml",
         )
 
     def settings_for(self, impl: Implementation) -> BaseModel:

@@ -124,8 +124,24 @@ def create_app(options: ServeOptions | None = None) -> GuardMiddleware:
     )
     _routes(app, state)
     errors.install(app)
+    app.openapi = lambda: _schema_with_placements(app, state)  # type: ignore[method-assign]
     guarded = GuardMiddleware(app, state)
     return guarded
+
+
+def _schema_with_placements(app: FastAPI, state: State) -> dict[str, Any]:
+    """FastAPI's schema with the configured placements as the enum of every ``placement``
+    (any other name is a 400): they are known once the pipeline is built, so a schema asked
+    for while warming is not kept."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)
+    if state.pipeline is None:
+        app.openapi_schema = None
+        return schema
+    config = state.pipeline.config
+    requests.publish_placements(schema, sorted({"default", config.core.placement, *config.placements}))
+    return schema
 
 
 async def _warm(state: State, app: Any) -> None:
@@ -429,8 +445,6 @@ def _routes(app: FastAPI, state: State) -> None:
         if len(body.customer_ids) > state.settings.batch_limit:
             return error(413, f"{len(body.customer_ids)} customer ids is over the limit of {state.settings.batch_limit}",
                           "split the request, or raise [serve] batch_limit")
-        if not body.customer_ids:
-            return error(400, "customer_ids is empty", "send at least one id")
         rate_limit(request, len(body.customer_ids))
         outcomes = await anyio.to_thread.run_sync(
             lambda: pipeline.run_many(body.customer_ids, as_of=body.as_of, placement=body.placement),

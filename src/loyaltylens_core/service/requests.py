@@ -23,6 +23,10 @@ SCORE_SPEC: dict[str, Any] = {
     "numeric_features": list(NUMERIC_FEATURES),
     "categorical_features": {name: list(values) for name, values in CATEGORICAL_FEATURES.items()},
 }
+# What a row of CustomerFeatures carries besides the model's inputs: a client may send a
+# whole contract row, so these are accepted (as strings) and ignored.
+IGNORED_SCORE_FIELDS = ("customer_id", "as_of", "feature_version")
+
 _ISO_DATE_HINT = "a date is YYYY-MM-DD, e.g. 2026-06-29"
 
 
@@ -40,6 +44,19 @@ def _iso_date_only(value: Any) -> Any:
 
 
 IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_only)]
+
+_ISO_TIME_HINT = "a time is ISO 8601, e.g. 2026-06-29T14:05:00Z"
+
+
+def _iso_time_only(value: Any) -> Any:
+    """As ``_iso_date_only`` for ``format: date-time``: pydantic would take ``-1088653``
+    as a Unix time."""
+    if value is None or isinstance(value, (dt.datetime, str)):
+        return value
+    raise ValueError(_ISO_TIME_HINT)
+
+
+IsoTime = Annotated[dt.datetime, BeforeValidator(_iso_time_only)]
 CustomerIdParam = {"pattern": CUSTOMER_ID_PATTERN, "maxLength": 64}
 
 
@@ -49,7 +66,7 @@ class ErrorBody(BaseModel):
 
 
 class OffersRequest(BaseModel):
-    customer_ids: list[str] = Field(examples=[["C001", "C002", "nobody"]])
+    customer_ids: list[str] = Field(min_length=1, examples=[["C001", "C002", "nobody"]])
     as_of: IsoDate | None = Field(None, description="Point-in-time features as of this date (default: latest)")
     placement: str | None = Field(None, description="The placement to decide for (default: the configured one)")
 
@@ -70,7 +87,7 @@ class OutcomeIn(BaseModel):
     impression_id: str = Field(min_length=1, max_length=128, examples=["d51f5970ab39439caf6e20fb311d48f2"])
     event: Literal["viewed", "clicked", "redeemed", "dismissed"]
     rating: int | None = Field(None, ge=1, le=5)
-    time: dt.datetime | None = Field(None, description="When it happened (default: now); no offset means UTC")
+    time: IsoTime | None = Field(None, description="When it happened (default: now); no offset means UTC")
 
     @field_validator("time")
     @classmethod
@@ -136,6 +153,12 @@ def score(pipeline: Any, body: bytes, content_type: str) -> dict[str, Any]:
         parsed = [inference.parse_instance(i, SCORE_SPEC) for i in data["instances"]]
     except inference.BadRequest as exc:
         raise UsageError(str(exc), "see POST /v1/score in /docs") from None
+    for n, instance in enumerate(data["instances"]):
+        where = "" if data["single"] else f"instances.{n}."
+        for name in IGNORED_SCORE_FIELDS:
+            if isinstance(instance, dict) and instance.get(name) is not None and not isinstance(instance[name], str):
+                raise UsageError(f"{where}{name}: must be a string (it is accepted and ignored)",
+                                 "see POST /v1/score in /docs")
     numeric_rows, categorical_rows, owners = inference.expand_rows(parsed, SCORE_SPEC)
     names = list(SCORE_SPEC["categorical_features"])
     today = dt.date.today()
@@ -172,9 +195,8 @@ def score_row_schema() -> dict[str, Any]:
     properties["tier"] = {"anyOf": [{"type": "string", "enum": list(CATEGORICAL_FEATURES["tier"])},
                                     {"type": "null"}],
                           "description": "Left out or null: the mean score over every tier"}
-    properties["customer_id"] = {"type": "string", "description": "Accepted and ignored"}
-    properties["as_of"] = {"type": "string", "description": "Accepted and ignored"}
-    properties["feature_version"] = {"type": "string", "description": "Accepted and ignored"}
+    for name in IGNORED_SCORE_FIELDS:
+        properties[name] = {"type": "string", "description": "Accepted and ignored"}
     required = list(NUMERIC_FEATURES) + [n for n in CATEGORICAL_FEATURES if n != "tier"]
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
@@ -230,3 +252,23 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 
     resolved: dict[str, Any] = resolve(schema)
     return resolved
+
+
+def publish_placements(schema: dict[str, Any], names: list[str]) -> None:
+    """Every ``placement`` the service accepts (the offers query and the batch body) is one
+    of ``names``: written into ``schema`` as an enum."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "placement":
+                    _enum_on_strings(parameter["schema"], names)
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        field = component.get("properties", {}).get("placement")
+        if field is not None:
+            _enum_on_strings(field, names)
+
+
+def _enum_on_strings(field: dict[str, Any], names: list[str]) -> None:
+    for branch in field.get("anyOf", [field]):
+        if branch.get("type") == "string":
+            branch["enum"] = names
