@@ -150,3 +150,19 @@ def test_placements_are_the_schema_enum_and_any_other_name_is_a_400(server):
         r = c.post("/v1/offers", json={"customer_ids": []})  # a body the schema refuses: 422, as for any field
         assert "customer_ids" in assert_error_shape(r.status_code, r.content, 422)["error"]
         assert c.get("/v1/offers/C001", params={"placement": "default"}).status_code == 200
+
+
+@pytest.mark.parametrize("time", [-1088653, "1700000000", "2026-06-01"])
+def test_a_feedback_time_is_an_iso_date_time_not_a_unix_time(server, time):
+    """pydantic alone would read -1088653 or "1700000000" as seconds since 1970 (found by
+    schemathesis); the schema says date-time."""
+    with server.client() as c:
+        reply = c.post("/v1/feedback", json={"impression_id": "x", "event": "viewed", "time": time})
+    assert "time" in assert_error_shape(reply.status_code, reply.content, 400)["error"]
+
+
+@pytest.mark.parametrize("value", [False, None, 7])
+def test_score_fields_accepted_and_ignored_are_still_strings(server, value):
+    with server.client() as c:
+        reply = c.post("/v1/score", json={**REFERENCE_ROW, "customer_id": value})
+    assert "customer_id" in assert_error_shape(reply.status_code, reply.content, 400)["error"]

@@ -50,10 +50,15 @@ _ISO_TIME_HINT = "a time is ISO 8601, e.g. 2026-06-29T14:05:00Z"
 
 def _iso_time_only(value: Any) -> Any:
     """As ``_iso_date_only`` for ``format: date-time``: pydantic would take ``-1088653``
-    as a Unix time."""
-    if value is None or isinstance(value, (dt.datetime, str)):
+    or ``"1700000000"`` as a Unix time."""
+    if value is None or isinstance(value, dt.datetime):
         return value
-    raise ValueError(_ISO_TIME_HINT)
+    if not isinstance(value, str) or len(value) <= 10:  # a date alone is not a date-time
+        raise ValueError(_ISO_TIME_HINT)
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(_ISO_TIME_HINT) from None
 
 
 IsoTime = Annotated[dt.datetime, BeforeValidator(_iso_time_only)]
@@ -156,7 +161,7 @@ def score(pipeline: Any, body: bytes, content_type: str) -> dict[str, Any]:
     for n, instance in enumerate(data["instances"]):
         where = "" if data["single"] else f"instances.{n}."
         for name in IGNORED_SCORE_FIELDS:
-            if isinstance(instance, dict) and instance.get(name) is not None and not isinstance(instance[name], str):
+            if isinstance(instance, dict) and name in instance and not isinstance(instance[name], str):
                 raise UsageError(f"{where}{name}: must be a string (it is accepted and ignored)",
                                  "see POST /v1/score in /docs")
     numeric_rows, categorical_rows, owners = inference.expand_rows(parsed, SCORE_SPEC)
