@@ -9,6 +9,7 @@ host); Redis in one Lua script per customer (atomic on the server, shared by man
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import sqlite3
@@ -251,6 +252,7 @@ class SQLiteCounters:
 # by when). The reply: per walk one string, per item "ok", a drop reason or "" (not
 # reached), ";" between them, or "frequency": the rule holds the customer back.
 RESERVE_LUA = """
+-- One walk: its reply and the index of the last key it owns (KEYS[kb + 1] is the next walk's).
 local function walk(kb, ab)
   local now = tonumber(ARGV[ab + 1])
   local k = tonumber(ARGV[ab + 2])
@@ -265,7 +267,10 @@ local function walk(kb, ab)
     redis.call("ZREMRANGEBYSCORE", freq_key, "-inf", now - freq_window)
     local held = redis.call("ZCARD", freq_key)
     if redis.call("ZSCORE", freq_key, freq_run) then held = held - 1 end
-    if held >= 1 then return "frequency" end
+    if held >= 1 then
+      local _, capped = string.gsub(ARGV[ab + 7] .. ";", "[^;]+;", "")
+      return "frequency", kb + 2 * capped
+    end
   end
   local out = {}
   local taken, i = 0, 0
@@ -309,16 +314,12 @@ local function walk(kb, ab)
     redis.call("ZADD", freq_key, now, freq_run)
     redis.call("EXPIRE", freq_key, math.ceil(freq_window) + 60)
   end
-  return table.concat(out, ";")
+  return table.concat(out, ";"), kb
 end
 local replies = {}
 local kb = 0
 for w = 1, tonumber(ARGV[1]) do
-  local ab = 1 + (w - 1) * 7
-  replies[w] = walk(kb, ab)
-  local freq = tonumber(ARGV[ab + 4]) > 0 and 1 or 0
-  local _, capped = string.gsub(ARGV[ab + 7] .. ";", "[^;]+;", "")
-  kb = kb + freq + 2 * capped
+  replies[w], kb = walk(kb, 1 + (w - 1) * 7)
 end
 return replies
 """
@@ -446,9 +447,8 @@ class Coalescer:
     def __init__(self, send: Any, most: int) -> None:
         self.send = send  # async (walks) -> one verdict list per walk
         self.most = most
-        self.waiting: list[tuple[Sequence[tuple[Ask, bool]], Any]] = []
-        self.busy = False
-        self._drainer: Any = None  # the running drain task (the loop keeps only a weak reference)
+        self.waiting: collections.deque[tuple[Sequence[tuple[Ask, bool]], Any]] = collections.deque()
+        self._drainer: Any = None  # the drain task (held: the loop keeps only a weak reference)
 
     async def __call__(self, walks: Sequence[tuple[Ask, bool]]) -> list[list[str]]:
         import asyncio
@@ -456,31 +456,27 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         self.waiting.append((walks, answer))
-        if not self.busy:
-            self.busy = True
+        if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
         result: list[list[str]] = await answer
         return result
 
     async def _drain(self) -> None:
-        try:
-            while self.waiting:
-                batch: list[tuple[Sequence[tuple[Ask, bool]], Any]] = []
-                count = 0
-                while self.waiting and (not batch or count + len(self.waiting[0][0]) <= self.most):
-                    batch.append(self.waiting.pop(0))
-                    count += len(batch[-1][0])
-                try:
-                    verdicts = await self.send([w for walks, _ in batch for w in walks])
-                except Exception as exc:  # noqa: BLE001 - each waiter gets the failure as its own
-                    for _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(StoreDown(str(exc)) if isinstance(exc, StoreDown) else exc)
-                    continue
-                at = 0
-                for walks, answer in batch:
-                    if not answer.done():  # a cancelled request: its walk was counted all the same
-                        answer.set_result(verdicts[at:at + len(walks)])
-                    at += len(walks)
-        finally:
-            self.busy = False
+        while self.waiting:
+            batch: list[tuple[Sequence[tuple[Ask, bool]], Any]] = []
+            count = 0
+            while self.waiting and (not batch or count + len(self.waiting[0][0]) <= self.most):
+                batch.append(self.waiting.popleft())
+                count += len(batch[-1][0])
+            try:
+                verdicts = await self.send([w for walks, _ in batch for w in walks])
+            except Exception as exc:  # noqa: BLE001 - each waiter gets the failure as its own
+                for _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(StoreDown(str(exc)) if isinstance(exc, StoreDown) else exc)
+                continue
+            at = 0
+            for walks, answer in batch:
+                if not answer.done():  # a cancelled request: its walk was counted all the same
+                    answer.set_result(verdicts[at:at + len(walks)])
+                at += len(walks)
