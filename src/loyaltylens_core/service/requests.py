@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
 
@@ -27,41 +27,31 @@ SCORE_SPEC: dict[str, Any] = {
 # whole contract row, so these are accepted (as strings) and ignored.
 IGNORED_SCORE_FIELDS = ("customer_id", "as_of", "feature_version")
 
-_ISO_DATE_HINT = "a date is YYYY-MM-DD, e.g. 2026-06-29"
+
+def _iso_string_only(kind: type, parse: Callable[[str], Any], fits: Callable[[str], bool], hint: str) -> Any:
+    """A validator taking what the schema's ``format`` says: a ``kind`` or an ISO string
+    that ``fits``. pydantic alone would take ``0``, ``-1088653`` or ``"1700000000"`` as a
+    Unix time."""
+
+    def check(value: Any) -> Any:
+        if value is None or isinstance(value, kind):
+            return value
+        if not isinstance(value, str) or not fits(value):
+            raise ValueError(hint)
+        try:
+            return parse(value)
+        except ValueError:
+            raise ValueError(hint) from None
+
+    return BeforeValidator(check)
 
 
-def _iso_date_only(value: Any) -> Any:
-    """pydantic would take ``0`` or ``"1700000000"`` as a Unix time; the schema says
-    ``format: date``, so only a YYYY-MM-DD string (or a date) is one."""
-    if value is None or isinstance(value, dt.date):
-        return value
-    if not isinstance(value, str) or len(value) != 10:
-        raise ValueError(_ISO_DATE_HINT)
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(_ISO_DATE_HINT) from None
-
-
-IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_only)]
-
-_ISO_TIME_HINT = "a time is ISO 8601, e.g. 2026-06-29T14:05:00Z"
-
-
-def _iso_time_only(value: Any) -> Any:
-    """As ``_iso_date_only`` for ``format: date-time``: pydantic would take ``-1088653``
-    or ``"1700000000"`` as a Unix time."""
-    if value is None or isinstance(value, dt.datetime):
-        return value
-    if not isinstance(value, str) or len(value) <= 10:  # a date alone is not a date-time
-        raise ValueError(_ISO_TIME_HINT)
-    try:
-        return dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(_ISO_TIME_HINT) from None
-
-
-IsoTime = Annotated[dt.datetime, BeforeValidator(_iso_time_only)]
+# ``format: date``: YYYY-MM-DD only.
+IsoDate = Annotated[dt.date, _iso_string_only(dt.date, dt.date.fromisoformat, lambda text: len(text) == 10,
+                                              "a date is YYYY-MM-DD, e.g. 2026-06-29")]
+# ``format: date-time``: a date alone is not one.
+IsoTime = Annotated[dt.datetime, _iso_string_only(dt.datetime, dt.datetime.fromisoformat, lambda text: len(text) > 10,
+                                                  "a time is ISO 8601, e.g. 2026-06-29T14:05:00Z")]
 CustomerIdParam = {"pattern": CUSTOMER_ID_PATTERN, "maxLength": 64}
 
 
