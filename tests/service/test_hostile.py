@@ -152,6 +152,17 @@ def test_placements_are_the_schema_enum_and_any_other_name_is_a_400(server):
         assert c.get("/v1/offers/C001", params={"placement": "default"}).status_code == 200
 
 
+@pytest.mark.parametrize("name", ["campaign:gold-monthly", "campaign:gold-monthly@mine", "campaign:"])
+def test_a_campaigns_own_placement_is_refused_on_the_offers_routes(server, name):
+    """``campaign:NAME@RUN`` is what batch workers resolve; a client sending it would get the
+    campaign's offers counted against its frequency rule under a run of its choosing."""
+    with server.client() as c:
+        for reply in (c.get("/v1/offers/C001", params={"placement": name}),
+                      c.post("/v1/offers", json={"customer_ids": ["C001"], "placement": name})):
+            body = assert_error_shape(reply.status_code, reply.content, 400)
+            assert "campaign's own placement" in body["error"] and "/v1/campaigns/" in body["hint"]
+
+
 @pytest.mark.parametrize("time", [-1088653, "1700000000", "2026-06-01"])
 def test_a_feedback_time_is_an_iso_date_time_not_a_unix_time(server, time):
     """pydantic alone would read -1088653 or "1700000000" as seconds since 1970 (found by

@@ -36,7 +36,7 @@ from loyaltylens_core.kernel.contracts import PipelineResult
 from loyaltylens_core.kernel.errors import LoyaltyLensError, PluginError
 from loyaltylens_core.service import errors, prometheus as metrics, requests
 from loyaltylens_core.service.errors import NotReady, RateLimited, error, error_entry
-from loyaltylens_core.service.requests import CustomerIdParam, ErrorBody, IsoDate, OffersRequest
+from loyaltylens_core.service.requests import CustomerIdParam, ErrorBody, IsoDate, OffersRequest, public_placement
 from loyaltylens_core.loop.impressions import open_pipeline, recorder_of
 from loyaltylens_core.service.audit import AuditLog
 from loyaltylens_core.service.keys import authenticate, load_keys
@@ -379,7 +379,8 @@ def _routes(app: FastAPI, state: State) -> None:
         as_of: IsoDate | None = Query(None, description="Point-in-time features as of this date (YYYY-MM-DD)"),
         placement: str | None = Query(None, description="The placement to decide for ([placements.NAME])"),
     ) -> Response:
-        body = await offer_json(state, getattr(request.state, "key_name", None), customer_id, as_of, placement)
+        body = await offer_json(state, getattr(request.state, "key_name", None), customer_id, as_of,
+                                public_placement(placement))
         return Response(body, media_type="application/json")
 
     @app.get(
@@ -445,9 +446,10 @@ def _routes(app: FastAPI, state: State) -> None:
         if len(body.customer_ids) > state.settings.batch_limit:
             return error(413, f"{len(body.customer_ids)} customer ids is over the limit of {state.settings.batch_limit}",
                           "split the request, or raise [serve] batch_limit")
+        placement = public_placement(body.placement)
         rate_limit(request, len(body.customer_ids))
         outcomes = await anyio.to_thread.run_sync(
-            lambda: pipeline.run_many(body.customer_ids, as_of=body.as_of, placement=body.placement),
+            lambda: pipeline.run_many(body.customer_ids, as_of=body.as_of, placement=placement),
             limiter=state.threads
         )
         served = [o for o in outcomes if isinstance(o, PipelineResult)]

@@ -249,6 +249,21 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def public_placement(name: str | None) -> str | None:
+    """A placement a client may ask for on the offers routes: any configured one, never a
+    campaign's own (``campaign:NAME@RUN``). That name exists for batch engines' workers; from
+    a client it would hand out the campaign's offers and count them against its frequency
+    rule under a run id of the client's choosing."""
+    from loyaltylens_core.kernel.campaigns import PLACEMENT_PREFIX
+
+    if name is not None and name.startswith(PLACEMENT_PREFIX):
+        campaign = name[len(PLACEMENT_PREFIX):].partition("@")[0] or "NAME"
+        raise UsageError(f"placement {name!r} is a campaign's own placement, not one a client may ask for",
+                         f"ask GET /v1/campaigns/{campaign}/offer/{{customer_id}} for the campaign's decision, "
+                         "or name a configured placement")
+    return name
+
+
 def publish_placements(schema: dict[str, Any], names: list[str]) -> None:
     """Every ``placement`` the service accepts (the offers query and the batch body) is one
     of ``names``: written into ``schema`` as an enum."""
