@@ -428,7 +428,7 @@ def test_keeps_impressions_and_joins_their_outcomes(loyaltylens_pipeline):
     },
     "tracking": {
         "settings": "    file_name: str = \"runs.jsonl\"  # in the plugin's directory under the data dir\n",
-        "imports": "import json\nfrom typing import TYPE_CHECKING, Any\n",
+        "imports": "import json\nfrom pathlib import Path\nfrom typing import TYPE_CHECKING, Any\n",
         "body": '''
 class $cls:
     """Appends each training run to a JSON-lines file: replace with calls to your tracker.
@@ -440,7 +440,7 @@ class $cls:
     def __init__(self, settings: Settings, context: StageContext) -> None:
         self.path = context.plugin_dir() / settings.file_name
 
-    def log_training(self, card: dict[str, Any], model_dir: Any) -> dict[str, Any]:
+    def log_training(self, card: dict[str, Any], model_dir: Path | None) -> dict[str, Any]:
         with self.path.open("a") as fh:
             fh.write(json.dumps({"card": card, "model_dir": str(model_dir) if model_dir else None}) + "\\n")
         return {"runs_file": str(self.path)}

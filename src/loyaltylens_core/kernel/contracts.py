@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loyaltylens_core.kernel.expressions import Names, parse
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import pyarrow as pa
 
     from loyaltylens_core.kernel.errors import LoyaltyLensError
@@ -349,7 +351,7 @@ class BatchPropensityModel(Protocol):
 class Embedder(Protocol):
     """Texts in, one L2-normalised float32 row per text out (a numpy array)."""
 
-    def embed(self, texts: Sequence[str]) -> Any: ...
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 
 @runtime_checkable
@@ -439,7 +441,7 @@ class DeployTarget(Protocol):
     ``invoke`` returns at least ``{"propensity_score": float, "model_version": str}``.
     """
 
-    def up(self, archive: Any) -> dict[str, Any]: ...
+    def up(self, archive: Path) -> dict[str, Any]: ...
 
     def invoke(self, features: CustomerFeatures) -> dict[str, Any]: ...
 
@@ -516,20 +518,20 @@ class FeedbackStore(Protocol):
     ``POST /v1/feedback``: unknown and repeated rows are then ignored when read).
     ``impressions_with_outcomes`` is ``impressions.JOINED_SCHEMA``: one row per impression."""
 
-    def record_impressions(self, impressions: Any) -> None: ...
+    def record_impressions(self, impressions: pa.Table) -> None: ...
 
-    def record_outcomes(self, outcomes: Any, check: bool = True) -> dict[str, Any]: ...
+    def record_outcomes(self, outcomes: pa.Table, check: bool = True) -> dict[str, Any]: ...
 
-    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> Any: ...
+    def impressions_with_outcomes(self, since: dt.datetime | None = None) -> pa.Table: ...
 
 
 @runtime_checkable
 class Tracker(Protocol):
     """Logs a finished training run: ``card`` is the model card `train` returns (with
     ``history``, one entry per epoch), ``model_dir`` the version's directory (weights, card,
-    plots). Returns what to tell the user (``run_id``, ``registered_model``, ``version``...)."""
+    plots; None for a model without versions). Returns what to tell the user (``run_id``, ``registered_model``, ``version``...)."""
 
-    def log_training(self, card: dict[str, Any], model_dir: Any) -> dict[str, Any]: ...
+    def log_training(self, card: dict[str, Any], model_dir: Path | None) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -595,7 +597,7 @@ class Exportable(Protocol):
     """A propensity model that writes ``model.pt`` and ``spec.json`` into ``out_dir`` for a
     deploy target's archive; returns the spec."""
 
-    def export(self, out_dir: Any) -> dict[str, Any]: ...
+    def export(self, out_dir: Path) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -639,7 +641,7 @@ class ExportsSnapshots(Protocol):
 
     def snapshot_info(self, as_of: dt.date | None = None) -> SnapshotInfo: ...
 
-    def snapshot_batches(self, as_of: dt.date, batch_size: int = 10_000) -> Any: ...
+    def snapshot_batches(self, as_of: dt.date, batch_size: int = 10_000) -> Iterator[list[CustomerFeatures]]: ...
 
 
 @runtime_checkable
@@ -649,7 +651,7 @@ class LoadsSnapshots(Protocol):
     summary dict (snapshot, customers, written, seconds)."""
 
     def load_snapshot(
-        self, source: Any = None, as_of: dt.date | None = None, rebuild: bool = False
+        self, source: ExportsSnapshots | None = None, as_of: dt.date | None = None, rebuild: bool = False
     ) -> dict[str, Any]: ...
 
 
@@ -661,7 +663,7 @@ class WritesFeatureTables(Protocol):
     Returns a summary dict (path, rows, written, version, seconds)."""
 
     def export_from(
-        self, source: Any, destination: str | None = None, horizon_days: int = 30, rebuild: bool = False
+        self, source: ExportsSnapshots, destination: str | None = None, horizon_days: int = 30, rebuild: bool = False
     ) -> dict[str, Any]: ...
 
 

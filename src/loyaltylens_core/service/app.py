@@ -60,8 +60,9 @@ class State:
         self.failure: LoyaltyLensError | None = None
         self.keys: dict[str, str] = {}
         self.llm = False
-        self.inline = False
-        self.inline_until_generator = False  # arun on the loop: awaiting an async generator or decider
+        self.inline = False  # run() on the loop: every stage is in-process and sub-millisecond
+        # arun without a thread hop: the slow stages (an LLM generator, a Redis decider) are awaited.
+        self.arun_on_loop = False
         self.threads = anyio.CapacityLimiter(settings.threads)
         workers = max(1, settings.workers)
         self.buckets = TokenBuckets(settings.llm_rate_per_s / workers, settings.llm_burst / workers)
@@ -228,7 +229,7 @@ def _build_and_warm(state: State) -> None:
     # run stays on the loop (no thread hop, no queue for the pool).
     awaited = {"generator": "AsyncGenerator" in pipeline.capabilities("generator"),
                "decision": "AsyncDecider" in pipeline.capabilities("decision")}
-    state.inline_until_generator = not variants_change and all(
+    state.arun_on_loop = not variants_change and all(
         ok or awaited.get(stage, False) for stage, ok in nonblocking.items())
     # Warm-up runs call no LLM (they would cost money and count against its limits).
     lists = "ListsCustomers" in pipeline.capabilities("feature_store")
@@ -329,7 +330,7 @@ async def offer_json(state: State, key_name: str | None, customer_id: str, as_of
         result = pipeline.run(customer_id, as_of=as_of, placement=placement)
     else:
         result = await pipeline.arun(customer_id, as_of=as_of, threads=state.threads, placement=placement,
-                                     inline=state.inline_until_generator)
+                                     inline=state.arun_on_loop)
     metrics.observe_result(result, llm=state.llm)
     write_audit(state, key_name, [result])
     return result.model_dump_json(by_alias=True).encode()
@@ -425,7 +426,7 @@ def _routes(app: FastAPI, state: State) -> None:
             return Response(status_code=204, headers=headers)
         tags = live.tags_of(campaign, run_id, arm, features)
         result = await pipeline.arun(customer_id, threads=state.threads, placement=campaign.placement_key(run_id),
-                                     inline=state.inline_until_generator,
+                                     inline=state.arun_on_loop,
                                      tags=tags)
         metrics.observe_result(result, llm=state.llm)
         audit(request, [result])
