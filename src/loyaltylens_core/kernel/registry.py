@@ -37,6 +37,9 @@ class NoSettings(PluginSettings):
     """Settings model for implementations that take none: any key is a mistake."""
 
 
+# (settings, context) -> component. Any, not (PluginSettings, StageContext) -> object: each
+# factory takes its own settings subclass, which a Callable over the base class would refuse
+# (parameters are contravariant); the registry checks the settings with the plugin's model.
 Factory = Callable[[Any, Any], Any]
 
 
