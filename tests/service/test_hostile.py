@@ -177,3 +177,19 @@ def test_score_fields_accepted_and_ignored_are_still_strings(server, value):
     with server.client() as c:
         reply = c.post("/v1/score", json={**REFERENCE_ROW, "customer_id": value})
     assert "customer_id" in assert_error_shape(reply.status_code, reply.content, 400)["error"]
+
+
+def test_index_beside_a_running_service_says_why_it_cannot_write(server, built_cli):
+    """DuckDB lets one process write a file or many read it, and serve reads it while it runs.
+    `index` used to die at the end with `unexpected TransactionException` (the real error
+    hidden by a failed cleanup). Now: nothing to do is a success, a rebuild is one clear
+    line (exit 4) before any embedding, and the service keeps answering."""
+    current = built_cli("index", "--json")
+    assert current.returncode == 0, current.stderr
+    assert json.loads(current.stdout)["embedded"] == 0
+    rebuild = built_cli("index", "--rebuild")
+    assert rebuild.returncode == 4, rebuild.stderr
+    (line,) = rebuild.stderr.strip().splitlines()
+    assert "open in another process" in line and "serve" in line and "Exception" not in line
+    with server.client() as c:
+        assert c.get("/v1/offers/C001").status_code == 200

@@ -16,6 +16,7 @@ the index in milliseconds instead of loading it).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -254,6 +255,22 @@ class DuckDBRetriever:
         if offers is None:
             offers, lines = load_catalogue(self._catalogue_path()), None
         con = self._connect()
+        if self.read_only and not rebuild:
+            lines = lines if lines is not None else [o.model_dump_json() for o in offers]
+            if self._meta() == (self._fingerprint(offers, lines), self._vocabulary_fingerprint(self._vocabulary())):
+                # Nothing changed: nothing to write, so a running serve is no obstacle.
+                self.last_index = {"offers": len(offers), "embedded": 0, "kept": len(offers),
+                                   "query_texts": len(self._vocabulary()), "query_texts_embedded": 0}
+                return len(offers)
+        if self.read_only:
+            # DuckDB lets one process write a file, or many read it. A running `serve`
+            # reads this one for as long as it runs, so nothing else may write it: say so
+            # before embedding anything, not as an aborted transaction at the end.
+            raise StageError(
+                f"the offer index in {self.path} is open in another process (a running `loyaltylens serve`?) "
+                "and cannot be written now",
+                "stop that process, run `loyaltylens index` again, then start it: serve maps the new index at start",
+            )
         hashes = [content_hash(o, self.embedder) for o in offers]
         stored = None if rebuild else self._stored_offers()
         stored_rows = {} if stored is None else stored.rows
@@ -356,7 +373,10 @@ class DuckDBRetriever:
             else:
                 con.execute(f"INSERT INTO {self.table} SELECT * FROM new_offer_rows")
         finally:
-            con.unregister("new_offer_rows")
+            # In an aborted transaction unregistering fails too: that error must not hide
+            # the one that aborted it (the caller rolls back).
+            with contextlib.suppress(duckdb.Error):
+                con.unregister("new_offer_rows")
 
     def _stored_queries(self, dim: int) -> tuple[list[str], np.ndarray]:
         """The vocabulary's texts and vectors as stored (none when not precomputed)."""
