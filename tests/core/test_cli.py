@@ -143,6 +143,19 @@ def test_help_is_fast_to_import_and_lists_commands(cli):
         assert command in proc.stdout
 
 
+
+def test_switches_take_no_value_in_help_and_brackets_survive(cli):
+    """typer shows a switch as `--json <bool>`, which reads as if it took a value; and rich
+    markup ate `[placements.NAME]` from a help line."""
+    proc = cli("run", "--help", extra_env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("│ --")}
+    assert "<bool>" not in lines["--json"] and "<str>" in lines["--placement"]
+    assert "[placements.NAME]" in lines["--placement"]
+    top = cli("--help", extra_env={"COLUMNS": "200"}).stdout
+    assert not [line for line in top.splitlines() if ("--debug" in line or "--quiet" in line) and "<bool>" in line]
+
+
 CLOSING_MODULE = """
 import os
 from pathlib import Path

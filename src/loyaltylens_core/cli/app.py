@@ -60,6 +60,12 @@ class State:
 state = State()
 
 
+def flag(*names: str, help: str) -> Any:
+    """A switch (default off). Typer would show it as ``--json <bool>`` in --help, which
+    reads as if it took a value; a switch takes none, so it shows none."""
+    return typer.Option(False, *names, help=help, metavar="")
+
+
 @app.callback()
 def _global(
     config: Optional[str] = typer.Option(
@@ -68,8 +74,8 @@ def _global(
     use: list[str] = typer.Option(
         [], "--use", "-u", help="Select a plugin for a stage, e.g. --use retriever=weaviate (repeatable)."
     ),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    debug: bool = flag("--debug", help="Show tracebacks for errors."),
+    quiet: bool = flag("--quiet", "-q", help="No progress bars."),
 ) -> None:
     state.config = config
     state.use = list(use)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from loyaltylens_core.cli.app import app, date_option, pipeline_for, print_json, state
+from loyaltylens_core.cli.app import app, date_option, pipeline_for, print_json, state, flag
 
 campaign_app = typer.Typer(help="Campaigns: audience, holdout, channel exports, results.", no_args_is_help=True)
 app.add_typer(campaign_app, name="campaign")
@@ -23,7 +23,7 @@ def _config() -> Any:
 def campaign_list(
     as_of: Optional[str] = typer.Option(
         None, "--as-of", help="Say which campaigns run on this day YYYY-MM-DD (`active`; default today, UTC)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the campaigns as JSON."),
+    as_json: bool = flag("--json", help="Print the campaigns as JSON."),
 ) -> None:
     """Every configured campaign, whether it runs today, and its last run.
 
@@ -52,7 +52,7 @@ def campaign_list(
 @campaign_app.command("show")
 def campaign_show(
     name: str = typer.Argument(..., help="The campaign's name."),
-    as_json: bool = typer.Option(False, "--json", help="Print the campaign as JSON."),
+    as_json: bool = flag("--json", help="Print the campaign as JSON."),
 ) -> None:
     """One campaign as configured, the placement it decides for, and its runs."""
     from loyaltylens_core.campaign.runner import runs_of
@@ -85,10 +85,10 @@ def campaign_run(
     as_of: Optional[str] = typer.Option(
         None, "--as-of", help="The campaign day YYYY-MM-DD (default today, UTC): names the run, is checked against "
         "start/end, and picks the latest feature snapshot on or before it."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Audience, offers, caps and cost; nothing counted or written."),
-    rerun: bool = typer.Option(False, "--rerun", help="Run the same day again under a new run id."),
+    dry_run: bool = flag("--dry-run", help="Audience, offers, caps and cost; nothing counted or written."),
+    rerun: bool = flag("--rerun", help="Run the same day again under a new run id."),
     chunk_size: int = typer.Option(10_000, "--chunk-size", min=1, max=1_000_000, help="Customers per batch part."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = flag("--json", help="Print the summary as JSON."),
 ) -> None:
     """Run a campaign: audience, holdout, decisions, impressions, one export per channel.
 

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from loyaltylens_core.cli.app import app, features_app, feedback_app, state, pipeline_for, print_json, demo_data_of, since_option, date_option
+from loyaltylens_core.cli.app import app, features_app, feedback_app, state, pipeline_for, print_json, demo_data_of, since_option, date_option, flag
 
 
 @features_app.command("materialize")
@@ -17,8 +17,8 @@ def features_materialize(
         None, "--from", help="Offline store to copy from (default: the online store's `offline` setting)."),
     as_of: Optional[str] = typer.Option(
         None, "--as-of", help="Snapshot date YYYY-MM-DD: the latest snapshot on or before it (default: latest)."),
-    rebuild: bool = typer.Option(False, "--rebuild", help="Write the snapshot even if it is already complete."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    rebuild: bool = flag("--rebuild", help="Write the snapshot even if it is already complete."),
+    as_json: bool = flag("--json", help="Print the summary as JSON."),
 ) -> None:
     """Copy a feature snapshot from the offline store to an online one, then switch to it.
 
@@ -54,8 +54,8 @@ def features_export(
     source: str = typer.Option("duckdb", "--from", help="Offline store to read every snapshot from."),
     horizon_days: int = typer.Option(
         30, "--horizon-days", min=1, max=365, help="Label horizon of the training-label table written beside."),
-    rebuild: bool = typer.Option(False, "--rebuild", help="Write even if the tables already hold these snapshots."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    rebuild: bool = flag("--rebuild", help="Write even if the tables already hold these snapshots."),
+    as_json: bool = flag("--json", help="Print the summary as JSON."),
 ) -> None:
     """Write every feature snapshot of the embedded store (and its training labels) as
     another store's tables, e.g. a Delta Lake feature table for Databricks.
@@ -97,7 +97,7 @@ def monitor(
     warning: float = typer.Option(0.1, "--warning", help="PSI from which a feature is a warning."),
     critical: float = typer.Option(0.25, "--critical", help="PSI from which a feature is critical."),
     bins: int = typer.Option(10, "--bins", min=2, max=100, help="Quantile bins of the reference."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = flag("--json", help="Print the report as JSON."),
 ) -> None:
     """Drift between two feature snapshots: PSI per feature and of the score.
 
@@ -127,8 +127,8 @@ def monitor(
 def feedback_import(
     path: str = typer.Argument(..., help="CSV or Parquet: impression_id, event[, rating][, time]."),
     rejects: Optional[str] = typer.Option(None, "--rejects", help="Where bad rows go (default <file stem>.rejects.csv)."),
-    strict: bool = typer.Option(False, "--strict", help="Exit 2 when any row was rejected (good rows are still kept)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    strict: bool = flag("--strict", help="Exit 2 when any row was rejected (good rows are still kept)."),
+    as_json: bool = flag("--json", help="Print the summary as JSON."),
 ) -> None:
     """Import outcomes (viewed, clicked, redeemed, dismissed): idempotent on (impression, event).
 
@@ -160,7 +160,7 @@ def feedback_demo(
         None, "--campaign", help="Instead: outcomes of this campaign's latest run, with a planted lift for its "
         "treated customers."),
     lift: float = typer.Option(1.5, "--lift", min=1.0, max=5.0, help="With --campaign: the planted lift."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = flag("--json", help="Print the summary as JSON."),
 ) -> None:
     """Close the loop on the demo data: hand every demo customer an offer (recording the
     impressions), draw what they did from the demo's ground truth, and import it.
@@ -193,11 +193,11 @@ def report(
         None, "--since", help="Only impressions shown from YYYY-MM-DD or an ISO date-time (UTC unless it says)."),
     source: Optional[str] = typer.Option(None, "--source", help="Only impressions from run, serve, batch or demo."),
     html: Optional[str] = typer.Option(None, "--html", help="Also write an HTML report with plots to this file."),
-    drift: bool = typer.Option(False, "--drift", help="Add `monitor`'s drift (latest snapshot vs the one before)."),
+    drift: bool = flag("--drift", help="Add `monitor`'s drift (latest snapshot vs the one before)."),
     campaign: Optional[str] = typer.Option(
         None, "--campaign", help="Report one campaign: treated vs holdout, per channel and offer, cost."),
     campaign_run: Optional[str] = typer.Option(None, "--run", help="With --campaign: one run only (its run id)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = flag("--json", help="Print the report as JSON."),
 ) -> None:
     """Redemption per experiment variant (95% CI, lift vs control), propensity calibration
     (by score decile, Brier, AUC on outcomes), and redemption by offer category and tier.

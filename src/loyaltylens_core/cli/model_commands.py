@@ -6,11 +6,11 @@ from typing import Any
 
 import typer
 
-from loyaltylens_core.cli.app import app, pipeline_for, print_json
+from loyaltylens_core.cli.app import app, pipeline_for, print_json, flag
 
 
 @app.command()
-def train(as_json: bool = typer.Option(False, "--json", help="Print the model card as JSON.")) -> None:
+def train(as_json: bool = flag("--json", help="Print the model card as JSON.")) -> None:
     """Train a new version of the propensity model and print its metrics (logged to the
     selected tracking plugin: a local JSON-lines log by default, --use tracking=mlflow)."""
     pipeline = pipeline_for(needed=("feature_store", "propensity", "tracking"))
@@ -116,7 +116,7 @@ def _model_store(segment: str | None) -> Any:
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Print the versions as JSON.")) -> None:
+def models(as_json: bool = flag("--json", help="Print the versions as JSON.")) -> None:
     """List the propensity model's versions, the global model's and each segment's: role
     (champion / challenger) and held-out metrics."""
     store, segments = _model_stores()
@@ -138,8 +138,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the version
 def promote(
     version: str = typer.Argument(..., help="The challenger to make the champion, e.g. propensity_v2."),
     segment: str = typer.Option(None, "--segment", help=SEGMENT_HELP),
-    force: bool = typer.Option(False, "--force", help="Promote even if it does not beat the champion."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    force: bool = flag("--force", help="Promote even if it does not beat the champion."),
+    as_json: bool = flag("--json", help="Print the result as JSON."),
 ) -> None:
     """Make a version the champion if it beats the current one on the same held-out window."""
     result = _model_store(segment).promote(version, force=force)
@@ -153,7 +153,7 @@ def promote(
 @app.command()
 def rollback(
     segment: str = typer.Option(None, "--segment", help=SEGMENT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = flag("--json", help="Print the result as JSON."),
 ) -> None:
     """Return to the previous champion."""
     result = _model_store(segment).rollback()

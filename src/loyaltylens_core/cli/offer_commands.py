@@ -6,15 +6,15 @@ from typing import Any, Optional
 
 import typer
 
-from loyaltylens_core.cli.app import app, config_app, plugin_app, state, pipeline_for, print_json, demo_data_of
+from loyaltylens_core.cli.app import app, config_app, plugin_app, state, pipeline_for, print_json, demo_data_of, flag
 
 
 @app.command()
 def run(
     customer_id: str = typer.Argument(..., help="Loyalty customer id, e.g. C001."),
-    as_json: bool = typer.Option(False, "--json", help="Print the PipelineResult as JSON."),
+    as_json: bool = flag("--json", help="Print the PipelineResult as JSON."),
     placement: Optional[str] = typer.Option(
-        None, "--placement", help="The placement to decide for ([placements.NAME]; default: the `placement` setting)."
+        None, "--placement", help="The placement to decide for (a \\[placements.NAME] table; default: the `placement` setting)."
     ),
 ) -> None:
     """Score one customer, decide which offers they may get and write the copy for the best."""
@@ -37,8 +37,8 @@ def run(
 
 @app.command()
 def plugins(
-    as_json: bool = typer.Option(
-        False, "--json", help="Print as JSON, with the capabilities each active plugin's component declares."
+    as_json: bool = flag(
+        "--json", help="Print as JSON, with the capabilities each active plugin's component declares."
     ),
 ) -> None:
     """List installed plugins: stage, name, distribution, version, status."""
@@ -124,7 +124,7 @@ def plugin_new(
     name: str = typer.Argument(..., help="The plugin's name, e.g. acme-store (selected with --use STAGE=NAME)."),
     stage: str = typer.Option(..., "--stage", "-s", help="The stage it implements, e.g. retriever."),
     directory: str = typer.Option(".", "--dir", "-d", help="Where to create the package directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+    as_json: bool = flag("--json", help="Print what was written as JSON."),
 ) -> None:
     """Write a ready plugin package: pyproject with the entry point, settings, a component
     that satisfies the stage Protocol, a passing test and a README."""
@@ -141,7 +141,7 @@ def plugin_new(
 
 
 @config_app.command("show")
-def config_show(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+def config_show(as_json: bool = flag("--json", help="Print as JSON.")) -> None:
     """Print the resolved configuration, where each value came from, secrets masked."""
     from loyaltylens_core.kernel.config import load_config
     from loyaltylens_core.kernel.registry import load_registry
@@ -177,8 +177,8 @@ def seed(
 
 @app.command()
 def index(
-    rebuild: bool = typer.Option(False, "--rebuild", help="Re-embed everything, not only what changed."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    rebuild: bool = flag("--rebuild", help="Re-embed everything, not only what changed."),
+    as_json: bool = flag("--json", help="Print the summary as JSON."),
 ) -> None:
     """Index the offer catalogue in the selected retriever: what changed, or everything with --rebuild."""
     pipeline = pipeline_for(needed=("retriever",))
@@ -202,12 +202,12 @@ def index(
 @app.command()
 def batch(
     out: str = typer.Option(..., "--out", "-o", help="Results file (.parquet)."),
-    all_customers: bool = typer.Option(False, "--all", help="Every customer in the feature store."),
+    all_customers: bool = flag("--all", help="Every customer in the feature store."),
     ids: Optional[str] = typer.Option(None, "--ids", help="File with one customer id per line."),
     chunk_size: int = typer.Option(10_000, min=1, max=1_000_000, help="Customers per written chunk."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing result or unfinished batch."),
-    strict: bool = typer.Option(False, "--strict", help="Exit 2 when any customer was not found (still writes the rest)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    overwrite: bool = flag("--overwrite", help="Replace an existing result or unfinished batch."),
+    strict: bool = flag("--strict", help="Exit 2 when any customer was not found (still writes the rest)."),
+    as_json: bool = flag("--json", help="Print the summary as JSON."),
     placement: Optional[str] = typer.Option(
         None, "--placement", help="The placement every customer is decided for (default: the `placement` setting)."
     ),
