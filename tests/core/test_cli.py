@@ -143,7 +143,6 @@ def test_help_is_fast_to_import_and_lists_commands(cli):
         assert command in proc.stdout
 
 
-
 def test_switches_take_no_value_in_help_and_brackets_survive(cli):
     """typer shows a switch as `--json <bool>`, which reads as if it took a value; and rich
     markup ate `[placements.NAME]` from a help line."""

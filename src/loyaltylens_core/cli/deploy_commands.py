@@ -29,6 +29,8 @@ def _default_package(pipeline: "Pipeline") -> Any:
     return pipeline.config.core.data_dir / "deploy" / "multi-model"
 
 
+JSON_OPTION = flag("--json", help="Print the result as JSON.")
+
 MULTI_MODEL_OPTION = flag(
     "--multi-model",
     help="One archive per segment model plus the global one, in one directory (a multi-model endpoint's prefix).")
@@ -70,7 +72,7 @@ def deploy_package(
                                                                 "with --multi-model a directory, <data_dir>/deploy/multi-model)."),
     multi_model: bool = MULTI_MODEL_OPTION,
     variants: Optional[str] = VARIANTS_OPTION,
-    as_json: bool = flag("--json", help="Print the result as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Export the trained propensity model (TorchScript + code/inference.py) into model.tar.gz."""
     from pathlib import Path
@@ -87,7 +89,7 @@ def deploy_up(
                                                                   "directory) instead of packaging now."),
     multi_model: bool = MULTI_MODEL_OPTION,
     variants: Optional[str] = VARIANTS_OPTION,
-    as_json: bool = flag("--json", help="Print the result as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Create (or update) the endpoint from the archive and wait until it serves."""
     from pathlib import Path
@@ -106,7 +108,7 @@ def deploy_up(
 def deploy_weights(
     weights: str = typer.Argument(..., help="New weights by variant, e.g. champion=50,challenger=50."),
     target: Optional[str] = TARGET_OPTION,
-    as_json: bool = flag("--json", help="Print the result as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Change the traffic split of a running endpoint's variants, without replacing it."""
     from loyaltylens_core.kernel.errors import UsageError
@@ -128,7 +130,7 @@ def deploy_invoke(
     target_model: Optional[str] = typer.Option(
         None, "--target-model", help="Multi-model endpoint: the archive to score with (default: the customer's "
                                      "segment's, else global.tar.gz)."),
-    as_json: bool = flag("--json", help="Print the result as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Score one customer's current features on the deployed endpoint."""
     from loyaltylens_core.kernel.contracts import validate_customer_id
@@ -150,14 +152,14 @@ def deploy_invoke(
 
 
 @deploy_app.command("status")
-def deploy_status(target: Optional[str] = TARGET_OPTION, as_json: bool = flag("--json", help="Print the result as JSON.")) -> None:
+def deploy_status(target: Optional[str] = TARGET_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Show the endpoint's state."""
     pipeline = _deploy_pipeline(target, ("deploy_target",))
     emit(pipeline.component("deploy_target").status(), as_json)
 
 
 @deploy_app.command("down")
-def deploy_down(target: Optional[str] = TARGET_OPTION, as_json: bool = flag("--json", help="Print the result as JSON.")) -> None:
+def deploy_down(target: Optional[str] = TARGET_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Tear the endpoint down (and everything `up` created for it)."""
     pipeline = _deploy_pipeline(target, ("deploy_target",))
     emit(pipeline.component("deploy_target").down(), as_json)
