@@ -255,17 +255,17 @@ class DuckDBRetriever:
         if offers is None:
             offers, lines = load_catalogue(self._catalogue_path()), None
         con = self._connect()
-        if self.read_only and not rebuild:
-            lines = lines if lines is not None else [o.model_dump_json() for o in offers]
-            if self._meta() == (self._fingerprint(offers, lines), self._vocabulary_fingerprint(self._vocabulary())):
-                # Nothing changed: nothing to write, so a running serve is no obstacle.
-                self.last_index = {"offers": len(offers), "embedded": 0, "kept": len(offers),
-                                   "query_texts": len(self._vocabulary()), "query_texts_embedded": 0}
-                return len(offers)
         if self.read_only:
             # DuckDB lets one process write a file, or many read it. A running `serve`
-            # reads this one for as long as it runs, so nothing else may write it: say so
-            # before embedding anything, not as an aborted transaction at the end.
+            # reads this one for as long as it runs, so nothing else may write it. Nothing
+            # changed: nothing to write, a success. Else say so before embedding anything,
+            # not as an aborted transaction at the end.
+            vocabulary = self._vocabulary()
+            lines = lines if lines is not None else [o.model_dump_json() for o in offers]
+            if not rebuild and self._meta() == (self._fingerprint(offers, lines),
+                                                self._vocabulary_fingerprint(vocabulary)):
+                self.last_index = self._summary(len(offers), 0, len(vocabulary), queries_embedded=False)
+                return len(offers)
             raise StageError(
                 f"the offer index in {self.path} is open in another process (a running `loyaltylens serve`?) "
                 "and cannot be written now",
@@ -323,8 +323,8 @@ class DuckDBRetriever:
                 con.execute("ROLLBACK")
                 raise
             advance(1)
-        self.last_index = {"offers": len(offers), "embedded": len(todo), "kept": len(offers) - len(todo),
-                           "query_texts": len(vocabulary), "query_texts_embedded": 0 if query_matrix is None else len(vocabulary)}
+        self.last_index = self._summary(len(offers), len(todo), len(vocabulary),
+                                        queries_embedded=query_matrix is not None)
         # What was just written, in DuckDB's order (by offer id), without reading it back.
         order = sorted(range(len(offers)), key=lambda i: offers[i].offer_id)
         if query_matrix is None:
@@ -334,6 +334,12 @@ class DuckDBRetriever:
         self._publish(sidecar.source_stamp(self._catalogue_path()), [offers[i] for i in order],
                       [lines[i] for i in order], matrix[order], texts, queries)
         return len(offers)
+
+    @staticmethod
+    def _summary(offers: int, embedded: int, query_texts: int, queries_embedded: bool) -> dict[str, Any]:
+        """What an index did, as `loyaltylens index` reports it (``last_index``)."""
+        return {"offers": offers, "embedded": embedded, "kept": offers - embedded, "query_texts": query_texts,
+                "query_texts_embedded": query_texts if queries_embedded else 0}
 
     @staticmethod
     def _rows(offers: list[Offer], lines: list[str], hashes: list[str], matrix: np.ndarray,
